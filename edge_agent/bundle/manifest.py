@@ -1,0 +1,101 @@
+"""The bundle manifest: everything the gateway needs to run a model, and nothing it may guess.
+
+Written by ``export``, read by ``replay`` and the daemon after the signature checks out
+(``edge_agent.bundle.verify``). Unknown keys are rejected so that a manifest from a newer
+schema fails loudly instead of being half understood.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_agent.detect.alerts import AlertPolicy
+from edge_agent.detect.threshold import ThresholdModel
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChannelSpec(_Strict):
+    name: str = Field(description="Sensor column / tag name, as in the training data")
+    unit: str = Field(default="", description="Engineering unit, informational")
+    mean: float = Field(description="Normalization: value subtracted")
+    scale: float = Field(gt=0, description="Normalization: divisor after subtracting the mean")
+
+
+class SamplingSpec(_Strict):
+    period_s: float = Field(gt=0, description="Model sample period in seconds")
+    max_hold: int = Field(ge=0, description="Missing samples held before a segment restarts")
+    max_imputed_fraction: float = Field(
+        ge=0, le=1, description="Windows with more imputed cells than this are not scored"
+    )
+
+
+class WindowSpec(_Strict):
+    length: int = Field(ge=2, description="Samples per window")
+    hop: int = Field(ge=1, description="Samples between scored windows on the device")
+    feature_set: int = Field(description="Version of the window feature kernel")
+
+
+class ForestSpec(_Strict):
+    file: str
+    n_trees: int = Field(ge=1)
+    max_samples: int = Field(ge=1)
+    screen_threshold: float = Field(
+        description="Forest score at or above which a window goes on to stage 2"
+    )
+
+
+class AutoencoderSpec(_Strict):
+    file: str = Field(description="Full-integer int8 TFLite model")
+    kind: str = Field(description="Architecture, e.g. conv or dense")
+    input_dtype: Literal["int8"] = "int8"
+
+
+class ParitySpec(_Strict):
+    windows: int = Field(description="Held-out windows compared")
+    positives: int = Field(description="Anomalous windows among them")
+    f1_float: float
+    f1_int8: float
+    auc_float: float
+    auc_int8: float
+    error_rel_mae: float = Field(description="Mean |int8 - float| error relative to float error")
+    forced: bool = Field(default=False, description="Exported despite failing the parity gate")
+
+
+class TrainingSpec(_Strict):
+    data_fingerprint: str = Field(description="SHA-256 of the training samples and channel names")
+    rows: int
+    sources: list[str]
+    seed: int
+    trainer_version: str
+
+
+class Manifest(_Strict):
+    schema_version: int
+    model_version: str
+    created_at: str
+    channels: list[ChannelSpec]
+    sampling: SamplingSpec
+    window: WindowSpec
+    forest: ForestSpec
+    autoencoder: AutoencoderSpec
+    threshold: ThresholdModel
+    alerts: AlertPolicy
+    training: TrainingSpec
+    parity: ParitySpec
+    variants: dict[str, dict[str, str | int | float | bool | None]] = Field(
+        default_factory=dict, description="Accelerator variants: file names and build notes"
+    )
+    files: dict[str, str] = Field(description="SHA-256 (hex) of every other file in the bundle")
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [c.name for c in self.channels]

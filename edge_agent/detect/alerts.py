@@ -1,0 +1,63 @@
+"""Alert hysteresis: from one decision per window to alert episodes.
+
+Sits at the end of the cascade. A single window over threshold is often noise; a machine that
+is failing stays abnormal. An alert opens after ``open_after`` consecutive raw alerts and
+closes after ``close_after`` consecutive normal windows, so one episode is reported once and
+does not flap. The state is two counters, carried across calls, so batch ``replay`` and the
+streaming daemon give the same answer.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AlertPolicy(BaseModel):
+    """How raw window decisions become an alert state."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    open_after: int = Field(default=3, ge=1, description="Consecutive abnormal windows to open")
+    close_after: int = Field(default=10, ge=1, description="Consecutive normal windows to close")
+
+
+@numba.njit(cache=True)
+def _hysteresis(
+    raw: npt.NDArray[np.bool_], open_after: int, close_after: int, state: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:  # pragma: no cover - compiled
+    # state = [alert_on (0/1), consecutive abnormal, consecutive normal]
+    out = np.empty(raw.shape[0], np.bool_)
+    for i in range(raw.shape[0]):
+        if raw[i]:
+            state[1] += 1
+            state[2] = 0
+        else:
+            state[2] += 1
+            state[1] = 0
+        if state[0] == 0 and state[1] >= open_after:
+            state[0] = 1
+        elif state[0] == 1 and state[2] >= close_after:
+            state[0] = 0
+        out[i] = state[0] == 1
+    return out
+
+
+class AlertState:
+    """Hysteresis state of one machine; feed it raw decisions in time order."""
+
+    def __init__(self, policy: AlertPolicy) -> None:
+        self.policy = policy
+        self._state = np.zeros(3, dtype=np.int64)
+
+    def update(self, raw: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        return _hysteresis(  # type: ignore[no-any-return]
+            np.ascontiguousarray(raw, dtype=np.bool_),
+            self.policy.open_after,
+            self.policy.close_after,
+            self._state,
+        )
+
+    def reset(self) -> None:
+        self._state[:] = 0

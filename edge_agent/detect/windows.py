@@ -1,0 +1,138 @@
+"""Sliding windows and their summary features: the input to both detector stages.
+
+Sits between the sample grid (``edge_agent.data.grid``) and the detectors. The trainer imports
+these exact kernels, so the forest is trained on the same numbers the gateway computes.
+
+A window ending at grid point ``k`` covers points ``k-W+1 .. k`` of one segment. Its features,
+per channel over the normalized window, are (in this order):
+
+``mean, std, min, max, last - first, mean |step|, last-quarter mean - first-three-quarters mean``
+
+The last two react to noise bursts and to a fresh level change that the window's mean has not
+caught up with yet.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+FEATURE_NAMES = ("mean", "std", "min", "max", "delta", "mean_abs_step", "recent_shift")
+FEATURES_PER_CHANNEL = len(FEATURE_NAMES)
+# Fraction of the window taken as "recent" for the recent_shift feature.
+RECENT_FRACTION = 0.25
+FEATURE_SET_VERSION = 1
+
+F32 = npt.NDArray[np.float32]
+
+
+@numba.njit(cache=True)
+def normalize(
+    values: npt.NDArray[np.float64], mean: npt.NDArray[np.float64], scale: npt.NDArray[np.float64]
+) -> F32:  # pragma: no cover - compiled
+    """``(values - mean) / scale`` per channel, as float32."""
+    m, c = values.shape
+    out = np.empty((m, c), np.float32)
+    for i in range(m):
+        for j in range(c):
+            out[i, j] = (values[i, j] - mean[j]) / scale[j]
+    return out
+
+
+@numba.njit(cache=True)
+def window_ends(
+    segment_start: npt.NDArray[np.int64],
+    imputed: npt.NDArray[np.bool_],
+    window: int,
+    hop: int,
+    max_imputed_fraction: float,
+) -> npt.NDArray[np.int64]:  # pragma: no cover - compiled
+    """Grid indices at which a complete window ends, every ``hop`` points of a segment.
+
+    Windows with more imputed cells than ``max_imputed_fraction`` are left out: they say more
+    about the sensor link than about the machine.
+    """
+    m, c = imputed.shape
+    out = np.empty(m, np.int64)
+    # cum[k] = imputed cells in grid points [0, k)
+    cum = np.zeros(m + 1, np.int64)
+    for k in range(m):
+        row = 0
+        for j in range(c):
+            if imputed[k, j]:
+                row += 1
+        cum[k + 1] = cum[k] + row
+    n = 0
+    limit = max_imputed_fraction * window * c
+    for k in range(m):
+        first = k - window + 1
+        if first < segment_start[k]:
+            continue
+        if (k - segment_start[k] - (window - 1)) % hop != 0:
+            continue
+        if cum[k + 1] - cum[first] > limit:
+            continue
+        out[n] = k
+        n += 1
+    return out[:n]
+
+
+@numba.njit(cache=True)
+def window_features(xn: F32, ends: npt.NDArray[np.int64], window: int) -> F32:  # pragma: no cover
+    """Summary features of the windows ending at ``ends``; shape ``(len(ends), C * 7)``."""
+    m, c = xn.shape
+    nf = FEATURES_PER_CHANNEL
+    out = np.empty((ends.shape[0], c * nf), np.float32)
+    recent = max(1, int(window * RECENT_FRACTION))
+    for w in range(ends.shape[0]):
+        k = ends[w]
+        first = k - window + 1
+        for j in range(c):
+            s = 0.0
+            s2 = 0.0
+            lo = np.inf
+            hi = -np.inf
+            steps = 0.0
+            s_recent = 0.0
+            for t in range(first, k + 1):
+                v = np.float64(xn[t, j])
+                s += v
+                s2 += v * v
+                lo = min(lo, v)
+                hi = max(hi, v)
+                if t > first:
+                    steps += abs(v - np.float64(xn[t - 1, j]))
+                if t > k - recent:
+                    s_recent += v
+            mean = s / window
+            var = max(s2 / window - mean * mean, 0.0)
+            older = window - recent
+            mean_old = (s - s_recent) / older if older > 0 else mean
+            base = j * nf
+            out[w, base + 0] = mean
+            out[w, base + 1] = np.sqrt(var)
+            out[w, base + 2] = lo
+            out[w, base + 3] = hi
+            out[w, base + 4] = xn[k, j] - xn[first, j]
+            out[w, base + 5] = steps / max(window - 1, 1)
+            out[w, base + 6] = s_recent / recent - mean_old
+    return out
+
+
+@numba.njit(cache=True)
+def gather_windows(xn: F32, ends: npt.NDArray[np.int64], window: int) -> F32:  # pragma: no cover
+    """The normalized windows ending at ``ends`` as one ``(n, W, C)`` float32 array."""
+    m, c = xn.shape
+    out = np.empty((ends.shape[0], window, c), np.float32)
+    for w in range(ends.shape[0]):
+        first = ends[w] - window + 1
+        for t in range(window):
+            for j in range(c):
+                out[w, t, j] = xn[first + t, j]
+    return out
+
+
+def feature_names(channels: tuple[str, ...] | list[str]) -> list[str]:
+    """Column names of :func:`window_features` output, for reports and attribution."""
+    return [f"{ch}:{f}" for ch in channels for f in FEATURE_NAMES]

@@ -1,0 +1,7 @@
+"""``python -m export`` entry point."""
+
+import sys
+
+from export.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""Threshold calibration on held-out normal windows, and the cascade's screen threshold.
+
+Runs at the desk after the autoencoder is trained (and again in ``export`` with the int8
+model's own errors, so the device's threshold matches the model it runs). Produces the
+:class:`edge_agent.detect.threshold.ThresholdModel` the bundle stores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from scipy.stats import genpareto
+
+from edge_agent.detect.threshold import PotTail, ThresholdModel
+from trainer.config import ThresholdConfig
+
+QUANTILE_LEVELS = np.linspace(0.0, 1.0, 201)
+# A GPD fit on fewer exceedances than this is noise; fall back to the empirical tail.
+MIN_EXCEEDANCES = 10
+
+
+def calibrate_threshold(errors: npt.NDArray[np.float64], cfg: ThresholdConfig) -> ThresholdModel:
+    """Calibrate on reconstruction errors of normal windows."""
+    e = np.sort(np.asarray(errors, dtype=np.float64))
+    if e.size < 20:  # noqa: PLR2004
+        raise ValueError(f"need at least 20 held-out windows to calibrate, got {e.size}")
+    values = np.quantile(e, QUANTILE_LEVELS)
+    values = np.maximum.accumulate(values)
+    pot = None
+    u = float(np.quantile(e, cfg.pot_level))
+    exceed = e[e > u] - u
+    if cfg.method == "pot" and exceed.size >= MIN_EXCEEDANCES:
+        xi, _, sigma = genpareto.fit(exceed, floc=0.0)
+        # Very heavy fitted tails come from a handful of points; cap the shape so the
+        # threshold stays finite and sane.
+        xi = float(np.clip(xi, -0.5, 0.5))
+        pot = PotTail(u=u, sigma=float(max(sigma, 1e-12)), xi=xi, tail_fraction=exceed.size / e.size)
+        q = cfg.risk / pot.tail_fraction
+        if abs(xi) < 1e-6:
+            thr = u + pot.sigma * -np.log(q)
+        else:
+            thr = u + pot.sigma / xi * (q ** (-xi) - 1.0)
+        method = "pot"
+    else:
+        thr = float(np.percentile(e, cfg.percentile))
+        method = "percentile"
+    thr = float(max(thr, 1e-12) * cfg.margin)
+    return ThresholdModel(
+        method=method,  # type: ignore[arg-type]
+        alert_threshold=thr,
+        quantile_levels=[float(x) for x in QUANTILE_LEVELS],
+        quantile_values=[float(x) for x in values],
+        pot=pot,
+    )
+
+
+def screen_threshold(
+    forest_scores: npt.NDArray[np.float64],
+    stage2_detects: npt.NDArray[np.bool_],
+    *,
+    keep_recall: float,
+) -> float:
+    """Highest forest threshold that still passes ``keep_recall`` of what stage 2 detects.
+
+    ``forest_scores`` and ``stage2_detects`` are over anomalous validation windows (labelled
+    or synthetic). If stage 2 detects none, nothing can be kept and the screen passes all.
+    """
+    caught = np.sort(forest_scores[stage2_detects])
+    if caught.size == 0:
+        return 0.0
+    # Windows below the threshold are lost; allow losing floor((1-keep) * n) of them.
+    lose = int(np.floor((1.0 - keep_recall) * caught.size))
+    return float(caught[lose])

@@ -1,0 +1,116 @@
+"""Training settings: one strict model, loadable from TOML, with defaults that work on real data.
+
+The defaults were chosen on SKAB (400 rows of history per machine, 1 s samples) and the plant
+simulator, and scale to millions of rows by striding the training windows (``max_windows``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    period_s: float | None = Field(
+        default=None, gt=0, description="Model sample period in s; default: the median time step"
+    )
+    max_ffill: int = Field(default=5, ge=0, description="Gaps up to this many samples are held")
+    max_hold: int = Field(
+        default=30, ge=0, description="Longer gaps (samples) start a new segment on the device"
+    )
+    max_imputed_fraction: float = Field(
+        default=0.25, ge=0, le=1, description="Windows with more imputed cells are not scored"
+    )
+    scale_floor: float = Field(
+        default=1e-3,
+        gt=0,
+        description="Smallest per-channel scale, relative to |mean|, so a flat channel in the "
+        "history does not turn every later wiggle into an anomaly",
+    )
+
+
+class WindowConfig(_Strict):
+    length: int = Field(default=32, ge=4, le=1024, description="Samples per window")
+    hop: int = Field(default=1, ge=1, description="Samples between scored windows on the device")
+    max_windows: int = Field(
+        default=60_000, ge=100, description="Training windows kept (strided evenly beyond this)"
+    )
+
+
+class ForestConfig(_Strict):
+    n_trees: int = Field(default=100, ge=10, le=1000)
+    max_samples: int = Field(default=256, ge=16)
+
+
+class AutoencoderConfig(_Strict):
+    kind: Literal["conv", "dense", "lstm"] = "conv"
+    epochs: int = Field(default=80, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    patience: int = Field(default=10, ge=1, description="Epochs without improvement before stop")
+    validation_fraction: float = Field(
+        default=0.2, gt=0, lt=0.9, description="Latest share of history held out for calibration"
+    )
+
+
+class ThresholdConfig(_Strict):
+    method: Literal["pot", "percentile"] = "pot"
+    percentile: float = Field(default=99.5, gt=50, lt=100, description="For method=percentile")
+    pot_level: float = Field(
+        default=0.9, gt=0.5, lt=1, description="Quantile of normal errors where the GPD tail starts"
+    )
+    risk: float = Field(
+        default=1e-3, gt=0, lt=0.5, description="For method=pot: P(error >= threshold | normal)"
+    )
+    margin: float = Field(
+        default=1.0, ge=1.0, description="Threshold multiplier on top of the calibrated value"
+    )
+
+
+class CascadeConfig(_Strict):
+    keep_recall: float = Field(
+        default=0.98, gt=0, le=1, description="Share of stage-2 recall the screen must keep"
+    )
+
+
+class AlertConfig(_Strict):
+    open_after: int = Field(default=3, ge=1)
+    close_after: int = Field(default=10, ge=1)
+
+
+class TrainConfig(_Strict):
+    data: DataConfig = DataConfig()
+    window: WindowConfig = WindowConfig()
+    forest: ForestConfig = ForestConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    threshold: ThresholdConfig = ThresholdConfig()
+    cascade: CascadeConfig = CascadeConfig()
+    alerts: AlertConfig = AlertConfig()
+
+
+def load_config(path: Path | None) -> TrainConfig:
+    if path is None:
+        return TrainConfig()
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return TrainConfig.model_validate(doc)
+    except ValidationError as exc:
+        lines = [f"{path}: {len(exc.errors())} problem(s):"]
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,183 @@
+"""``trainer evaluate``: score labelled data with a run (float) or a bundle (int8) and report.
+
+Runs the device pipeline (``edge_agent.pipeline``) twice, with the forest screen and without it
+(stage 2 alone), computes the metrics, scores the classic baselines on the same windows, and
+writes ``metrics.json`` and an HTML report with plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.bundle.manifest import (
+    SCHEMA_VERSION,
+    AutoencoderSpec,
+    ChannelSpec,
+    ForestSpec,
+    Manifest,
+    ParitySpec,
+    SamplingSpec,
+    TrainingSpec,
+    WindowSpec,
+)
+from edge_agent.bundle.verify import verify_bundle
+from edge_agent.data.table import SensorTable
+from edge_agent.detect.alerts import AlertPolicy
+from edge_agent.detect.cascade import Cascade
+from edge_agent.detect.threshold import ThresholdModel
+from edge_agent.detect.windows import window_features
+from edge_agent.errors import DataError
+from edge_agent.pipeline import PipelineResult, prepare, run_pipeline
+from trainer.evaluate.baselines import run_baselines
+from trainer.evaluate.metrics import point_metrics, summarize
+from trainer.evaluate.report import write_report
+from trainer.fit import features_of_windows
+
+
+def manifest_from_run(record: dict[str, Any]) -> Manifest:
+    """A manifest for a not-yet-exported run, so the float model runs the same pipeline."""
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        model_version="run",
+        created_at="",
+        channels=[ChannelSpec.model_validate(c) for c in record["channels"]],
+        sampling=SamplingSpec.model_validate(record["sampling"]),
+        window=WindowSpec.model_validate(record["window"]),
+        forest=ForestSpec.model_validate(record["forest"]),
+        autoencoder=AutoencoderSpec(file="autoencoder.keras", kind=record["autoencoder"]["kind"]),
+        threshold=ThresholdModel.model_validate(record["threshold"]),
+        alerts=AlertPolicy.model_validate(record["alerts"]),
+        training=TrainingSpec(
+            data_fingerprint=record["data_fingerprint"],
+            rows=record["rows"],
+            sources=[record["source"]],
+            seed=record["seed"],
+            trainer_version=record["trainer_version"],
+        ),
+        parity=ParitySpec(
+            windows=0, positives=0, f1_float=0, f1_int8=0, auc_float=0, auc_int8=0, error_rel_mae=0
+        ),
+        files={},
+    )
+
+
+def load_scorer(
+    run_dir: Path | None, bundle_dir: Path | None, trust: Path | None
+) -> tuple[Manifest, Cascade, npt.NDArray[np.float32], str]:
+    """The manifest, cascade and baseline training windows of a run or a bundle."""
+    if bundle_dir is not None:
+        if trust is None:
+            raise DataError("--bundle needs --trust KEY.pub")
+        b = verify_bundle(bundle_dir, trust)
+        cascade = Cascade.from_bundle(b)
+        rep = np.zeros((0, b.manifest.window.length, len(b.manifest.channels)), np.float32)
+        if run_dir is not None:
+            with np.load(run_dir / "calibration.npz", allow_pickle=False) as z:
+                rep = z["representative"]
+        return b.manifest, cascade, rep, f"int8 bundle {b.manifest.model_version}"
+    if run_dir is None:
+        raise DataError("give --run RUN_DIR or --bundle BUNDLE_DIR")
+    from export.bundle import load_run
+    from trainer.fit import KerasReconstructor
+
+    record, model, forest, arrays = load_run(run_dir)
+    m = manifest_from_run(record)
+    cascade = Cascade(
+        forest=forest,
+        screen_threshold=m.forest.screen_threshold,
+        autoencoder=KerasReconstructor(model),
+        threshold=m.threshold,
+    )
+    return m, cascade, arrays["representative"], f"float run {run_dir.name}"
+
+
+def evaluate(
+    table: SensorTable,
+    manifest: Manifest,
+    cascade: Cascade,
+    representative: npt.NDArray[np.float32],
+    *,
+    label_col: str,
+    skip_rows: int = 0,
+    seed: int = 0,
+) -> tuple[dict[str, Any], PipelineResult, dict[str, Any]]:
+    """Metrics of the cascade, of stage 2 alone and of the baselines on rows ``skip_rows:``."""
+    if label_col not in table.labels:
+        raise DataError(f"label column {label_col!r} not read; pass --label-col {label_col}")
+    y = table.labels[label_col][skip_rows:].astype(bool)
+    ts = table.timestamps[skip_rows:]
+    res = run_pipeline(table, manifest, cascade)
+    alone = run_pipeline(table, manifest, cascade, screen=False)
+    period = manifest.sampling.period_s
+    # Cascade score for ranking: stage-1 windows rank below every stage-2 window.
+    ranked = np.where(res.stage == 2, 1.0 + res.score / manifest.threshold.alert_threshold,
+                      res.score * 0.5)
+    metrics: dict[str, Any] = {
+        "rows": int(y.size),
+        "cascade": summarize(y, res.alert[skip_rows:], ranked[skip_rows:], ts, period,
+                             res.stage[skip_rows:] == 2),
+        "stage2_alone": summarize(y, alone.alert[skip_rows:], alone.score[skip_rows:], ts,
+                                  period, None),
+    }
+    # Baselines on the same window features; rows without a window count as normal.
+    _, xn, ends = prepare(table, manifest)
+    test_f = window_features(xn, ends, manifest.window.length)
+    train_f = features_of_windows(np.ascontiguousarray(representative))
+    baselines: dict[str, Any] = {}
+    if train_f.shape[0] >= 20 and test_f.shape[0]:  # noqa: PLR2004
+        for name, (_, pred) in run_baselines(train_f, test_f, seed=seed).items():
+            row_pred = np.where(res.window_of_row >= 0, pred[np.clip(res.window_of_row, 0, None)],
+                                False)
+            baselines[name] = point_metrics(y, row_pred[skip_rows:])
+    metrics["baselines"] = baselines
+    return metrics, res, baselines
+
+
+def write_outputs(
+    out: Path,
+    *,
+    title: str,
+    table: SensorTable,
+    manifest: Manifest,
+    metrics: dict[str, Any],
+    res: PipelineResult,
+    baselines: dict[str, Any],
+    label_col: str,
+    skip_rows: int,
+) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=out)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(metrics, fh, indent=2, default=float)
+    os.replace(tmp, out / "metrics.json")
+    contrib = np.where(
+        (res.window_of_row >= 0)[:, None],
+        res.windows.contributions[np.clip(res.window_of_row, 0, None)]
+        if res.windows.contributions.shape[0]
+        else 0.0,
+        0.0,
+    )
+    return write_report(
+        out,
+        title=title,
+        timestamps_s=table.timestamps[skip_rows:],
+        y_true=table.labels[label_col][skip_rows:].astype(bool),
+        # Stage-2 error in units of the alert threshold: 1.0 is the alert line.
+        score=np.where(res.stage == 2, res.score / manifest.threshold.alert_threshold, 0.0)[
+            skip_rows:
+        ],
+        threshold=1.0,
+        y_pred=res.alert[skip_rows:],
+        channels=manifest.channel_names,
+        contributions=contrib[skip_rows:],
+        metrics=metrics["cascade"],
+        baselines=baselines,
+        stage=res.stage[skip_rows:],
+    )

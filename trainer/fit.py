@@ -1,0 +1,348 @@
+"""``trainer fit``: from a history file to a run directory holding the two-stage detector.
+
+Steps: read → grid (the device's rules, plus interpolation of long gaps) → normalize → windows
+→ Isolation Forest on window features (the device's Numba kernels) → autoencoder on windows →
+threshold on held-out normal windows → screen threshold from labelled or synthetic anomalies.
+The run directory is written to a temporary sibling and renamed into place, so a failed run
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.data.grid import align_to_grid, interpolate_held_runs
+from edge_agent.data.table import SensorTable
+from edge_agent.detect.cascade import reconstruction_error
+from edge_agent.detect.windows import (
+    FEATURE_SET_VERSION,
+    gather_windows,
+    normalize,
+    window_ends,
+    window_features,
+)
+from edge_agent.errors import DataError
+from trainer.calibrate import calibrate_threshold, screen_threshold
+from trainer.config import TrainConfig
+from trainer.forest import fit_forest
+from trainer.synthetic import inject
+
+log = logging.getLogger("trainer.fit")
+
+RUN_FILE = "run.json"
+FOREST_FILE = "forest.npz"
+MODEL_FILE = "autoencoder.keras"
+CALIBRATION_FILE = "calibration.npz"
+# Representative windows kept for int8 calibration in export.
+REPRESENTATIVE_WINDOWS = 1000
+# Fewer held-out windows than this cannot calibrate a tail.
+MIN_VALIDATION_WINDOWS = 30
+
+
+@dataclass
+class Prepared:
+    """History on the grid, normalized, with its windows."""
+
+    xn: npt.NDArray[np.float32]
+    ends: npt.NDArray[np.int64]
+    window_labels: npt.NDArray[np.int8]
+    mean: npt.NDArray[np.float64]
+    scale: npt.NDArray[np.float64]
+    period_s: float
+
+
+def median_period(table: SensorTable) -> float:
+    steps = np.diff(table.timestamps)
+    steps = steps[steps > 0]
+    if steps.size == 0:
+        raise DataError("cannot infer the sample period: all timestamps are equal", path=table.path)
+    return float(np.median(steps))
+
+
+def prepare_history(table: SensorTable, cfg: TrainConfig) -> Prepared:
+    period = cfg.data.period_s or median_period(table)
+    raw_mean = np.nanmean(table.values, axis=0)
+    grid = align_to_grid(
+        table.timestamps,
+        table.values,
+        period_s=period,
+        max_hold=cfg.data.max_hold,
+        fill=raw_mean,
+    )
+    grid = interpolate_held_runs(grid, max_ffill=cfg.data.max_ffill)
+    m = grid.times.shape[0]
+    label = np.zeros(m, np.int8)
+    for lab in table.labels.values():
+        np.maximum.at(label, grid.row_to_grid, lab)
+    # Grid points filled in a gap inherit the label of the row before them.
+    has_row = np.zeros(m, np.bool_)
+    has_row[grid.row_to_grid] = True
+    last = np.maximum.accumulate(np.where(has_row, np.arange(m), 0))
+    label = label[last]
+
+    clean = ~grid.imputed & (label[:, None] == 0)
+    mean = np.empty(len(table.channels))
+    scale = np.empty(len(table.channels))
+    for j, name in enumerate(table.channels):
+        col = grid.values[clean[:, j], j]
+        if col.size < 2:  # noqa: PLR2004
+            raise DataError("channel has fewer than 2 measured normal samples", path=table.path,
+                            column=name)
+        mean[j] = col.mean()
+        floor = max(cfg.data.scale_floor * abs(mean[j]), 1e-9)
+        scale[j] = max(float(col.std()), floor)
+    xn = normalize(grid.values, mean, scale)
+    w = cfg.window.length
+    ends = window_ends(grid.segment_start, grid.imputed, w, 1, cfg.data.max_imputed_fraction)
+    if ends.size == 0:
+        longest = int(np.max(np.bincount(grid.segment_start))) if m else 0
+        raise DataError(
+            f"window length {w} samples is longer than the data allows (longest gap-free "
+            f"stretch is {longest} samples of {period:g} s); use a shorter [window] length",
+            path=table.path,
+        )
+    cum = np.concatenate([[0], np.cumsum(label)])
+    window_labels = ((cum[ends + 1] - cum[ends + 1 - w]) > 0).astype(np.int8)
+    return Prepared(xn, ends, window_labels, mean, scale, period)
+
+
+def data_fingerprint(table: SensorTable) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(list(table.channels)).encode())
+    h.update(np.ascontiguousarray(table.timestamps).tobytes())
+    h.update(np.ascontiguousarray(table.values).tobytes())
+    return h.hexdigest()
+
+
+class KerasReconstructor:
+    """Float Keras model behind the cascade's ``Reconstructor`` contract (desk only)."""
+
+    def __init__(self, model: Any, batch: int = 1024) -> None:
+        self.model = model
+        self.batch = batch
+
+    def reconstruct(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = [
+            np.asarray(self.model(windows[i : i + self.batch], training=False))
+            for i in range(0, windows.shape[0], self.batch)
+        ]
+        return np.concatenate(out).astype(np.float32) if out else windows.copy()
+
+
+def _progress_callback(epochs: int) -> Any:
+    import keras
+    from tqdm.auto import tqdm
+
+    class Progress(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_train_begin(self, logs: Any = None) -> None:
+            self.bar = tqdm(total=epochs, desc="autoencoder", unit="epoch", leave=False)
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs or {}
+            self.bar.set_postfix(loss=f"{logs.get('loss', 0):.4f}",
+                                 val=f"{logs.get('val_loss', 0):.4f}")
+            self.bar.update(1)
+
+        def on_train_end(self, logs: Any = None) -> None:
+            self.bar.close()
+
+    return Progress()
+
+
+def train_autoencoder(
+    train_w: npt.NDArray[np.float32], val_w: npt.NDArray[np.float32], cfg: TrainConfig, seed: int
+) -> tuple[Any, dict[str, Any]]:
+    import keras
+    import tensorflow as tf
+
+    from trainer.models import build_autoencoder
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    gpus = tf.config.list_physical_devices("GPU")
+    log.info("TensorFlow %s, training on %s", tf.__version__, "GPU" if gpus else "CPU")
+    a = cfg.autoencoder
+    model = build_autoencoder(a.kind, train_w.shape[1], train_w.shape[2], seed=seed)
+    model.optimizer.learning_rate.assign(a.learning_rate)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=a.patience, restore_best_weights=True
+    )
+    hist = model.fit(
+        train_w,
+        train_w,
+        validation_data=(val_w, val_w),
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=[stop, _progress_callback(a.epochs)],
+    )
+    losses = hist.history
+    info = {
+        "epochs_run": len(losses["loss"]),
+        "final_loss": float(losses["loss"][-1]),
+        "best_val_loss": float(min(losses["val_loss"])),
+        "device": "GPU" if gpus else "CPU",
+        "tensorflow": tf.__version__,
+        "parameters": int(model.count_params()),
+    }
+    return model, info
+
+
+def fit(
+    table: SensorTable, out: Path, cfg: TrainConfig, *, seed: int = 0, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train on ``table`` and write the run directory ``out``; returns the run record."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    t0 = time.perf_counter()
+    prep = prepare_history(table, cfg)
+    w = cfg.window.length
+    normal = np.flatnonzero(prep.window_labels == 0)
+    if normal.size < 2 * MIN_VALIDATION_WINDOWS:
+        raise DataError(
+            f"only {normal.size} normal windows of {w} samples; need at least "
+            f"{2 * MIN_VALIDATION_WINDOWS} (more history or a shorter window)",
+            path=table.path,
+        )
+    n_val = max(MIN_VALIDATION_WINDOWS, int(round(normal.size * cfg.autoencoder.validation_fraction)))
+    train_idx, val_idx = normal[:-n_val], normal[-n_val:]
+    if train_idx.size > cfg.window.max_windows:
+        train_idx = train_idx[np.linspace(0, train_idx.size - 1, cfg.window.max_windows).astype(int)]
+    train_ends, val_ends = prep.ends[train_idx], prep.ends[val_idx]
+    anomalous_ends = prep.ends[prep.window_labels == 1]
+    log.info(
+        "%d windows of %d x %d: %d train, %d held out, %d labelled anomalous",
+        prep.ends.size, w, len(table.channels), train_ends.size, val_ends.size,
+        anomalous_ends.size,
+    )
+
+    train_f = window_features(prep.xn, train_ends, w)
+    _, forest = fit_forest(
+        train_f, n_trees=cfg.forest.n_trees, max_samples=cfg.forest.max_samples, seed=seed
+    )
+    train_w = gather_windows(prep.xn, train_ends, w)
+    val_w = gather_windows(prep.xn, val_ends, w)
+    model, train_info = train_autoencoder(train_w, val_w, cfg, seed)
+    recon = KerasReconstructor(model)
+
+    val_err, _ = reconstruction_error(val_w, recon.reconstruct(val_w))
+    threshold = calibrate_threshold(val_err, cfg.threshold)
+
+    synth_w, synth_kinds = inject(val_w, seed=seed, copies=2)
+    pos_w = synth_w
+    if anomalous_ends.size:
+        pos_w = np.concatenate([synth_w, gather_windows(prep.xn, anomalous_ends, w)])
+    pos_f = features_of_windows(pos_w)
+    pos_err, _ = reconstruction_error(pos_w, recon.reconstruct(pos_w))
+    pos_forest = forest.score(pos_f)
+    detected = pos_err >= threshold.alert_threshold
+    screen = screen_threshold(pos_forest, detected, keep_recall=cfg.cascade.keep_recall)
+    val_forest = forest.score(window_features(prep.xn, val_ends, w))
+    record: dict[str, Any] = {
+        "trainer_version": _version(),
+        "seed": seed,
+        "config": cfg.model_dump(),
+        "source": str(table.path),
+        "rows": table.rows,
+        "data_fingerprint": data_fingerprint(table),
+        "channels": [
+            {"name": n, "unit": "", "mean": float(m), "scale": float(s)}
+            for n, m, s in zip(table.channels, prep.mean, prep.scale, strict=True)
+        ],
+        "sampling": {
+            "period_s": prep.period_s,
+            "max_hold": cfg.data.max_hold,
+            "max_imputed_fraction": cfg.data.max_imputed_fraction,
+        },
+        "window": {"length": w, "hop": cfg.window.hop, "feature_set": FEATURE_SET_VERSION},
+        "forest": {
+            "file": FOREST_FILE,
+            "n_trees": forest.n_trees,
+            "max_samples": forest.max_samples,
+            "screen_threshold": screen,
+        },
+        "autoencoder": {"kind": cfg.autoencoder.kind, **train_info},
+        "threshold": threshold.model_dump(),
+        "alerts": cfg.alerts.model_dump(),
+        "validation": {
+            "windows": int(val_ends.size),
+            "false_alarm_rate": float(np.mean(val_err >= threshold.alert_threshold)),
+            "screened_fraction": float(np.mean(val_forest >= screen)),
+            "positives": int(pos_w.shape[0]),
+            "stage2_recall": float(detected.mean()),
+            "cascade_recall": float(np.mean(detected & (pos_forest >= screen))),
+        },
+        "fit_seconds": round(time.perf_counter() - t0, 2),
+    }
+    rep_idx = np.linspace(0, train_w.shape[0] - 1, min(REPRESENTATIVE_WINDOWS, train_w.shape[0]))
+    pos_labels = np.ones(pos_w.shape[0], np.int8)
+    parity_w = np.concatenate([val_w, pos_w])
+    parity_labels = np.concatenate([np.zeros(val_w.shape[0], np.int8), pos_labels])
+    _write_run(
+        out,
+        record=record,
+        forest_bytes=forest.to_bytes(),
+        model=model,
+        arrays={
+            "representative": train_w[rep_idx.astype(int)],
+            "val_windows": val_w,
+            "parity_windows": parity_w,
+            "parity_labels": parity_labels,
+            "synthetic_kinds": np.array(synth_kinds),
+        },
+        overwrite=overwrite,
+    )
+    return record
+
+
+def features_of_windows(windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Features of standalone windows ``(n, W, C)`` via the device kernel."""
+    n, w, c = windows.shape
+    flat = np.ascontiguousarray(windows.reshape(n * w, c))
+    ends = np.arange(w - 1, n * w, w, dtype=np.int64)
+    return window_features(flat, ends, w)
+
+
+def _version() -> str:
+    from edge_agent import __version__
+
+    return __version__
+
+
+def _write_run(
+    out: Path,
+    *,
+    record: dict[str, Any],
+    forest_bytes: bytes,
+    model: Any,
+    arrays: dict[str, npt.NDArray[Any]],
+    overwrite: bool,
+) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / FOREST_FILE).write_bytes(forest_bytes)
+        model.save(tmp / MODEL_FILE)
+        np.savez(tmp / CALIBRATION_FILE, **arrays)
+        (tmp / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            if not overwrite and any(out.iterdir()):
+                raise FileExistsError(f"{out} appeared while training; not replacing it")
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,69 @@
+"""Stage 1 at the desk: fit scikit-learn's Isolation Forest and flatten it for the gateway.
+
+Produces an :class:`edge_agent.detect.forest.FlatForest`, which the bundle stores as plain
+arrays; a test checks that its scores equal scikit-learn's ``-score_samples`` exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.ensemble import IsolationForest
+
+from edge_agent.detect.forest import LEAF, FlatForest, average_path_length
+
+
+def fit_forest(
+    features: npt.NDArray[np.float32], *, n_trees: int, max_samples: int, seed: int
+) -> tuple[IsolationForest, FlatForest]:
+    """Fit on ``features`` (n, F) and return the fitted model and its flat twin."""
+    model = IsolationForest(
+        n_estimators=n_trees,
+        max_samples=min(max_samples, features.shape[0]),
+        random_state=seed,
+        n_jobs=1,
+    )
+    model.fit(features)
+    return model, flatten_forest(model, n_features=features.shape[1])
+
+
+def flatten_forest(model: IsolationForest, *, n_features: int) -> FlatForest:
+    """Concatenate the trees of a fitted ``IsolationForest`` into flat node arrays."""
+    feats, thrs, lefts, rights, leaves, roots = [], [], [], [], [], []
+    offset = 0
+    subsampled = model._max_features != n_features  # noqa: SLF001 - mirrors sklearn's scorer
+    for tree, tree_features in zip(model.estimators_, model.estimators_features_, strict=True):
+        t = tree.tree_
+        n = t.node_count
+        is_leaf = t.children_left == -1
+        depth = np.zeros(n, dtype=np.float64)
+        # Nodes are stored parent-before-child, so one forward pass fills every depth.
+        for node in range(n):
+            if not is_leaf[node]:
+                depth[t.children_left[node]] = depth[node] + 1
+                depth[t.children_right[node]] = depth[node] + 1
+        feature = np.where(is_leaf, LEAF, t.feature).astype(np.int32)
+        if subsampled:
+            feature = np.where(is_leaf, LEAF, np.asarray(tree_features)[t.feature]).astype(np.int32)
+        leaf_value = np.where(
+            is_leaf,
+            depth + np.array([average_path_length(float(s)) for s in t.n_node_samples]),
+            0.0,
+        )
+        feats.append(feature)
+        thrs.append(t.threshold.astype(np.float64))
+        lefts.append(np.where(is_leaf, LEAF, t.children_left + offset).astype(np.int32))
+        rights.append(np.where(is_leaf, LEAF, t.children_right + offset).astype(np.int32))
+        leaves.append(leaf_value)
+        roots.append(offset)
+        offset += n
+    return FlatForest(
+        feature=np.concatenate(feats),
+        threshold=np.concatenate(thrs),
+        left=np.concatenate(lefts),
+        right=np.concatenate(rights),
+        leaf_value=np.concatenate(leaves),
+        roots=np.asarray(roots, dtype=np.int32),
+        max_samples=int(model.max_samples_),
+        n_features=n_features,
+    )
