@@ -45,10 +45,13 @@ def calibrate_threshold(errors: npt.NDArray[np.float64], cfg: ThresholdConfig) -
         thr = float(np.percentile(e, cfg.percentile))
         method = "percentile"
     thr = float(max(thr, 1e-12) * cfg.margin)
+    # Plotting positions: the largest of n normal errors is exceeded with probability about
+    # 1/(n+1), not 0, so the table's top level is n/(n+1).
+    levels = QUANTILE_LEVELS * e.size / (e.size + 1)
     return ThresholdModel(
         method=method,  # type: ignore[arg-type]
         alert_threshold=thr,
-        quantile_levels=[float(x) for x in QUANTILE_LEVELS],
+        quantile_levels=[float(x) for x in levels],
         quantile_values=[float(x) for x in values],
         pot=pot,
     )

@@ -1,7 +1,8 @@
 """``python -m trainer``: learn, evaluate and simulate at the desk.
 
 Subcommands: ``fit`` (history → run directory), ``evaluate`` (labelled data → metrics.json and
-an HTML report), ``simulate`` (write plant-simulator history with labelled faults).
+an HTML report), ``simulate`` (write plant-simulator history with labelled faults), ``demo``
+(simulate → fit → bundle → replay, end to end).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--anomaly-fraction", type=float, default=0.04,
                    help="share of anomalous points (default 0.04)")
+    d = sub.add_parser("demo", help="simulate, train, export and replay end to end",
+                       description="The whole desk-to-device path on the plant simulator.")
+    d.add_argument("--out", type=Path, default=Path("demo_out"), help="working directory")
+    d.add_argument("--epochs", type=int, help="autoencoder epochs (default: the built-in)")
     return p
 
 
@@ -82,6 +87,11 @@ def _run(args: argparse.Namespace) -> int:
         plant.write_csv(args.out)
         print(f"wrote {args.rows} rows, {int(plant.labels.sum())} anomalous, "
               f"{len(plant.episodes)} fault episodes to {args.out}")
+        return 0
+    if args.command == "demo":
+        from trainer.demo import run_demo
+
+        run_demo(args.out, epochs=args.epochs)
         return 0
     if args.command == "fit":
         from trainer.config import load_config

@@ -18,6 +18,7 @@ from edge_agent.bundle.manifest import Manifest
 from edge_agent.bundle.verify import VerifiedBundle
 from edge_agent.detect.forest import FlatForest
 from edge_agent.detect.threshold import ThresholdModel
+from edge_agent.errors import BundleError
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -78,7 +79,7 @@ class Cascade:
         forest = FlatForest.from_bytes(bundle.files[m.forest.file], source=m.forest.file)
         ae = Int8Autoencoder(bundle.files[m.autoencoder.file], num_threads=num_threads)
         if ae.window != m.window.length or ae.channels != len(m.channels):
-            raise ValueError(
+            raise BundleError(
                 f"{m.autoencoder.file}: model input is ({ae.window}, {ae.channels}) but the "
                 f"manifest says ({m.window.length}, {len(m.channels)})"
             )

@@ -1,0 +1,88 @@
+"""A gateway refuses unsigned, re-signed, tampered, incomplete or incompatible bundles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge_agent.bundle.verify import verify_bundle
+from edge_agent.cli import main as agent_main
+from edge_agent.errors import BundleError
+from export.keys import keygen, load_private_key
+
+
+@pytest.fixture
+def copy(bundle: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "b"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def test_good_bundle_verifies(bundle: Path, keys: Path) -> None:
+    b = verify_bundle(bundle, keys / "signing.pub")
+    assert set(b.files) == {"forest.npz", "model_int8.tflite"}
+    assert b.manifest.schema_version == 1
+    assert (keys / "signing.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_tampered_model_file(copy: Path, keys: Path) -> None:
+    data = bytearray((copy / "model_int8.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model_int8.tflite").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="model_int8.tflite does not match its SHA-256"):
+        verify_bundle(copy, keys / "signing.pub")
+
+
+def test_edited_manifest_breaks_the_signature(copy: Path, keys: Path) -> None:
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["threshold"]["alert_threshold"] *= 10
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="signature does not match"):
+        verify_bundle(copy, keys / "signing.pub")
+
+
+def test_unsigned_and_foreign_key(copy: Path, keys: Path, tmp_path: Path) -> None:
+    _, other_pub = keygen(tmp_path / "other")
+    with pytest.raises(BundleError, match="signature does not match"):
+        verify_bundle(copy, other_pub)
+    (copy / "manifest.sig").unlink()
+    with pytest.raises(BundleError, match="unsigned bundle"):
+        verify_bundle(copy, keys / "signing.pub")
+
+
+def test_missing_file_and_newer_schema(copy: Path, keys: Path) -> None:
+    key = load_private_key(keys / "signing.key")
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["schema_version"] = 99
+    raw = json.dumps(doc).encode()
+    (copy / "manifest.json").write_bytes(raw)
+    (copy / "manifest.sig").write_bytes(key.sign(raw))
+    with pytest.raises(BundleError, match="schema_version 99 is not supported"):
+        verify_bundle(copy, keys / "signing.pub")
+    doc["schema_version"] = 1
+    raw = json.dumps(doc).encode()
+    (copy / "manifest.json").write_bytes(raw)
+    (copy / "manifest.sig").write_bytes(key.sign(raw))
+    (copy / "forest.npz").unlink()
+    with pytest.raises(BundleError, match="forest.npz is listed in the manifest but missing"):
+        verify_bundle(copy, keys / "signing.pub")
+
+
+def test_channel_mismatch(bundle: Path, keys: Path) -> None:
+    with pytest.raises(BundleError, match="model needs channels"):
+        verify_bundle(bundle, keys / "signing.pub", channels=["pressure_bar"])
+
+
+def test_replay_cli_refuses_a_bad_bundle_with_exit_2(
+    copy: Path, keys: Path, sim_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (copy / "manifest.sig").write_bytes(b"\0" * 64)
+    out = tmp_path / "scores.csv"
+    code = agent_main(["replay", "--bundle", str(copy), "--data", str(sim_csv), "--out",
+                       str(out), "--trust", str(keys / "signing.pub")])
+    assert code == 2
+    assert "signature does not match" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,42 @@
+"""Calibrated thresholds: tail probabilities, POT fit and the screen threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainer.calibrate import calibrate_threshold, screen_threshold
+from trainer.config import ThresholdConfig
+
+
+def test_pot_tail_matches_the_exponential_it_was_fitted_on() -> None:
+    rng = np.random.default_rng(0)
+    errors = rng.exponential(1.0, size=20_000)
+    model = calibrate_threshold(errors, ThresholdConfig(method="pot", risk=1e-3))
+    assert model.method == "pot"
+    # For Exp(1), P(E >= e) = exp(-e); the threshold for risk 1e-3 is ln(1000) = 6.9.
+    assert abs(model.alert_threshold - np.log(1000)) < 0.5
+    tail = model.tail_probability(np.array([3.0, 5.0, 8.0]))
+    np.testing.assert_allclose(tail, np.exp(-np.array([3.0, 5.0, 8.0])), rtol=0.3)
+    p = model.p_anomaly(np.linspace(0, 20, 200))
+    assert np.all(np.diff(p) >= 0)
+    assert p[0] < 0.05 and p[-1] > 0.999
+
+
+def test_percentile_method_and_beyond_the_table() -> None:
+    errors = np.arange(1, 1001, dtype=np.float64)
+    model = calibrate_threshold(errors, ThresholdConfig(method="percentile", percentile=99.0))
+    assert model.pot is None
+    assert abs(model.alert_threshold - np.percentile(errors, 99.0)) < 1e-9
+    tail = model.tail_probability(np.array([500.0, 1000.0, 2000.0, 4000.0]))
+    assert tail[0] > tail[1] > tail[2] > tail[3] > 0
+
+
+def test_screen_keeps_the_required_share_of_stage2_detections() -> None:
+    rng = np.random.default_rng(1)
+    forest = rng.random(1000)
+    detected = rng.random(1000) < 0.6
+    t = screen_threshold(forest, detected, keep_recall=0.98)
+    kept = np.mean(forest[detected] >= t)
+    assert kept >= 0.98
+    assert kept < 0.99  # and no lower threshold than needed
+    assert screen_threshold(forest, np.zeros(1000, bool), keep_recall=0.98) == 0.0
