@@ -89,8 +89,12 @@ def sweep(tag: str) -> None:
     print(f"{len(data)} files")
     results = []
     grid = itertools.product(
-        ["pot", "percentile"], [1e-2, 1e-3], [99.0, 99.9], [1.0, 1.5, 2.0, 3.0], [1, 3, 5],
-        [1, 10, 30],
+        ["pot", "percentile"],
+        [1e-2, 1e-3],
+        [99.0, 99.9],
+        [1.0, 1.5, 2.0, 2.25, 2.5, 3.0, 5.0],
+        [1, 3, 5],
+        [1, 10, 30, 90],
     )
     for method, risk, pct, margin, op, cl in grid:
         if method == "pot" and pct != 99.0:
@@ -112,9 +116,13 @@ def sweep(tag: str) -> None:
         f1 = tp / (tp + (fp + fn) / 2)
         results.append((f1, fp / (fp + tn), fn / (fn + tp), method, risk, pct, margin, op, cl))
     results.sort(reverse=True)
-    for r in results[:25]:
-        print("F1 %.3f FAR %.3f MAR %.3f  %s risk=%g pct=%g margin=%g open=%d close=%d" % r)
-    (CACHE / tag / "sweep.json").write_text(json.dumps(results[:50]))
+    for r in results[:10] + [x for x in results if x[1] <= 0.1355][:10]:
+        f1, far, mar, method, risk, pct, margin, op, cl = r
+        print(
+            f"F1 {f1:.3f} FAR {far:.3f} MAR {mar:.3f}  {method} risk={risk:g} pct={pct:g} "
+            f"margin={margin:g} open={op} close={cl}"
+        )
+    (CACHE / tag / "sweep.json").write_text(json.dumps(results))
 
 
 def main() -> None:

@@ -28,11 +28,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Verify a bundle, then score every row of a CSV exactly as the gateway "
         "would, writing timestamp, stage, score, p_anomaly, alert per input row.",
     )
-    r.add_argument("--bundle", type=Path, required=True, help="bundle directory from `export bundle`")
+    r.add_argument(
+        "--bundle", type=Path, required=True, help="bundle directory from `export bundle`"
+    )
     r.add_argument("--data", type=Path, required=True, help="CSV with the model's channels")
     r.add_argument("--out", type=Path, required=True, help="output CSV (one row per input row)")
-    r.add_argument("--trust", type=Path, required=True,
-                   help="trusted Ed25519 public key (PEM) the bundle must be signed with")
+    r.add_argument(
+        "--trust",
+        type=Path,
+        required=True,
+        help="trusted Ed25519 public key (PEM) the bundle must be signed with",
+    )
     r.add_argument("--time-col", help="timestamp column (default: timestamp/datetime/time)")
     r.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     sub.add_parser("version", help="print the agent version")
@@ -52,8 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             from edge_agent.replay import replay
 
-            res = replay(args.bundle, args.data, args.out, args.trust, time_col=args.time_col,
-                         num_threads=args.threads)
+            res = replay(
+                args.bundle,
+                args.data,
+                args.out,
+                args.trust,
+                time_col=args.time_col,
+                num_threads=args.threads,
+            )
             n = res.stage.size
             print(
                 f"scored {n} rows: {int((res.stage == 2).sum())} reached stage 2, "

@@ -86,7 +86,9 @@ def run_pipeline(
     parts = []
     for start in range(0, ends.shape[0], CHUNK_WINDOWS):
         e = ends[start : start + CHUNK_WINDOWS]
-        parts.append(cascade.score(gather_windows(xn, e, w), window_features(xn, e, w), screen=screen))
+        parts.append(
+            cascade.score(gather_windows(xn, e, w), window_features(xn, e, w), screen=screen)
+        )
     scores = _concat(parts, len(manifest.channels))
 
     # Hysteresis runs per segment: after an outage the machine is judged afresh.

@@ -25,17 +25,26 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     k = sub.add_parser("keygen", help="write KEYDIR/signing.key (0600) and KEYDIR/signing.pub")
     k.add_argument("--out", type=Path, required=True, help="directory for the key pair")
-    b = sub.add_parser("bundle", help="quantize a run to int8 and pack a signed bundle",
-                       description="Quantize to full-integer int8, check int8-vs-float parity, "
-                       "build accelerator variants, and sign the manifest.")
+    b = sub.add_parser(
+        "bundle",
+        help="quantize a run to int8 and pack a signed bundle",
+        description="Quantize to full-integer int8, check int8-vs-float parity, "
+        "build accelerator variants, and sign the manifest.",
+    )
     b.add_argument("--run", type=Path, required=True, help="run directory from `trainer fit`")
     b.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     b.add_argument("--key", type=Path, required=True, help="Ed25519 private key (signing.key)")
     b.add_argument("--model-version", help="version string (default: UTC time + hash)")
-    b.add_argument("--variants", default="edgetpu,onnx",
-                   help="comma-separated accelerator variants, or 'none' (default edgetpu,onnx)")
-    b.add_argument("--force", action="store_true",
-                   help="export even if the int8 model fails the parity gate (recorded)")
+    b.add_argument(
+        "--variants",
+        default="edgetpu,onnx",
+        help="comma-separated accelerator variants, or 'none' (default edgetpu,onnx)",
+    )
+    b.add_argument(
+        "--force",
+        action="store_true",
+        help="export even if the int8 model fails the parity gate (recorded)",
+    )
     b.add_argument("--overwrite", action="store_true", help="replace an existing bundle dir")
     v = sub.add_parser("verify", help="verify a bundle's signature and file hashes")
     v.add_argument("--bundle", type=Path, required=True, help="bundle directory")
@@ -45,8 +54,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         if args.command == "keygen":
@@ -57,14 +68,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "bundle":
             from export.bundle import build_bundle
 
-            variants = () if args.variants == "none" else tuple(
-                v.strip() for v in args.variants.split(",") if v.strip())
-            m = build_bundle(args.run, args.out, args.key, model_version=args.model_version,
-                             variants=variants, force=args.force, overwrite=args.overwrite)
+            variants = (
+                ()
+                if args.variants == "none"
+                else tuple(v.strip() for v in args.variants.split(",") if v.strip())
+            )
+            m = build_bundle(
+                args.run,
+                args.out,
+                args.key,
+                model_version=args.model_version,
+                variants=variants,
+                force=args.force,
+                overwrite=args.overwrite,
+            )
             p = m.parity
-            print(f"bundle {m.model_version} -> {args.out}\n"
-                  f"parity on {p.windows} windows: F1 float {p.f1_float:.3f} int8 "
-                  f"{p.f1_int8:.3f}; AUC float {p.auc_float:.4f} int8 {p.auc_int8:.4f}")
+            print(
+                f"bundle {m.model_version} -> {args.out}\n"
+                f"parity on {p.windows} windows: F1 float {p.f1_float:.3f} int8 "
+                f"{p.f1_int8:.3f}; AUC float {p.auc_float:.4f} int8 {p.auc_int8:.4f}"
+            )
         elif args.command == "verify":
             from edge_agent.bundle.verify import verify_bundle
 

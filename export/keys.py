@@ -47,7 +47,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
-        raise ExportError(f"{path}: signing key not found (make one with `export keygen`)") from None
+        raise ExportError(
+            f"{path}: signing key not found (make one with `export keygen`)"
+        ) from None
     except (ValueError, TypeError) as exc:
         raise ExportError(f"{path}: not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):

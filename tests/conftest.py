@@ -54,8 +54,24 @@ def trained_run(work: Path, sim_csv: Path, fast_config: Path) -> Path:
 
     out = work / "run"
     # Train on the fault-free warm-up part only, as an engineer would with known-good history.
-    assert main(["fit", "--data", str(sim_csv), "--out", str(out), "--label-col", "anomaly",
-                 "--config", str(fast_config), "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--data",
+                str(sim_csv),
+                "--out",
+                str(out),
+                "--label-col",
+                "anomaly",
+                "--config",
+                str(fast_config),
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -73,6 +89,20 @@ def bundle(work: Path, trained_run: Path, keys: Path) -> Path:
     from export.cli import main
 
     out = work / "bundle"
-    assert main(["bundle", "--run", str(trained_run), "--out", str(out), "--key",
-                 str(keys / "signing.key"), "--variants", "none"]) == 0
+    assert (
+        main(
+            [
+                "bundle",
+                "--run",
+                str(trained_run),
+                "--out",
+                str(out),
+                "--key",
+                str(keys / "signing.key"),
+                "--variants",
+                "none",
+            ]
+        )
+        == 0
+    )
     return out

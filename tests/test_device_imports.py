@@ -23,13 +23,25 @@ sys.exit(code)
 """
 
 
-def test_replay_runs_without_desk_stacks(bundle: Path, keys: Path, sim_csv: Path,
-                                         tmp_path: Path) -> None:
+def test_replay_runs_without_desk_stacks(
+    bundle: Path, keys: Path, sim_csv: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "scores.csv"
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(bundle), str(sim_csv), str(out),
-         str(keys / "signing.pub")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-c",
+            PROBE,
+            str(bundle),
+            str(sim_csv),
+            str(out),
+            str(keys / "signing.pub"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LOADED []" in proc.stdout

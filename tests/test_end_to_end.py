@@ -23,8 +23,22 @@ def _read_scores(path: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def replayed(bundle: Path, keys: Path, sim_csv: Path, work: Path) -> Path:
     out = work / "scores.csv"
-    assert agent_main(["replay", "--bundle", str(bundle), "--data", str(sim_csv), "--out",
-                       str(out), "--trust", str(keys / "signing.pub")]) == 0
+    assert (
+        agent_main(
+            [
+                "replay",
+                "--bundle",
+                str(bundle),
+                "--data",
+                str(sim_csv),
+                "--out",
+                str(out),
+                "--trust",
+                str(keys / "signing.pub"),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -57,15 +71,30 @@ def test_replay_detects_injected_faults(replayed: Path, sim_csv: Path) -> None:
     assert (stage == 2).mean() < 0.5  # the screen keeps most windows away from stage 2
 
 
-def test_replay_is_causal(bundle: Path, keys: Path, sim_csv: Path, replayed: Path,
-                          tmp_path: Path) -> None:
+def test_replay_is_causal(
+    bundle: Path, keys: Path, sim_csv: Path, replayed: Path, tmp_path: Path
+) -> None:
     lines = sim_csv.read_text().splitlines()
     cut = 5_000
     prefix = tmp_path / "prefix.csv"
     prefix.write_text("\n".join(lines[: cut + 1]) + "\n")
     out = tmp_path / "prefix_scores.csv"
-    assert agent_main(["replay", "--bundle", str(bundle), "--data", str(prefix), "--out",
-                       str(out), "--trust", str(keys / "signing.pub")]) == 0
+    assert (
+        agent_main(
+            [
+                "replay",
+                "--bundle",
+                str(bundle),
+                "--data",
+                str(prefix),
+                "--out",
+                str(out),
+                "--trust",
+                str(keys / "signing.pub"),
+            ]
+        )
+        == 0
+    )
     full = replayed.read_text().splitlines()[: cut + 1]
     assert out.read_text().splitlines() == full
 
@@ -79,23 +108,47 @@ def test_manifest_records_parity_and_provenance(bundle: Path, trained_run: Path)
     assert m["autoencoder"]["input_dtype"] == "int8"
     run = json.loads((trained_run / "run.json").read_text())
     assert run["validation"]["cascade_recall"] >= 0.98 * run["validation"]["stage2_recall"]
-    assert set(FAULT_KINDS) >= {"drift", "spike", "level_shift", "stuck", "noise_burst",
-                                "contextual"}
+    assert set(FAULT_KINDS) >= {
+        "drift",
+        "spike",
+        "level_shift",
+        "stuck",
+        "noise_burst",
+        "contextual",
+    }
 
 
-def test_evaluate_writes_metrics_and_report(bundle: Path, keys: Path, trained_run: Path,
-                                            sim_csv: Path, tmp_path: Path) -> None:
+def test_evaluate_writes_metrics_and_report(
+    bundle: Path, keys: Path, trained_run: Path, sim_csv: Path, tmp_path: Path
+) -> None:
     from trainer.cli import main as trainer_main
 
     out = tmp_path / "eval"
-    assert trainer_main(["evaluate", "--bundle", str(bundle), "--trust", str(keys / "signing.pub"),
-                         "--run", str(trained_run), "--data", str(sim_csv), "--out", str(out)]) == 0
+    assert (
+        trainer_main(
+            [
+                "evaluate",
+                "--bundle",
+                str(bundle),
+                "--trust",
+                str(keys / "signing.pub"),
+                "--run",
+                str(trained_run),
+                "--data",
+                str(sim_csv),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("f1", "pa_f1", "roc_auc", "far", "mar", "nab_standard", "stage2_fraction"):
         assert key in metrics["cascade"]
     assert set(metrics["baselines"]) == {"isolation_forest", "lof", "ocsvm"}
     html = (out / "report.html").read_text()
-    assert "timeline.png" in html and (out / "timeline.png").stat().st_size > 1000
+    assert "timeline.png" in html
+    assert (out / "timeline.png").stat().st_size > 1000
 
 
 def test_fit_refuses_data_shorter_than_a_window(tmp_path: Path, fast_config: Path) -> None:
@@ -104,6 +157,8 @@ def test_fit_refuses_data_shorter_than_a_window(tmp_path: Path, fast_config: Pat
     p = tmp_path / "short.csv"
     p.write_text("timestamp,x\n" + "".join(f"{i},{i % 7}\n" for i in range(20)))
     out = tmp_path / "run"
-    assert trainer_main(["fit", "--data", str(p), "--out", str(out), "--config",
-                         str(fast_config)]) == 2
+    assert (
+        trainer_main(["fit", "--data", str(p), "--out", str(out), "--config", str(fast_config)])
+        == 2
+    )
     assert not out.exists()

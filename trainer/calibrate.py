@@ -22,7 +22,7 @@ MIN_EXCEEDANCES = 10
 def calibrate_threshold(errors: npt.NDArray[np.float64], cfg: ThresholdConfig) -> ThresholdModel:
     """Calibrate on reconstruction errors of normal windows."""
     e = np.sort(np.asarray(errors, dtype=np.float64))
-    if e.size < 20:  # noqa: PLR2004
+    if e.size < 20:
         raise ValueError(f"need at least 20 held-out windows to calibrate, got {e.size}")
     values = np.quantile(e, QUANTILE_LEVELS)
     values = np.maximum.accumulate(values)
@@ -34,7 +34,9 @@ def calibrate_threshold(errors: npt.NDArray[np.float64], cfg: ThresholdConfig) -
         # Very heavy fitted tails come from a handful of points; cap the shape so the
         # threshold stays finite and sane.
         xi = float(np.clip(xi, -0.5, 0.5))
-        pot = PotTail(u=u, sigma=float(max(sigma, 1e-12)), xi=xi, tail_fraction=exceed.size / e.size)
+        pot = PotTail(
+            u=u, sigma=float(max(sigma, 1e-12)), xi=xi, tail_fraction=exceed.size / e.size
+        )
         q = cfg.risk / pot.tail_fraction
         if abs(xi) < 1e-6:
             thr = u + pot.sigma * -np.log(q)

@@ -25,29 +25,44 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fit", help="train the two-stage detector on a history CSV",
-                       description="Train forest + autoencoder and calibrate thresholds.")
+    f = sub.add_parser(
+        "fit",
+        help="train the two-stage detector on a history CSV",
+        description="Train forest + autoencoder and calibrate thresholds.",
+    )
     f.add_argument("--data", type=Path, required=True, help="history CSV (any separator)")
     f.add_argument("--out", type=Path, required=True, help="run directory to create")
-    f.add_argument("--label-col", action="append", default=[], metavar="NAME",
-                   help="label column (0/1), kept out of the features; repeatable")
+    f.add_argument(
+        "--label-col",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="label column (0/1), kept out of the features; repeatable",
+    )
     f.add_argument("--time-col", help="timestamp column (default: timestamp/datetime/time)")
     f.add_argument("--config", type=Path, help="TOML training settings (default: built-in)")
     f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     f.add_argument("--rows", type=int, help="use only the first N rows of the file")
     f.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
-    e = sub.add_parser("evaluate", help="score labelled data and write metrics + report",
-                       description="Run the device pipeline over labelled data with a run "
-                       "(float model) or a bundle (int8), and compare with baselines.")
+    e = sub.add_parser(
+        "evaluate",
+        help="score labelled data and write metrics + report",
+        description="Run the device pipeline over labelled data with a run "
+        "(float model) or a bundle (int8), and compare with baselines.",
+    )
     e.add_argument("--run", type=Path, help="run directory from `fit`")
     e.add_argument("--bundle", type=Path, help="bundle directory from `export bundle` (int8)")
     e.add_argument("--trust", type=Path, help="public key the bundle must be signed with")
     e.add_argument("--data", type=Path, required=True, help="labelled CSV to score")
     e.add_argument("--label-col", default="anomaly", help="label column (default anomaly)")
     e.add_argument("--time-col", help="timestamp column")
-    e.add_argument("--skip-rows", type=int, default=0,
-                   help="rows used as history only, left out of the metrics (e.g. 400 on SKAB)")
+    e.add_argument(
+        "--skip-rows",
+        type=int,
+        default=0,
+        help="rows used as history only, left out of the metrics (e.g. 400 on SKAB)",
+    )
     e.add_argument("--out", type=Path, required=True, help="directory for metrics.json + report")
 
     s = sub.add_parser("simulate", help="write plant-simulator history with labelled faults")
@@ -55,10 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, default=20_000, help="rows (default 20000)")
     s.add_argument("--period", type=float, default=1.0, help="sample period in s (default 1)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--anomaly-fraction", type=float, default=0.04,
-                   help="share of anomalous points (default 0.04)")
-    d = sub.add_parser("demo", help="simulate, train, export and replay end to end",
-                       description="The whole desk-to-device path on the plant simulator.")
+    s.add_argument(
+        "--anomaly-fraction",
+        type=float,
+        default=0.04,
+        help="share of anomalous points (default 0.04)",
+    )
+    d = sub.add_parser(
+        "demo",
+        help="simulate, train, export and replay end to end",
+        description="The whole desk-to-device path on the plant simulator.",
+    )
     d.add_argument("--out", type=Path, default=Path("demo_out"), help="working directory")
     d.add_argument("--epochs", type=int, help="autoencoder epochs (default: the built-in)")
     return p
@@ -66,8 +88,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return _run(args)
@@ -82,11 +106,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         from edge_agent.simulator import simulate_plant
 
-        plant = simulate_plant(rows=args.rows, period_s=args.period, seed=args.seed,
-                               anomaly_fraction=args.anomaly_fraction)
+        plant = simulate_plant(
+            rows=args.rows,
+            period_s=args.period,
+            seed=args.seed,
+            anomaly_fraction=args.anomaly_fraction,
+        )
         plant.write_csv(args.out)
-        print(f"wrote {args.rows} rows, {int(plant.labels.sum())} anomalous, "
-              f"{len(plant.episodes)} fault episodes to {args.out}")
+        print(
+            f"wrote {args.rows} rows, {int(plant.labels.sum())} anomalous, "
+            f"{len(plant.episodes)} fault episodes to {args.out}"
+        )
         return 0
     if args.command == "demo":
         from trainer.demo import run_demo
@@ -102,23 +132,46 @@ def _run(args: argparse.Namespace) -> int:
         if args.rows:
             table = table.slice(0, args.rows)
         record = fit(table, args.out, cfg, seed=args.seed, overwrite=args.overwrite)
-        print(json.dumps({"run": str(args.out), "validation": record["validation"],
-                          "fit_seconds": record["fit_seconds"]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "run": str(args.out),
+                    "validation": record["validation"],
+                    "fit_seconds": record["fit_seconds"],
+                },
+                indent=2,
+            )
+        )
         return 0
     if args.command == "evaluate":
         from trainer.evaluate.run import evaluate, load_scorer, write_outputs
 
         manifest, cascade, rep, title = load_scorer(args.run, args.bundle, args.trust)
-        table = read_table(args.data, time_col=args.time_col, label_cols=[args.label_col],
-                           channels=manifest.channel_names)
-        metrics, res, baselines = evaluate(table, manifest, cascade, rep,
-                                           label_col=args.label_col, skip_rows=args.skip_rows)
-        report = write_outputs(args.out, title=f"{title} on {args.data.name}", table=table,
-                               manifest=manifest, metrics=metrics, res=res, baselines=baselines,
-                               label_col=args.label_col, skip_rows=args.skip_rows)
+        table = read_table(
+            args.data,
+            time_col=args.time_col,
+            label_cols=[args.label_col],
+            channels=manifest.channel_names,
+        )
+        metrics, res, baselines = evaluate(
+            table, manifest, cascade, rep, label_col=args.label_col, skip_rows=args.skip_rows
+        )
+        report = write_outputs(
+            args.out,
+            title=f"{title} on {args.data.name}",
+            table=table,
+            manifest=manifest,
+            metrics=metrics,
+            res=res,
+            baselines=baselines,
+            label_col=args.label_col,
+            skip_rows=args.skip_rows,
+        )
         c = metrics["cascade"]
-        print(f"F1 {c['f1']:.3f}  precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
-              f"FAR {c['far']:.3%}  stage-2 share {c['stage2_fraction']:.1%}\nreport: {report}")
+        print(
+            f"F1 {c['f1']:.3f}  precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
+            f"FAR {c['far']:.3%}  stage-2 share {c['stage2_fraction']:.1%}\nreport: {report}"
+        )
         return 0
     return 1  # pragma: no cover
 

@@ -38,19 +38,59 @@ def run_demo(out: Path, *, epochs: int | None = None) -> dict[str, object]:
         cfg.write_text(f"[autoencoder]\nepochs = {epochs}\n")
         cfg_args = ["--config", str(cfg)]
     run = out / "run"
-    _check(trainer(["fit", "--data", str(history), "--label-col", "anomaly", "--out", str(run),
-                    "--overwrite", *cfg_args]))
+    _check(
+        trainer(
+            [
+                "fit",
+                "--data",
+                str(history),
+                "--label-col",
+                "anomaly",
+                "--out",
+                str(run),
+                "--overwrite",
+                *cfg_args,
+            ]
+        )
+    )
     print(f"2/4 trained forest + autoencoder -> {run}")
     keys = out / "keys"
     if not (keys / "signing.key").exists():
         _check(export(["keygen", "--out", str(keys)]))
     bundle = out / "bundle"
-    _check(export(["bundle", "--run", str(run), "--out", str(bundle), "--key",
-                   str(keys / "signing.key"), "--variants", "none", "--overwrite"]))
+    _check(
+        export(
+            [
+                "bundle",
+                "--run",
+                str(run),
+                "--out",
+                str(bundle),
+                "--key",
+                str(keys / "signing.key"),
+                "--variants",
+                "none",
+                "--overwrite",
+            ]
+        )
+    )
     print(f"3/4 signed int8 bundle -> {bundle}")
     scores = out / "scores.csv"
-    _check(agent(["replay", "--bundle", str(bundle), "--data", str(live), "--out", str(scores),
-                  "--trust", str(keys / "signing.pub")]))
+    _check(
+        agent(
+            [
+                "replay",
+                "--bundle",
+                str(bundle),
+                "--data",
+                str(live),
+                "--out",
+                str(scores),
+                "--trust",
+                str(keys / "signing.pub"),
+            ]
+        )
+    )
     print(f"4/4 replayed the live rows through the device pipeline -> {scores}\n")
     summary = summarize(plant.labels, plant.fault_kind, _alerts(scores))
     _print(summary)
@@ -106,5 +146,7 @@ def _print(summary: dict[str, object]) -> None:
         k = per_kind.get(kind)
         if k:
             print(f"{kind:<14}{k['injected']:>9}{k['detected']:>9}{k['mean_delay_samples']:>16.1f}")
-    print(f"\nfalse-alarm episodes: {summary['false_alarm_episodes']}   point F1: "
-          f"{summary['point_f1']:.3f}   false-alarm rate: {summary['false_alarm_rate']:.2%}")
+    print(
+        f"\nfalse-alarm episodes: {summary['false_alarm_episodes']}   point F1: "
+        f"{summary['point_f1']:.3f}   false-alarm rate: {summary['false_alarm_rate']:.2%}"
+    )

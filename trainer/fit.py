@@ -97,9 +97,10 @@ def prepare_history(table: SensorTable, cfg: TrainConfig) -> Prepared:
     scale = np.empty(len(table.channels))
     for j, name in enumerate(table.channels):
         col = grid.values[clean[:, j], j]
-        if col.size < 2:  # noqa: PLR2004
-            raise DataError("channel has fewer than 2 measured normal samples", path=table.path,
-                            column=name)
+        if col.size < 2:
+            raise DataError(
+                "channel has fewer than 2 measured normal samples", path=table.path, column=name
+            )
         mean[j] = col.mean()
         floor = max(cfg.data.scale_floor * abs(mean[j]), 1e-9)
         scale[j] = max(float(col.std()), floor)
@@ -151,8 +152,9 @@ def _progress_callback(epochs: int) -> Any:
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             logs = logs or {}
-            self.bar.set_postfix(loss=f"{logs.get('loss', 0):.4f}",
-                                 val=f"{logs.get('val_loss', 0):.4f}")
+            self.bar.set_postfix(
+                loss=f"{logs.get('loss', 0):.4f}", val=f"{logs.get('val_loss', 0):.4f}"
+            )
             self.bar.update(1)
 
         def on_train_end(self, logs: Any = None) -> None:
@@ -217,15 +219,23 @@ def fit(
             f"{2 * MIN_VALIDATION_WINDOWS} (more history or a shorter window)",
             path=table.path,
         )
-    n_val = max(MIN_VALIDATION_WINDOWS, int(round(normal.size * cfg.autoencoder.validation_fraction)))
+    n_val = max(
+        MIN_VALIDATION_WINDOWS, round(normal.size * cfg.autoencoder.validation_fraction)
+    )
     train_idx, val_idx = normal[:-n_val], normal[-n_val:]
     if train_idx.size > cfg.window.max_windows:
-        train_idx = train_idx[np.linspace(0, train_idx.size - 1, cfg.window.max_windows).astype(int)]
+        train_idx = train_idx[
+            np.linspace(0, train_idx.size - 1, cfg.window.max_windows).astype(int)
+        ]
     train_ends, val_ends = prep.ends[train_idx], prep.ends[val_idx]
     anomalous_ends = prep.ends[prep.window_labels == 1]
     log.info(
         "%d windows of %d x %d: %d train, %d held out, %d labelled anomalous",
-        prep.ends.size, w, len(table.channels), train_ends.size, val_ends.size,
+        prep.ends.size,
+        w,
+        len(table.channels),
+        train_ends.size,
+        val_ends.size,
         anomalous_ends.size,
     )
 

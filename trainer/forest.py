@@ -31,7 +31,7 @@ def flatten_forest(model: IsolationForest, *, n_features: int) -> FlatForest:
     """Concatenate the trees of a fitted ``IsolationForest`` into flat node arrays."""
     feats, thrs, lefts, rights, leaves, roots = [], [], [], [], [], []
     offset = 0
-    subsampled = model._max_features != n_features  # noqa: SLF001 - mirrors sklearn's scorer
+    subsampled = model._max_features != n_features
     for tree, tree_features in zip(model.estimators_, model.estimators_features_, strict=True):
         t = tree.tree_
         n = t.node_count

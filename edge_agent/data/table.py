@@ -137,7 +137,10 @@ def _parse_times(texts: list[str], column: str, path: str) -> FloatArray:
             ) from None
         if not math.isfinite(out[i]):
             raise DataError(
-                f"timestamp {text!r} is not finite", path=path, column=column, row=i + FIRST_DATA_ROW
+                f"timestamp {text!r} is not finite",
+                path=path,
+                column=column,
+                row=i + FIRST_DATA_ROW,
             )
     return out
 
@@ -237,8 +240,9 @@ def read_table(
     for j, name in enumerate(sensor_names):
         col = _parse_numbers(list(columns[header.index(name)]), name, p)
         if np.isnan(col).all():
-            raise DataError("channel has no numeric value at all (all empty or NaN)", path=p,
-                            column=name)
+            raise DataError(
+                "channel has no numeric value at all (all empty or NaN)", path=p, column=name
+            )
         values[:, j] = col
     labels: dict[str, npt.NDArray[np.int8]] = {}
     for lc in label_cols:

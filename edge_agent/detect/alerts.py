@@ -52,7 +52,7 @@ class AlertState:
         self._state = np.zeros(3, dtype=np.int64)
 
     def update(self, raw: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-        return _hysteresis(  # type: ignore[no-any-return]
+        return _hysteresis(
             np.ascontiguousarray(raw, dtype=np.bool_),
             self.policy.open_after,
             self.policy.close_after,

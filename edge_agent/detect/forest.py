@@ -31,7 +31,7 @@ def average_path_length(n: float) -> float:
     """Expected path length of an unsuccessful search in a BST of ``n`` points, ``c(n)``."""
     if n <= 1:
         return 0.0
-    if n == 2:  # noqa: PLR2004 - the closed form's special case
+    if n == 2:
         return 1.0
     return float(2.0 * (np.log(n - 1.0) + EULER_GAMMA) - 2.0 * (n - 1.0) / n)
 
@@ -56,10 +56,7 @@ def _score_kernel(
             node = roots[t]
             while feature[node] != LEAF:
                 # scikit-learn compares float32 features against float64 thresholds.
-                if x[i, feature[node]] <= threshold[node]:
-                    node = left[node]
-                else:
-                    node = right[node]
+                node = left[node] if x[i, feature[node]] <= threshold[node] else right[node]
             total += leaf_value[node]
         out[i] = 2.0 ** (-(total / n_trees) / norm)
     return out
@@ -90,7 +87,7 @@ class FlatForest:
                 f"forest expects features of shape (n, {self.n_features}), got {x.shape}"
             )
         norm = average_path_length(float(self.max_samples))
-        return _score_kernel(  # type: ignore[no-any-return]
+        return _score_kernel(
             x,
             self.feature,
             self.threshold,

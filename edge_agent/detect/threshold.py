@@ -77,7 +77,8 @@ class ThresholdModel(BaseModel):
             if beyond.any():
                 spread = max(float(values[-1] - values[0]), 1e-12)
                 surv[beyond] = (1.0 - levels[-1]) * np.exp(-(e[beyond] - top) / spread)
-        return np.clip(surv, 0.0, 1.0)
+        out: F64 = np.clip(surv, 0.0, 1.0)
+        return out
 
     def p_anomaly(self, errors: F64) -> F64:
         return 1.0 - self.tail_probability(errors)

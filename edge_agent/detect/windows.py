@@ -81,7 +81,7 @@ def window_ends(
 @numba.njit(cache=True)
 def window_features(xn: F32, ends: npt.NDArray[np.int64], window: int) -> F32:  # pragma: no cover
     """Summary features of the windows ending at ``ends``; shape ``(len(ends), C * 7)``."""
-    m, c = xn.shape
+    _m, c = xn.shape
     nf = FEATURES_PER_CHANNEL
     out = np.empty((ends.shape[0], c * nf), np.float32)
     recent = max(1, int(window * RECENT_FRACTION))
@@ -123,7 +123,7 @@ def window_features(xn: F32, ends: npt.NDArray[np.int64], window: int) -> F32:  
 @numba.njit(cache=True)
 def gather_windows(xn: F32, ends: npt.NDArray[np.int64], window: int) -> F32:  # pragma: no cover
     """The normalized windows ending at ``ends`` as one ``(n, W, C)`` float32 array."""
-    m, c = xn.shape
+    _m, c = xn.shape
     out = np.empty((ends.shape[0], window, c), np.float32)
     for w in range(ends.shape[0]):
         first = ends[w] - window + 1

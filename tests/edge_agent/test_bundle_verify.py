@@ -32,7 +32,7 @@ def test_tampered_model_file(copy: Path, keys: Path) -> None:
     data = bytearray((copy / "model_int8.tflite").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / "model_int8.tflite").write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="model_int8.tflite does not match its SHA-256"):
+    with pytest.raises(BundleError, match=r"model_int8\.tflite does not match its SHA-256"):
         verify_bundle(copy, keys / "signing.pub")
 
 
@@ -67,7 +67,7 @@ def test_missing_file_and_newer_schema(copy: Path, keys: Path) -> None:
     (copy / "manifest.json").write_bytes(raw)
     (copy / "manifest.sig").write_bytes(key.sign(raw))
     (copy / "forest.npz").unlink()
-    with pytest.raises(BundleError, match="forest.npz is listed in the manifest but missing"):
+    with pytest.raises(BundleError, match=r"forest\.npz is listed in the manifest but missing"):
         verify_bundle(copy, keys / "signing.pub")
 
 
@@ -81,8 +81,19 @@ def test_replay_cli_refuses_a_bad_bundle_with_exit_2(
 ) -> None:
     (copy / "manifest.sig").write_bytes(b"\0" * 64)
     out = tmp_path / "scores.csv"
-    code = agent_main(["replay", "--bundle", str(copy), "--data", str(sim_csv), "--out",
-                       str(out), "--trust", str(keys / "signing.pub")])
+    code = agent_main(
+        [
+            "replay",
+            "--bundle",
+            str(copy),
+            "--data",
+            str(sim_csv),
+            "--out",
+            str(out),
+            "--trust",
+            str(keys / "signing.pub"),
+        ]
+    )
     assert code == 2
     assert "signature does not match" in capsys.readouterr().err
     assert not out.exists()

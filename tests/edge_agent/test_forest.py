@@ -35,8 +35,16 @@ def test_malformed_forest_is_refused(fitted: tuple[object, FlatForest, np.ndarra
     _, flat, _ = fitted
     left = flat.left.copy()
     left[flat.roots[0]] = flat.roots[0]  # a node that points at itself would loop forever
-    bad = FlatForest(flat.feature, flat.threshold, left, flat.right, flat.leaf_value, flat.roots,
-                     flat.max_samples, flat.n_features)
+    bad = FlatForest(
+        flat.feature,
+        flat.threshold,
+        left,
+        flat.right,
+        flat.leaf_value,
+        flat.roots,
+        flat.max_samples,
+        flat.n_features,
+    )
     with pytest.raises(BundleError, match="invalid child"):
         FlatForest.from_bytes(bad.to_bytes())
     with pytest.raises(BundleError, match="not a valid flat forest"):

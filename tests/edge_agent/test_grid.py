@@ -20,15 +20,22 @@ def test_rules_on_a_hand_made_series() -> None:
 
 
 def test_nan_before_any_value_uses_the_fill() -> None:
-    g = align_to_grid(np.array([0.0, 1.0]), np.array([[np.nan], [3.0]]), period_s=1.0,
-                      max_hold=2, fill=np.array([10.0]))
+    g = align_to_grid(
+        np.array([0.0, 1.0]),
+        np.array([[np.nan], [3.0]]),
+        period_s=1.0,
+        max_hold=2,
+        fill=np.array([10.0]),
+    )
     assert g.values[:, 0].tolist() == [10.0, 3.0]
     assert g.imputed[:, 0].tolist() == [True, False]
 
 
 def test_alignment_is_causal() -> None:
     rng = np.random.default_rng(0)
-    ts = np.cumsum(rng.choice([0.0, 1.0, 2.0, 3.0, 50.0], size=500, p=[0.05, 0.7, 0.15, 0.08, 0.02]))
+    ts = np.cumsum(
+        rng.choice([0.0, 1.0, 2.0, 3.0, 50.0], size=500, p=[0.05, 0.7, 0.15, 0.08, 0.02])
+    )
     vals = rng.normal(size=(500, 3))
     vals[rng.random((500, 3)) < 0.05] = np.nan
     full = align_to_grid(ts, vals, period_s=1.0, max_hold=10, fill=np.zeros(3))

@@ -18,8 +18,9 @@ def _write(tmp_path: Path, text: str, name: str = "h.csv") -> Path:
 
 
 def test_semicolon_file_with_labels(tmp_path: Path) -> None:
-    p = _write(tmp_path, "datetime;a;b;anomaly\n2020-03-09 10:14:33;1.5;2;0\n"
-                         "2020-03-09 10:14:34;;3;1\n")
+    p = _write(
+        tmp_path, "datetime;a;b;anomaly\n2020-03-09 10:14:33;1.5;2;0\n2020-03-09 10:14:34;;3;1\n"
+    )
     t = read_table(p, label_cols=["anomaly"])
     assert t.channels == ("a", "b")
     assert t.timestamps[1] - t.timestamps[0] == 1.0

@@ -19,7 +19,8 @@ def test_pot_tail_matches_the_exponential_it_was_fitted_on() -> None:
     np.testing.assert_allclose(tail, np.exp(-np.array([3.0, 5.0, 8.0])), rtol=0.3)
     p = model.p_anomaly(np.linspace(0, 20, 200))
     assert np.all(np.diff(p) >= 0)
-    assert p[0] < 0.05 and p[-1] > 0.999
+    assert p[0] < 0.05
+    assert p[-1] > 0.999
 
 
 def test_percentile_method_and_beyond_the_table() -> None:

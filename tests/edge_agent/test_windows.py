@@ -23,8 +23,15 @@ def test_features_match_numpy_reference() -> None:
         win = xn[k - w + 1 : k + 1].astype(np.float64)
         for j in range(3):
             c = win[:, j]
-            ref = [c.mean(), c.std(), c.min(), c.max(), c[-1] - c[0], np.abs(np.diff(c)).mean(),
-                   c[-4:].mean() - c[:-4].mean()]
+            ref = [
+                c.mean(),
+                c.std(),
+                c.min(),
+                c.max(),
+                c[-1] - c[0],
+                np.abs(np.diff(c)).mean(),
+                c[-4:].mean() - c[:-4].mean(),
+            ]
             np.testing.assert_allclose(f[i, j * 7 : j * 7 + 7], ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(gather_windows(xn, ends, w)[1], xn[25:41])
 

@@ -343,7 +343,7 @@ def nab_components(
 
 
 # The positional signature is the public contract other trainer modules call, hence the noqa.
-def nab_score(  # noqa: PLR0917
+def nab_score(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     timestamps_s: np.ndarray,
@@ -415,7 +415,7 @@ def nab_scores_pooled(
 
 
 # The positional signature is the public contract other trainer modules call, hence the noqa.
-def summarize(  # noqa: PLR0917
+def summarize(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     score: np.ndarray,

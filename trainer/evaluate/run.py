@@ -117,24 +117,28 @@ def evaluate(
     alone = run_pipeline(table, manifest, cascade, screen=False)
     period = manifest.sampling.period_s
     # Cascade score for ranking: stage-1 windows rank below every stage-2 window.
-    ranked = np.where(res.stage == 2, 1.0 + res.score / manifest.threshold.alert_threshold,
-                      res.score * 0.5)
+    ranked = np.where(
+        res.stage == 2, 1.0 + res.score / manifest.threshold.alert_threshold, res.score * 0.5
+    )
     metrics: dict[str, Any] = {
         "rows": int(y.size),
-        "cascade": summarize(y, res.alert[skip_rows:], ranked[skip_rows:], ts, period,
-                             res.stage[skip_rows:] == 2),
-        "stage2_alone": summarize(y, alone.alert[skip_rows:], alone.score[skip_rows:], ts,
-                                  period, None),
+        "cascade": summarize(
+            y, res.alert[skip_rows:], ranked[skip_rows:], ts, period, res.stage[skip_rows:] == 2
+        ),
+        "stage2_alone": summarize(
+            y, alone.alert[skip_rows:], alone.score[skip_rows:], ts, period, None
+        ),
     }
     # Baselines on the same window features; rows without a window count as normal.
     _, xn, ends = prepare(table, manifest)
     test_f = window_features(xn, ends, manifest.window.length)
     train_f = features_of_windows(np.ascontiguousarray(representative))
     baselines: dict[str, Any] = {}
-    if train_f.shape[0] >= 20 and test_f.shape[0]:  # noqa: PLR2004
+    if train_f.shape[0] >= 20 and test_f.shape[0]:
         for name, (_, pred) in run_baselines(train_f, test_f, seed=seed).items():
-            row_pred = np.where(res.window_of_row >= 0, pred[np.clip(res.window_of_row, 0, None)],
-                                False)
+            row_pred = np.where(
+                res.window_of_row >= 0, pred[np.clip(res.window_of_row, 0, None)], False
+            )
             baselines[name] = point_metrics(y, row_pred[skip_rows:])
     metrics["baselines"] = baselines
     return metrics, res, baselines

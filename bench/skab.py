@@ -1,0 +1,175 @@
+"""SKAB benchmark: the published outlier-detection protocol, scored through the int8 bundle.
+
+For each of the 34 labelled SKAB files: ``trainer fit`` (default settings) on rows [0, 400),
+``export bundle`` (int8, signed), ``edge_agent replay`` over the whole file (rows before 400
+serve as history only), then pool point-wise TP/FP/FN/TN over rows [400, end) of all files.
+The float model is scored through the same pipeline for the int8-vs-float difference. Also the
+changepoint NAB score (standard, low-FP, low-FN profiles) and the wall time of everything.
+
+    python bench/skab.py                      # all 34 files -> bench/results/skab.json
+    python bench/skab.py --limit 3 --out X    # the reduced run CI does
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SKAB = ROOT.parent / "shared" / "datasets" / "skab" / "data"
+TRAIN_ROWS = 400
+LEADERBOARD = {
+    "Conv-AE": {"f1": 0.78, "far": 0.1355, "mar": 0.2802},
+    "MSET": {"f1": 0.78, "far": 0.3973, "mar": 0.1413},
+    "LSTM-AE": {"f1": 0.74, "far": 0.2996, "mar": 0.2592},
+    "Isolation Forest": {"f1": 0.29, "far": 0.0256, "mar": 0.8289},
+    "MSCRED (NAB standard)": {"nab_standard": 32.42},
+}
+
+
+def skab_files() -> list[Path]:
+    files: list[Path] = []
+    for sub in ("valve1", "valve2", "other"):
+        files += sorted((SKAB / sub).glob("*.csv"), key=lambda p: int(p.stem))
+    return files
+
+
+def run_file(args: tuple[Path, Path, Path, str | None]) -> dict[str, Any]:
+    """Fit, bundle and replay one file; returns per-row predictions for rows >= 400."""
+    path, work, keys, config = args
+    from edge_agent.data.table import read_table
+    from edge_agent.pipeline import run_pipeline
+    from edge_agent.replay import replay
+    from export.bundle import build_bundle
+    from export.errors import ExportError
+    from trainer.config import load_config
+    from trainer.evaluate.run import load_scorer
+    from trainer.fit import fit
+
+    name = f"{path.parent.name}/{path.stem}"
+    tag = name.replace("/", "_")
+    table = read_table(path, label_cols=["anomaly", "changepoint"])
+    t0 = time.perf_counter()
+    run = work / f"run_{tag}"
+    fit(table.slice(0, TRAIN_ROWS), run, load_config(Path(config) if config else None),
+        seed=0, overwrite=True)
+    t1 = time.perf_counter()
+    bundle = work / f"bundle_{tag}"
+    forced = False
+    try:
+        build_bundle(run, bundle, keys / "signing.key", variants=(), overwrite=True)
+    except ExportError as exc:
+        if "parity gate" not in str(exc):
+            raise
+        forced = True
+        build_bundle(run, bundle, keys / "signing.key", variants=(), overwrite=True, force=True)
+    t2 = time.perf_counter()
+    res = replay(bundle, path, work / f"scores_{tag}.csv", keys / "signing.pub")
+    t3 = time.perf_counter()
+    manifest, cascade, _, _ = load_scorer(run, None, None)
+    flt = run_pipeline(table, manifest, cascade)
+    manifest_json = json.loads((bundle / "manifest.json").read_text())
+    return {
+        "file": name,
+        "y": table.labels["anomaly"][TRAIN_ROWS:].astype(bool),
+        "cp": table.labels["changepoint"][TRAIN_ROWS:].astype(bool),
+        "ts": table.timestamps[TRAIN_ROWS:],
+        "int8": res.alert[TRAIN_ROWS:],
+        "float": flt.alert[TRAIN_ROWS:],
+        "stage2": res.stage[TRAIN_ROWS:] == 2,
+        "parity": manifest_json["parity"],
+        "parity_forced": forced,
+        "seconds": {"fit": t1 - t0, "bundle": t2 - t1, "replay": t3 - t2},
+    }
+
+
+def pooled(results: list[dict[str, Any]], key: str) -> dict[str, float]:
+    from trainer.evaluate.metrics import nab_scores_pooled, point_metrics
+
+    y = np.concatenate([r["y"] for r in results])
+    p = np.concatenate([r[key] for r in results])
+    m = point_metrics(y, p)
+    out = {k: float(m[k]) for k in ("f1", "precision", "recall", "far", "mar")}
+    for profile in ("standard", "low_fp", "low_fn"):
+        files = [(r["y"], r[key], r["ts"], r["cp"]) for r in results]
+        out[f"nab_{profile}"] = float(nab_scores_pooled(files, profile=profile))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, help="only the first N files of each group (smoke run)")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--config", help="training TOML (default: built-in defaults)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "skab.json")
+    a = ap.parse_args(argv)
+    from export.keys import keygen
+
+    files = skab_files()
+    if a.limit:
+        files = [f for f in files if int(f.stem) < a.limit]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="skab-bench-") as tmp:
+        work = Path(tmp)
+        keys = work / "keys"
+        keygen(keys)
+        jobs = [(f, work, keys, a.config) for f in files]
+        if a.jobs > 1:
+            with mp.get_context("spawn").Pool(a.jobs, maxtasksperchild=4) as pool:
+                results = pool.map(run_file, jobs, chunksize=1)
+        else:
+            results = [run_file(j) for j in jobs]
+    wall = time.perf_counter() - t0
+    int8 = pooled(results, "int8")
+    flt = pooled(results, "float")
+    report: dict[str, Any] = {
+        "benchmark": "SKAB v0.9 outlier protocol (fit rows [0,400) per file, score the rest)",
+        "files": len(results),
+        "scored_with": "edge_agent replay over the signed int8 bundle (default trainer fit)",
+        "config": a.config or "built-in defaults",
+        "int8": int8,
+        "float": flt,
+        "int8_minus_float": {k: int8[k] - flt[k] for k in int8},
+        "stage2_fraction": float(np.mean(np.concatenate([r["stage2"] for r in results]))),
+        "parity_forced_files": [r["file"] for r in results if r["parity_forced"]],
+        "per_file": [
+            {
+                "file": r["file"],
+                "f1_int8": _f1(r["y"], r["int8"]),
+                "far_int8": float((r["int8"] & ~r["y"]).sum() / max((~r["y"]).sum(), 1)),
+                "parity": r["parity"],
+                "seconds": {k: round(v, 2) for k, v in r["seconds"].items()},
+            }
+            for r in results
+        ],
+        "wall_seconds": round(wall, 1),
+        "jobs": a.jobs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "leaderboard": LEADERBOARD,
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("files", "int8", "float", "wall_seconds")}, indent=2))
+    return report
+
+
+def _f1(y: np.ndarray, p: np.ndarray) -> float:
+    tp = int((y & p).sum())
+    return tp / max(tp + (int((~y & p).sum()) + int((y & ~p).sum())) / 2, 1e-9)
+
+
+if __name__ == "__main__":
+    main()

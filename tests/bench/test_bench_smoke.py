@@ -1,0 +1,51 @@
+"""Reduced benchmark runs: the same scripts as the recorded results, on a slice of the data.
+
+They prove the benchmarks run end to end from a fresh clone and write well-formed JSON; the
+figures themselves are recorded in bench/results/ by the full runs, never asserted here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SKAB = ROOT.parent / "shared" / "datasets" / "skab" / "data"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(not SKAB.is_dir(), reason="../shared/datasets/skab not present")
+def test_skab_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "skab.json"
+    report = _load("skab").main(["--limit", "1", "--jobs", "1", "--out", str(out)])
+    assert report["files"] == 2  # valve1/0.csv and valve2/0.csv
+    saved = json.loads(out.read_text())
+    for side in ("int8", "float"):
+        assert 0.0 <= saved[side]["f1"] <= 1.0
+        assert 0.0 <= saved[side]["far"] <= 1.0
+        assert "nab_standard" in saved[side]
+    assert all(f["parity"]["windows"] > 0 for f in saved["per_file"])
+
+
+def test_simulator_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "sim.json"
+    report = _load("simulator").main(
+        ["--history", "8000", "--live", "6000", "--epochs", "8", "--out", str(out)]
+    )
+    saved = json.loads(out.read_text())
+    assert set(saved["per_kind"]) == set(report["per_kind"])
+    assert 0.0 < saved["windows_reaching_stage2"] <= 1.0
+    assert saved["per_kind"]["spike"]["cascade"]["episodes"] >= 1
