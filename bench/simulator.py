@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         build_bundle(work / "run", work / "bundle", work / "keys" / "signing.key", variants=())
         bundle = verify_bundle(work / "bundle", work / "keys" / "signing.pub")
         cascade = Cascade.from_bundle(bundle)
-        test = read_table(work / "live.csv", label_cols=["anomaly"],
-                          channels=bundle.manifest.channel_names)
+        test = read_table(
+            work / "live.csv", label_cols=["anomaly"], channels=bundle.manifest.channel_names
+        )
         res = run_pipeline(test, bundle.manifest, cascade)
         alone = run_pipeline(test, bundle.manifest, cascade, screen=False)
     y = live.labels.astype(bool)
@@ -118,8 +119,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("cascade", "windows_reaching_stage2",
-                                             "window_recall_kept_by_screen")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in ("cascade", "windows_reaching_stage2", "window_recall_kept_by_screen")
+            },
+            indent=2,
+        )
+    )
     return report
 
 

@@ -64,8 +64,13 @@ def run_file(args: tuple[Path, Path, Path, str | None]) -> dict[str, Any]:
     table = read_table(path, label_cols=["anomaly", "changepoint"])
     t0 = time.perf_counter()
     run = work / f"run_{tag}"
-    fit(table.slice(0, TRAIN_ROWS), run, load_config(Path(config) if config else None),
-        seed=0, overwrite=True)
+    fit(
+        table.slice(0, TRAIN_ROWS),
+        run,
+        load_config(Path(config) if config else None),
+        seed=0,
+        overwrite=True,
+    )
     t1 = time.perf_counter()
     bundle = work / f"bundle_{tag}"
     forced = False

@@ -193,6 +193,8 @@ def build_bundle(
         raw = (json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n").encode()
         (tmp / MANIFEST_NAME).write_bytes(raw)
         (tmp / SIGNATURE_NAME).write_bytes(key.sign(raw))
+        # mkdtemp makes the directory private; a bundle/run is meant to be readable.
+        tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

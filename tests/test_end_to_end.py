@@ -162,3 +162,22 @@ def test_fit_refuses_data_shorter_than_a_window(tmp_path: Path, fast_config: Pat
         == 2
     )
     assert not out.exists()
+
+
+def test_fit_is_deterministic_for_a_seed(sim_csv: Path, fast_config: Path, tmp_path: Path) -> None:
+    from trainer.cli import main as trainer_main
+
+    lines = sim_csv.read_text().splitlines()
+    part = tmp_path / "part.csv"
+    part.write_text("\n".join(lines[:2501]) + "\n")
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        args = ["fit", "--data", str(part), "--out", str(out), "--config", str(fast_config)]
+        assert trainer_main([*args, "--seed", "5"]) == 0
+        runs.append(out)
+    a, b = (json.loads((r / "run.json").read_text()) for r in runs)
+    assert (runs[0] / "forest.npz").read_bytes() == (runs[1] / "forest.npz").read_bytes()
+    assert a["threshold"] == b["threshold"]
+    assert a["forest"]["screen_threshold"] == b["forest"]["screen_threshold"]
+    assert oct((runs[0]).stat().st_mode & 0o777) == "0o755"

@@ -348,6 +348,8 @@ def _write_run(
         model.save(tmp / MODEL_FILE)
         np.savez(tmp / CALIBRATION_FILE, **arrays)
         (tmp / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        # mkdtemp makes the directory private; a bundle/run is meant to be readable.
+        tmp.chmod(0o755)
         if out.exists():
             if not overwrite and any(out.iterdir()):
                 raise FileExistsError(f"{out} appeared while training; not replacing it")

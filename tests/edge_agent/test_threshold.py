@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from trainer.calibrate import calibrate_threshold, screen_threshold
 from trainer.config import ThresholdConfig
@@ -11,7 +12,7 @@ from trainer.config import ThresholdConfig
 def test_pot_tail_matches_the_exponential_it_was_fitted_on() -> None:
     rng = np.random.default_rng(0)
     errors = rng.exponential(1.0, size=20_000)
-    model = calibrate_threshold(errors, ThresholdConfig(method="pot", risk=1e-3))
+    model = calibrate_threshold(errors, ThresholdConfig(method="pot", risk=1e-3, margin=1.0))
     assert model.method == "pot"
     # For Exp(1), P(E >= e) = exp(-e); the threshold for risk 1e-3 is ln(1000) = 6.9.
     assert abs(model.alert_threshold - np.log(1000)) < 0.5
@@ -25,7 +26,9 @@ def test_pot_tail_matches_the_exponential_it_was_fitted_on() -> None:
 
 def test_percentile_method_and_beyond_the_table() -> None:
     errors = np.arange(1, 1001, dtype=np.float64)
-    model = calibrate_threshold(errors, ThresholdConfig(method="percentile", percentile=99.0))
+    model = calibrate_threshold(
+        errors, ThresholdConfig(method="percentile", percentile=99.0, margin=1.0)
+    )
     assert model.pot is None
     assert abs(model.alert_threshold - np.percentile(errors, 99.0)) < 1e-9
     tail = model.tail_probability(np.array([500.0, 1000.0, 2000.0, 4000.0]))
@@ -41,3 +44,10 @@ def test_screen_keeps_the_required_share_of_stage2_detections() -> None:
     assert kept >= 0.98
     assert kept < 0.99  # and no lower threshold than needed
     assert screen_threshold(forest, np.zeros(1000, bool), keep_recall=0.98) == 0.0
+
+
+def test_margin_scales_the_alert_threshold() -> None:
+    errors = np.random.default_rng(2).exponential(1.0, size=5_000)
+    base = calibrate_threshold(errors, ThresholdConfig(margin=1.0)).alert_threshold
+    wide = calibrate_threshold(errors, ThresholdConfig(margin=2.0)).alert_threshold
+    assert wide == pytest.approx(2.0 * base)
