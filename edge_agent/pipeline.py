@@ -17,7 +17,7 @@ from edge_agent.data.grid import Grid, align_to_grid
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertState
 from edge_agent.detect.cascade import STAGE_NONE, Cascade, WindowScores
-from edge_agent.detect.windows import gather_windows, normalize, window_ends, window_features
+from edge_agent.detect.windows import gather_windows, normalize, screen_features, window_ends
 
 # Windows scored per call of the cascade: bounds memory on multi-million-row files
 # (16k windows x 64 samples x 16 channels x 4 B = 64 MiB at most).
@@ -83,11 +83,12 @@ def run_pipeline(
 ) -> PipelineResult:
     grid, xn, ends = prepare(table, manifest)
     w = manifest.window.length
+    stats = cascade.forest.sample_stats(xn)
     parts = []
     for start in range(0, ends.shape[0], CHUNK_WINDOWS):
         e = ends[start : start + CHUNK_WINDOWS]
         parts.append(
-            cascade.score(gather_windows(xn, e, w), window_features(xn, e, w), screen=screen)
+            cascade.score(gather_windows(xn, e, w), screen_features(xn, stats, e, w), screen=screen)
         )
     scores = _concat(parts, len(manifest.channels))
 

@@ -142,7 +142,7 @@ def build_bundle(
         parity = parity.model_copy(update={"forced": True})
 
     pos = ~normal
-    pos_forest = forest.score(features_of_windows(np.ascontiguousarray(pw[pos])))
+    pos_forest = forest.score(features_of_windows(np.ascontiguousarray(pw[pos]), forest))
     screen = screen_threshold(
         pos_forest, err_q[pos] >= thr_q.alert_threshold, keep_recall=cfg.cascade.keep_recall
     )

@@ -26,12 +26,14 @@ import numpy.typing as npt
 from edge_agent.data.grid import align_to_grid, interpolate_held_runs
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.cascade import reconstruction_error
+from edge_agent.detect.forest import FlatForest
+from edge_agent.detect.projection import fit_projection
 from edge_agent.detect.windows import (
     FEATURE_SET_VERSION,
     gather_windows,
     normalize,
+    screen_features,
     window_ends,
-    window_features,
 )
 from edge_agent.errors import DataError
 from trainer.calibrate import calibrate_threshold, screen_threshold
@@ -61,6 +63,7 @@ class Prepared:
     mean: npt.NDArray[np.float64]
     scale: npt.NDArray[np.float64]
     period_s: float
+    clean_rows: npt.NDArray[np.bool_]  # grid points fully measured and labelled normal
 
 
 def median_period(table: SensorTable) -> float:
@@ -116,7 +119,7 @@ def prepare_history(table: SensorTable, cfg: TrainConfig) -> Prepared:
         )
     cum = np.concatenate([[0], np.cumsum(label)])
     window_labels = ((cum[ends + 1] - cum[ends + 1 - w]) > 0).astype(np.int8)
-    return Prepared(xn, ends, window_labels, mean, scale, period)
+    return Prepared(xn, ends, window_labels, mean, scale, period, clean.all(axis=1))
 
 
 def data_fingerprint(table: SensorTable) -> str:
@@ -239,9 +242,17 @@ def fit(
         anomalous_ends.size,
     )
 
-    train_f = window_features(prep.xn, train_ends, w)
+    # The subspace is fitted on samples the held-out windows do not reach.
+    history_rows = np.flatnonzero(prep.clean_rows[: int(train_ends.max()) + 1])
+    projection = fit_projection(prep.xn[history_rows])
+    stats = projection.sample_stats(prep.xn)
+    train_f = screen_features(prep.xn, stats, train_ends, w)
     _, forest = fit_forest(
-        train_f, n_trees=cfg.forest.n_trees, max_samples=cfg.forest.max_samples, seed=seed
+        train_f,
+        n_trees=cfg.forest.n_trees,
+        max_samples=cfg.forest.max_samples,
+        seed=seed,
+        projection=projection,
     )
     train_w = gather_windows(prep.xn, train_ends, w)
     val_w = gather_windows(prep.xn, val_ends, w)
@@ -255,12 +266,12 @@ def fit(
     pos_w = synth_w
     if anomalous_ends.size:
         pos_w = np.concatenate([synth_w, gather_windows(prep.xn, anomalous_ends, w)])
-    pos_f = features_of_windows(pos_w)
+    pos_f = features_of_windows(pos_w, forest)
     pos_err, _ = reconstruction_error(pos_w, recon.reconstruct(pos_w))
     pos_forest = forest.score(pos_f)
     detected = pos_err >= threshold.alert_threshold
     screen = screen_threshold(pos_forest, detected, keep_recall=cfg.cascade.keep_recall)
-    val_forest = forest.score(window_features(prep.xn, val_ends, w))
+    val_forest = forest.score(screen_features(prep.xn, stats, val_ends, w))
     record: dict[str, Any] = {
         "trainer_version": _version(),
         "seed": seed,
@@ -318,12 +329,14 @@ def fit(
     return record
 
 
-def features_of_windows(windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """Features of standalone windows ``(n, W, C)`` via the device kernel."""
+def features_of_windows(
+    windows: npt.NDArray[np.float32], forest: FlatForest
+) -> npt.NDArray[np.float32]:
+    """Screen features of standalone windows ``(n, W, C)`` via the device kernels."""
     n, w, c = windows.shape
     flat = np.ascontiguousarray(windows.reshape(n * w, c))
     ends = np.arange(w - 1, n * w, w, dtype=np.int64)
-    return window_features(flat, ends, w)
+    return screen_features(flat, forest.sample_stats(flat), ends, w)
 
 
 def _version() -> str:

@@ -11,10 +11,16 @@ import numpy.typing as npt
 from sklearn.ensemble import IsolationForest
 
 from edge_agent.detect.forest import LEAF, FlatForest, average_path_length
+from edge_agent.detect.projection import Projection
 
 
 def fit_forest(
-    features: npt.NDArray[np.float32], *, n_trees: int, max_samples: int, seed: int
+    features: npt.NDArray[np.float32],
+    *,
+    n_trees: int,
+    max_samples: int,
+    seed: int,
+    projection: Projection | None = None,
 ) -> tuple[IsolationForest, FlatForest]:
     """Fit on ``features`` (n, F) and return the fitted model and its flat twin."""
     model = IsolationForest(
@@ -24,10 +30,12 @@ def fit_forest(
         n_jobs=1,
     )
     model.fit(features)
-    return model, flatten_forest(model, n_features=features.shape[1])
+    return model, flatten_forest(model, n_features=features.shape[1], projection=projection)
 
 
-def flatten_forest(model: IsolationForest, *, n_features: int) -> FlatForest:
+def flatten_forest(
+    model: IsolationForest, *, n_features: int, projection: Projection | None = None
+) -> FlatForest:
     """Concatenate the trees of a fitted ``IsolationForest`` into flat node arrays."""
     feats, thrs, lefts, rights, leaves, roots = [], [], [], [], [], []
     offset = 0
@@ -66,4 +74,5 @@ def flatten_forest(model: IsolationForest, *, n_features: int) -> FlatForest:
         roots=np.asarray(roots, dtype=np.int32),
         max_samples=int(model.max_samples_),
         n_features=n_features,
+        projection=projection,
     )

@@ -20,6 +20,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.detect.projection import Projection
 from edge_agent.errors import BundleError
 
 EULER_GAMMA = 0.5772156649015329
@@ -74,6 +75,19 @@ class FlatForest:
     roots: npt.NDArray[np.int32]
     max_samples: int
     n_features: int
+    # The subspace behind the SPE/T² features; None for a forest on per-channel features only.
+    projection: Projection | None = None
+
+    def sample_stats(self, xn: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Per-sample statistics the screen features need: ``(m, 2)``, or ``(m, 0)``."""
+        if self.projection is None:
+            return np.zeros((xn.shape[0], 0), np.float32)
+        if xn.shape[1] != self.projection.components.shape[0]:
+            raise ValueError(
+                f"projection expects {self.projection.components.shape[0]} channels, "
+                f"got {xn.shape[1]}"
+            )
+        return self.projection.sample_stats(xn)
 
     @property
     def n_trees(self) -> int:
@@ -101,16 +115,19 @@ class FlatForest:
     def to_bytes(self) -> bytes:
         """An ``.npz`` of plain numeric arrays (loadable with ``allow_pickle=False``)."""
         buf = io.BytesIO()
-        np.savez(
-            buf,
-            feature=self.feature,
-            threshold=self.threshold,
-            left=self.left,
-            right=self.right,
-            leaf_value=self.leaf_value,
-            roots=self.roots,
-            meta=np.array([self.max_samples, self.n_features], dtype=np.int64),
-        )
+        arrays: dict[str, npt.NDArray[np.generic]] = {
+            "feature": self.feature,
+            "threshold": self.threshold,
+            "left": self.left,
+            "right": self.right,
+            "leaf_value": self.leaf_value,
+            "roots": self.roots,
+            "meta": np.array([self.max_samples, self.n_features], dtype=np.int64),
+        }
+        if self.projection is not None:
+            arrays["pca_components"] = self.projection.components
+            arrays["pca_variances"] = self.projection.variances
+        np.savez(buf, allow_pickle=False, **arrays)
         return buf.getvalue()
 
     @classmethod
@@ -118,6 +135,12 @@ class FlatForest:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in (*FOREST_ARRAYS, "meta")}
+                projection = None
+                if "pca_components" in z.files:
+                    projection = Projection(
+                        np.ascontiguousarray(z["pca_components"], dtype=np.float64),
+                        np.ascontiguousarray(z["pca_variances"], dtype=np.float64),
+                    )
         except (ValueError, KeyError, OSError) as exc:
             raise BundleError(f"{source}: not a valid flat forest ({exc})") from None
         forest = cls(
@@ -129,6 +152,7 @@ class FlatForest:
             roots=arrays["roots"].astype(np.int32),
             max_samples=int(arrays["meta"][0]),
             n_features=int(arrays["meta"][1]),
+            projection=projection,
         )
         forest.check(source)
         return forest
@@ -160,3 +184,7 @@ class FlatForest:
             raise BundleError(f"{source}: invalid tree roots")
         if self.max_samples < 1:
             raise BundleError(f"{source}: max_samples must be >= 1")
+        if self.projection is not None:
+            comp, var = self.projection.components, self.projection.variances
+            if comp.ndim != 2 or var.shape != (comp.shape[1],) or (var <= 0).any():
+                raise BundleError(f"{source}: invalid projection arrays")

@@ -22,7 +22,8 @@ FEATURE_NAMES = ("mean", "std", "min", "max", "delta", "mean_abs_step", "recent_
 FEATURES_PER_CHANNEL = len(FEATURE_NAMES)
 # Fraction of the window taken as "recent" for the recent_shift feature.
 RECENT_FRACTION = 0.25
-FEATURE_SET_VERSION = 1
+# 2: adds SPE/T² window statistics after the per-channel features.
+FEATURE_SET_VERSION = 2
 
 F32 = npt.NDArray[np.float32]
 
@@ -131,6 +132,19 @@ def gather_windows(xn: F32, ends: npt.NDArray[np.int64], window: int) -> F32:  #
             for j in range(c):
                 out[w, t, j] = xn[first + t, j]
     return out
+
+
+def screen_features(
+    xn: F32, stats: F32, ends: npt.NDArray[np.int64], window: int
+) -> F32:
+    """The forest's input: per-channel features, then window mean/max of each sample statistic
+    (SPE and T² from :mod:`edge_agent.detect.projection`; ``stats`` may have zero columns)."""
+    from edge_agent.detect.projection import window_stat_features
+
+    base = window_features(xn, ends, window)
+    if stats.shape[1] == 0:
+        return base
+    return np.concatenate([base, window_stat_features(stats, ends, window)], axis=1)
 
 
 def feature_names(channels: tuple[str, ...] | list[str]) -> list[str]:

@@ -32,7 +32,7 @@ from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.cascade import Cascade
 from edge_agent.detect.threshold import ThresholdModel
-from edge_agent.detect.windows import window_features
+from edge_agent.detect.windows import screen_features
 from edge_agent.errors import DataError
 from edge_agent.pipeline import PipelineResult, prepare, run_pipeline
 from trainer.evaluate.baselines import run_baselines
@@ -131,8 +131,9 @@ def evaluate(
     }
     # Baselines on the same window features; rows without a window count as normal.
     _, xn, ends = prepare(table, manifest)
-    test_f = window_features(xn, ends, manifest.window.length)
-    train_f = features_of_windows(np.ascontiguousarray(representative))
+    forest = cascade.forest
+    test_f = screen_features(xn, forest.sample_stats(xn), ends, manifest.window.length)
+    train_f = features_of_windows(np.ascontiguousarray(representative), forest)
     baselines: dict[str, Any] = {}
     if train_f.shape[0] >= 20 and test_f.shape[0]:
         for name, (_, pred) in run_baselines(train_f, test_f, seed=seed).items():
