@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--history", type=int, default=40_000, help="training rows")
     ap.add_argument("--live", type=int, default=40_000, help="scored rows")
     ap.add_argument("--epochs", type=int, help="autoencoder epochs (default: built-in)")
+    ap.add_argument("--config", type=Path, help="training TOML (default: built-in defaults)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "simulator.json")
     a = ap.parse_args(argv)
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from edge_agent.simulator import FAULT_KINDS, simulate_plant
     from export.bundle import build_bundle
     from export.keys import keygen
-    from trainer.config import TrainConfig
+    from trainer.config import load_config
     from trainer.fit import fit
 
     t0 = time.perf_counter()
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         live = simulate_plant(rows=a.live, seed=22)
         hist.write_csv(work / "history.csv")
         live.write_csv(work / "live.csv")
-        cfg = TrainConfig()
+        cfg = load_config(a.config)
         if a.epochs:
             cfg.autoencoder.epochs = a.epochs
         table = read_table(work / "history.csv", label_cols=["anomaly"])
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "windows_reaching_stage2": float(np.mean(res.windows.stage == 2)),
         "window_recall_kept_by_screen": float(kept.sum() / max(s2.sum(), 1)),
         "per_kind": per_kind,
+        "config": str(a.config) if a.config else "built-in defaults",
         "validation": record["validation"],
         "fit_seconds": round(t_fit, 1),
         "wall_seconds": round(time.perf_counter() - t0, 1),

@@ -40,6 +40,14 @@ LEADERBOARD = {
 }
 
 
+def unlabelled(table: Any) -> Any:
+    """The protocol fits without labels: other/2.csv has 296 anomalous rows in [0, 400), and a
+    method that used them to clean its training data would not be comparable."""
+    import dataclasses
+
+    return dataclasses.replace(table, labels={})
+
+
 def skab_files() -> list[Path]:
     files: list[Path] = []
     for sub in ("valve1", "valve2", "other"):
@@ -65,7 +73,7 @@ def run_file(args: tuple[Path, Path, Path, str | None]) -> dict[str, Any]:
     t0 = time.perf_counter()
     run = work / f"run_{tag}"
     fit(
-        table.slice(0, TRAIN_ROWS),
+        unlabelled(table.slice(0, TRAIN_ROWS)),
         run,
         load_config(Path(config) if config else None),
         seed=0,

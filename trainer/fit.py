@@ -151,7 +151,10 @@ def _progress_callback(epochs: int) -> Any:
 
     class Progress(keras.callbacks.Callback):  # type: ignore[misc]
         def on_train_begin(self, logs: Any = None) -> None:
-            self.bar = tqdm(total=epochs, desc="autoencoder", unit="epoch", leave=False)
+            # disable=None: a bar on a terminal, silence in logs and CI.
+            self.bar = tqdm(
+                total=epochs, desc="autoencoder", unit="epoch", leave=False, disable=None
+            )
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             logs = logs or {}
