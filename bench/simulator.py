@@ -47,7 +47,7 @@ def _kind_metrics(y: np.ndarray, pred: np.ndarray, kinds: np.ndarray, k: int) ->
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--history", type=int, default=40_000, help="training rows")
+    ap.add_argument("--history", type=int, default=172_800, help="training rows (2 days)")
     ap.add_argument("--live", type=int, default=40_000, help="scored rows")
     ap.add_argument("--epochs", type=int, help="autoencoder epochs (default: built-in)")
     ap.add_argument("--config", type=Path, help="training TOML (default: built-in defaults)")

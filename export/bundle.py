@@ -114,7 +114,9 @@ def build_bundle(
     err_q, _ = reconstruction_error(pw, int8.reconstruct(pw))
     normal = labels == 0
     thr_f = ThresholdModel.model_validate(record["threshold"])
-    thr_q = calibrate_threshold(err_q[normal], cfg.threshold)
+    thr_q = calibrate_threshold(
+        err_q[normal], cfg.threshold, history_samples=int(record["history_samples"])
+    )
     f1_f = float(f1_score(labels, err_f >= thr_f.alert_threshold, zero_division=0.0))
     f1_q = float(f1_score(labels, err_q >= thr_q.alert_threshold, zero_division=0.0))
     auc_f, auc_q = _auc(labels, err_f), _auc(labels, err_q)

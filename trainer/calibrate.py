@@ -19,8 +19,14 @@ QUANTILE_LEVELS = np.linspace(0.0, 1.0, 201)
 MIN_EXCEEDANCES = 10
 
 
-def calibrate_threshold(errors: npt.NDArray[np.float64], cfg: ThresholdConfig) -> ThresholdModel:
-    """Calibrate on reconstruction errors of normal windows."""
+def calibrate_threshold(
+    errors: npt.NDArray[np.float64], cfg: ThresholdConfig, *, history_samples: int = 0
+) -> ThresholdModel:
+    """Calibrate on reconstruction errors of normal windows.
+
+    ``history_samples`` (grid points of training history) sets how much of ``cfg.margin``
+    applies; 0 means a short history, the full margin.
+    """
     e = np.sort(np.asarray(errors, dtype=np.float64))
     if e.size < 20:
         raise ValueError(f"need at least 20 held-out windows to calibrate, got {e.size}")
@@ -46,7 +52,7 @@ def calibrate_threshold(errors: npt.NDArray[np.float64], cfg: ThresholdConfig) -
     else:
         thr = float(np.percentile(e, cfg.percentile))
         method = "percentile"
-    thr = float(max(thr, 1e-12) * cfg.margin)
+    thr = float(max(thr, 1e-12) * cfg.effective_margin(history_samples))
     # Plotting positions: the largest of n normal errors is exceeded with probability about
     # 1/(n+1), not 0, so the table's top level is n/(n+1).
     levels = QUANTILE_LEVELS * e.size / (e.size + 1)

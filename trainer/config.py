@@ -74,10 +74,24 @@ class ThresholdConfig(_Strict):
         default=1e-3, gt=0, lt=0.5, description="For method=pot: P(error >= threshold | normal)"
     )
     # A short history never shows all of normal: machines drift (temperature, wear) after
-    # it ends. 2.25x the calibrated error kept SKAB's false-alarm rate near 13 %.
+    # it ends. 2.25x the calibrated error kept SKAB's false-alarm rate near 13 % on 400-sample
+    # histories. A longer history has shown more of normal and needs less headroom, so the
+    # margin shrinks towards 1 as the history grows past margin_full_below samples.
     margin: float = Field(
-        default=2.25, ge=1.0, description="Threshold multiplier on top of the calibrated value"
+        default=2.25,
+        ge=1.0,
+        description="Threshold multiplier on top of the calibrated value, for short histories",
     )
+    margin_full_below: int = Field(
+        default=1000,
+        ge=1,
+        description="History length (samples) up to which the full margin applies; beyond, "
+        "the extra (margin - 1) shrinks in proportion to margin_full_below / length",
+    )
+
+    def effective_margin(self, history_samples: int) -> float:
+        share = min(1.0, self.margin_full_below / max(history_samples, 1))
+        return 1.0 + (self.margin - 1.0) * share
 
 
 class CascadeConfig(_Strict):

@@ -14,7 +14,7 @@ import numpy as np
 
 from edge_agent.simulator import FAULT_KINDS, simulate_plant
 
-HISTORY_ROWS = 30_000  # about 8 h at 1 s: the "known history" the model learns from
+HISTORY_ROWS = 172_800  # two days at 1 s: every shift and stop of the daily pattern, twice
 LIVE_ROWS = 20_000  # a fresh stretch the gateway has never seen
 HISTORY_SEED = 11
 LIVE_SEED = 12

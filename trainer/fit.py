@@ -51,6 +51,11 @@ CALIBRATION_FILE = "calibration.npz"
 REPRESENTATIVE_WINDOWS = 1000
 # Fewer held-out windows than this cannot calibrate a tail.
 MIN_VALIDATION_WINDOWS = 30
+# Held-out windows kept for calibration and synthetic faults: enough for a 1e-3 tail, and
+# bounded so a long history does not spend minutes scoring near-duplicate windows.
+MAX_VALIDATION_WINDOWS = 6000
+# The history is cut into this many folds for the held-out split (see split_validation).
+VALIDATION_FOLDS = 10
 
 
 @dataclass
@@ -120,6 +125,39 @@ def prepare_history(table: SensorTable, cfg: TrainConfig) -> Prepared:
     cum = np.concatenate([[0], np.cumsum(label)])
     window_labels = ((cum[ends + 1] - cum[ends + 1 - w]) > 0).astype(np.int8)
     return Prepared(xn, ends, window_labels, mean, scale, period, clean.all(axis=1))
+
+
+def split_validation(
+    normal: npt.NDArray[np.intp],
+    ends: npt.NDArray[np.int64],
+    window: int,
+    fraction: float,
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Hold out ``fraction`` of the normal windows as contiguous blocks spread over the history.
+
+    The history is cut into ``VALIDATION_FOLDS`` time-ordered folds and every k-th fold is held
+    out, the last fold always among them: the threshold then sees the latest behaviour (drift)
+    and also every kind of operating period the history covers (a shift pattern, a stop), not
+    just whatever the last hours happened to be. Training windows that overlap a held-out one
+    are dropped so no held-out sample is trained on.
+    """
+    n_val_folds = max(1, round(fraction * VALIDATION_FOLDS))
+    step = VALIDATION_FOLDS / n_val_folds
+    val_folds = {VALIDATION_FOLDS - 1 - int(i * step) for i in range(n_val_folds)}
+    fold = (np.arange(normal.size) * VALIDATION_FOLDS) // max(normal.size, 1)
+    is_val = np.isin(fold, sorted(val_folds))
+    if is_val.sum() < MIN_VALIDATION_WINDOWS:
+        is_val = np.zeros(normal.size, bool)
+        is_val[-MIN_VALIDATION_WINDOWS:] = True
+    val_idx = normal[is_val]
+    val_ends = np.sort(ends[val_idx])
+    train_idx = normal[~is_val]
+    te = ends[train_idx]
+    pos = np.searchsorted(val_ends, te)
+    after = np.abs(val_ends[np.clip(pos, 0, val_ends.size - 1)] - te)
+    before = np.abs(te - val_ends[np.clip(pos - 1, 0, val_ends.size - 1)])
+    keep = np.minimum(after, before) >= window
+    return train_idx[keep], val_idx
 
 
 def data_fingerprint(table: SensorTable) -> str:
@@ -225,14 +263,13 @@ def fit(
             f"{2 * MIN_VALIDATION_WINDOWS} (more history or a shorter window)",
             path=table.path,
         )
-    n_val = max(
-        MIN_VALIDATION_WINDOWS, round(normal.size * cfg.autoencoder.validation_fraction)
-    )
-    train_idx, val_idx = normal[:-n_val], normal[-n_val:]
+    train_idx, val_idx = split_validation(normal, prep.ends, w, cfg.autoencoder.validation_fraction)
     if train_idx.size > cfg.window.max_windows:
         train_idx = train_idx[
             np.linspace(0, train_idx.size - 1, cfg.window.max_windows).astype(int)
         ]
+    if val_idx.size > MAX_VALIDATION_WINDOWS:
+        val_idx = val_idx[np.linspace(0, val_idx.size - 1, MAX_VALIDATION_WINDOWS).astype(int)]
     train_ends, val_ends = prep.ends[train_idx], prep.ends[val_idx]
     anomalous_ends = prep.ends[prep.window_labels == 1]
     log.info(
@@ -263,7 +300,8 @@ def fit(
     recon = KerasReconstructor(model)
 
     val_err, _ = reconstruction_error(val_w, recon.reconstruct(val_w))
-    threshold = calibrate_threshold(val_err, cfg.threshold)
+    history_samples = int(prep.xn.shape[0])
+    threshold = calibrate_threshold(val_err, cfg.threshold, history_samples=history_samples)
 
     synth_w, synth_kinds = inject(val_w, seed=seed, copies=2)
     pos_w = synth_w
@@ -281,6 +319,8 @@ def fit(
         "config": cfg.model_dump(),
         "source": str(table.path),
         "rows": table.rows,
+        "history_samples": history_samples,
+        "threshold_margin": cfg.threshold.effective_margin(history_samples),
         "data_fingerprint": data_fingerprint(table),
         "channels": [
             {"name": n, "unit": "", "mean": float(m), "scale": float(s)}

@@ -51,3 +51,13 @@ def test_margin_scales_the_alert_threshold() -> None:
     base = calibrate_threshold(errors, ThresholdConfig(margin=1.0)).alert_threshold
     wide = calibrate_threshold(errors, ThresholdConfig(margin=2.0)).alert_threshold
     assert wide == pytest.approx(2.0 * base)
+
+
+def test_margin_shrinks_with_a_long_history() -> None:
+    cfg = ThresholdConfig(margin=2.0, margin_full_below=1000)
+    assert cfg.effective_margin(400) == 2.0
+    assert cfg.effective_margin(4000) == pytest.approx(1.25)
+    errors = np.random.default_rng(3).exponential(1.0, size=5_000)
+    short = calibrate_threshold(errors, cfg, history_samples=400).alert_threshold
+    long = calibrate_threshold(errors, cfg, history_samples=100_000).alert_threshold
+    assert long == pytest.approx(short / 2.0 * 1.01)
