@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from export.errors import ExportError
+from export.inputs import check_windows, window_shape
 
 READY_NAME = "model_edgetpu_ready.tflite"
 # The compiler names its output after its input: <stem>_edgetpu.tflite and <stem>_edgetpu.log.
@@ -140,8 +141,8 @@ def build_edgetpu(
     with the command to run elsewhere. Raises ExportError for bad inputs, a model that cannot
     be made full-integer, or a compiler that fails.
     """
-    window, channels = _window_shape(model)
-    windows = _check_windows(representative, window, channels)
+    window, channels = window_shape(model)
+    windows = check_windows(representative, window, channels, what="representative windows")
     # Resolved before converting so a mistyped compiler path fails in seconds, not minutes.
     compiler_path = _resolve_compiler(compiler)
     out_dir = Path(out_dir)
@@ -250,32 +251,6 @@ def inspect_tflite(model_content: bytes) -> dict[str, Any]:
         "input": _tensor_info(main, main.inputs[0]),
         "output": _tensor_info(main, main.outputs[0]),
     }
-
-
-def _window_shape(model: Any) -> tuple[int, int]:
-    """(W, C) of a single-input window model, from its declared input shape."""
-    inputs = getattr(model, "inputs", None)
-    if not inputs or len(inputs) != 1:
-        raise ExportError(
-            "model must be a built Keras model with exactly one (batch, W, C) input; "
-            "build it with keras.Input((W, C)) first"
-        )
-    shape = tuple(inputs[0].shape)
-    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        raise ExportError(f"model input must be (batch, W, C) with known W and C, got {shape}")
-    return int(shape[1]), int(shape[2])
-
-
-def _check_windows(windows: np.ndarray, window: int, channels: int) -> np.ndarray:
-    arr = np.asarray(windows)
-    if arr.ndim != 3 or arr.shape[1:] != (window, channels) or arr.shape[0] == 0:
-        raise ExportError(
-            f"representative windows must have shape (n, {window}, {channels}) with n >= 1 to "
-            f"match the model input, got {arr.shape}"
-        )
-    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-        raise ExportError("representative windows must be finite numbers (no NaN/inf)")
-    return arr.astype(np.float32, copy=False)
 
 
 def _calibration_subset(windows: np.ndarray) -> np.ndarray:

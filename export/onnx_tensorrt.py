@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from export.errors import ExportError
+from export.inputs import check_windows, window_shape
 
 ONNX_NAME = "model.onnx"
 ENGINE_NAME = "model.plan"
@@ -105,8 +106,8 @@ def build_onnx(
     for bad inputs, when no tf2onnx route converts the model, or when onnxruntime and Keras
     differ by PARITY_TOLERANCE or more.
     """
-    window, channels = _window_shape(model)
-    windows = _check_windows(sample_windows, window, channels)
+    window, channels = window_shape(model)
+    windows = check_windows(sample_windows, window, channels, what="sample windows")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx, ort, tf, tf2onnx = _import_toolchain()
@@ -161,32 +162,6 @@ def _import_toolchain() -> tuple[Any, Any, Any, Any]:
     except Exception as exc:  # a broken protobuf pin fails with TypeError, not ImportError
         raise ExportError(f"ONNX toolchain not importable ({exc}); {INSTALL_HINT}") from exc
     return onnx, ort, tf, tf2onnx
-
-
-def _window_shape(model: Any) -> tuple[int, int]:
-    """(W, C) of a single-input window model, from its declared input shape."""
-    inputs = getattr(model, "inputs", None)
-    if not inputs or len(inputs) != 1:
-        raise ExportError(
-            "model must be a built Keras model with exactly one (batch, W, C) input; "
-            "build it with keras.Input((W, C)) first"
-        )
-    shape = tuple(inputs[0].shape)
-    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        raise ExportError(f"model input must be (batch, W, C) with known W and C, got {shape}")
-    return int(shape[1]), int(shape[2])
-
-
-def _check_windows(windows: np.ndarray, window: int, channels: int) -> np.ndarray:
-    arr = np.asarray(windows)
-    if arr.ndim != 3 or arr.shape[1:] != (window, channels) or arr.shape[0] == 0:
-        raise ExportError(
-            f"sample windows must have shape (n, {window}, {channels}) with n >= 1 to match "
-            f"the model input, got {arr.shape}"
-        )
-    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-        raise ExportError("sample windows must be finite numbers (no NaN/inf)")
-    return arr.astype(np.float32, copy=False)
 
 
 def _convert(
