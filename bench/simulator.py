@@ -30,13 +30,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _kind_metrics(y: np.ndarray, pred: np.ndarray, kinds: np.ndarray, k: int) -> dict[str, float]:
-    from trainer.evaluate.metrics import point_metrics
+    from trainer.evaluate.metrics import point_metrics, segments
 
     sel = (kinds == 0) | (kinds == k)
     m = point_metrics(y[sel], pred[sel])
-    ys = y & (kinds == k)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], ys.astype(int), [0]])))
-    eps = list(zip(edges[::2], edges[1::2], strict=True))
+    eps = segments(y & (kinds == k))
     return {
         "f1": float(m["f1"]),
         "recall": float(m["recall"]),

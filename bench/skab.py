@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "skab.json")
     a = ap.parse_args(argv)
     from export.keys import keygen
+    from trainer.evaluate.metrics import point_metrics
 
     files = skab_files()
     if a.limit:
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "per_file": [
             {
                 "file": r["file"],
-                "f1_int8": _f1(r["y"], r["int8"]),
+                "f1_int8": float(point_metrics(r["y"], r["int8"])["f1"]),
                 "far_int8": float((r["int8"] & ~r["y"]).sum() / max((~r["y"]).sum(), 1)),
                 "parity": r["parity"],
                 "seconds": {k: round(v, 2) for k, v in r["seconds"].items()},
@@ -177,11 +178,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("files", "int8", "float", "wall_seconds")}, indent=2))
     return report
-
-
-def _f1(y: np.ndarray, p: np.ndarray) -> float:
-    tp = int((y & p).sum())
-    return tp / max(tp + (int((~y & p).sum()) + int((y & ~p).sum())) / 2, 1e-9)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from export.errors import ExportError
+from export.inputs import check_windows, window_shape
 
 DEFAULT_MAX_SAMPLES = 500
 # Calibration records each tensor's min/max over all windows, so feeding them in chunks
@@ -49,7 +50,6 @@ DEFAULT_MAX_SAMPLES = 500
 # scale may differ in its last bit) with far fewer invocations. Fixed, so the output
 # bytes are reproducible.
 CALIBRATION_CHUNK = 32
-WINDOW_RANK = 3  # (batch, W, C)
 INPUT_NAME = "windows"
 # Longest slice of a converter message kept in an ExportError: MLIR errors carry long
 # call-site traces that help nobody reading a CLI error.
@@ -87,7 +87,7 @@ def convert_int8(
     which) on any failure.
     """
     kind = model_kind(model)
-    window, channels = _window_shape(model, kind)
+    window, channels = window_shape(model, context=kind)
     if max_samples < 1:
         raise ExportError(f"{kind}: max_samples must be >= 1, got {max_samples}")
     calibration = _calibration_windows(
@@ -139,7 +139,7 @@ def convert_float(model: Any) -> bytes:
     ``Int8Autoencoder`` runs both files. Raises ``ExportError`` on failure.
     """
     kind = model_kind(model)
-    window, channels = _window_shape(model, kind)
+    window, channels = window_shape(model, context=kind)
 
     import tensorflow as tf
 
@@ -180,16 +180,6 @@ def ops_with_float_tensors(content: bytes) -> list[str]:
     return found
 
 
-def _window_shape(model: Any, kind: str) -> tuple[int, int]:
-    inputs = getattr(model, "inputs", None)
-    if not inputs or len(inputs) != 1:
-        raise ExportError(f"{kind}: expected a built Keras model with one (batch, W, C) input")
-    shape = tuple(inputs[0].shape)
-    if len(shape) != WINDOW_RANK or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        raise ExportError(f"{kind}: model input must be (batch, W, C) with known W, C; got {shape}")
-    return int(shape[1]), int(shape[2])
-
-
 def _calibration_windows(
     representative: np.ndarray,
     *,
@@ -199,14 +189,9 @@ def _calibration_windows(
     seed: int,
     kind: str,
 ) -> np.ndarray:
-    arr = np.asarray(representative)
-    if arr.ndim != WINDOW_RANK or arr.shape[1:] != (window, channels) or arr.shape[0] == 0:
-        raise ExportError(
-            f"{kind}: representative windows must have shape (n, {window}, {channels}) "
-            f"with n >= 1, got {arr.shape}"
-        )
-    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-        raise ExportError(f"{kind}: representative windows must be finite numbers")
+    arr = check_windows(
+        representative, window, channels, what="representative windows", context=kind
+    )
     if arr.shape[0] > max_samples:
         rng = np.random.default_rng(seed)
         # Sorted so calibration order follows the recording, independent of draw order.

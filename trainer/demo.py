@@ -110,31 +110,34 @@ def _alerts(scores: Path) -> np.ndarray:
 
 def summarize(labels: np.ndarray, kinds: np.ndarray, alert: np.ndarray) -> dict[str, object]:
     """Per fault kind: episodes injected, episodes caught, mean delay; and false alarms."""
+    from trainer.evaluate.metrics import point_metrics, segments
+
     y = labels.astype(bool)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], y.astype(int), [0]])))
-    per_kind: dict[str, dict[str, float]] = {}
-    for a, b in zip(edges[::2], edges[1::2], strict=True):
+    delays: dict[str, list[int]] = {}
+    injected: dict[str, int] = {}
+    for a, b in segments(y):
         kind = FAULT_KINDS[int(kinds[a]) - 1]
-        k = per_kind.setdefault(kind, {"injected": 0, "detected": 0, "delays": []})  # type: ignore[dict-item]
-        k["injected"] += 1
+        injected[kind] = injected.get(kind, 0) + 1
         hits = np.flatnonzero(alert[a:b])
+        delays.setdefault(kind, [])
         if hits.size:
-            k["detected"] += 1
-            k["delays"].append(int(hits[0]))  # type: ignore[union-attr]
-    for k in per_kind.values():
-        delays = k.pop("delays")
-        k["mean_delay_samples"] = float(np.mean(delays)) if delays else float("nan")  # type: ignore[arg-type]
+            delays[kind].append(int(hits[0]))
+    per_kind = {
+        kind: {
+            "injected": n,
+            "detected": len(delays[kind]),
+            "mean_delay_samples": float(np.mean(delays[kind])) if delays[kind] else float("nan"),
+        }
+        for kind, n in injected.items()
+    }
     # False-alarm episodes: alert runs that touch no injected fault.
-    a_edges = np.flatnonzero(np.diff(np.concatenate([[0], alert.astype(int), [0]])))
-    false_eps = sum(not y[s:e].any() for s, e in zip(a_edges[::2], a_edges[1::2], strict=True))
-    tp = int((alert & y).sum())
-    fp = int((alert & ~y).sum())
-    fn = int((~alert & y).sum())
+    false_eps = sum(not y[s:e].any() for s, e in segments(alert.astype(bool)))
+    m = point_metrics(y, alert)
     return {
         "per_kind": per_kind,
         "false_alarm_episodes": int(false_eps),
-        "point_f1": tp / (tp + (fp + fn) / 2) if tp + fp + fn else 0.0,
-        "false_alarm_rate": fp / max(int((~y).sum()), 1),
+        "point_f1": m["f1"],
+        "false_alarm_rate": m["far"],
     }
 
 

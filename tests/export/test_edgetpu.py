@@ -4,7 +4,6 @@ The real `edgetpu_compiler` only exists on Debian/Ubuntu x86-64 with the Coral r
 the compile step is exercised with a stand-in script that behaves like it on the command line.
 """
 
-import os
 import stat
 import textwrap
 from pathlib import Path
@@ -12,28 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tiny_models import CHANNELS, WINDOW, fitted_tiny_models
 
-WINDOW = 16
-CHANNELS = 4
 N_WINDOWS = 64
 SEED = 0
-
-
-def _build_models() -> dict[str, Any]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    keras = pytest.importorskip("keras")
-    keras.utils.set_random_seed(SEED)
-
-    inp = keras.Input((WINDOW, CHANNELS))
-    x = keras.layers.Conv1D(8, 3, dilation_rate=2, padding="same", activation="relu")(inp)
-    conv = keras.Model(inp, keras.layers.Dense(CHANNELS)(x), name="dilated_conv")
-
-    inp = keras.Input((WINDOW, CHANNELS))
-    x = keras.layers.Flatten()(inp)
-    x = keras.layers.Dense(8, activation="relu")(x)
-    x = keras.layers.Dense(WINDOW * CHANNELS)(x)
-    dense = keras.Model(inp, keras.layers.Reshape((WINDOW, CHANNELS))(x), name="dense")
-    return {"dilated_conv": conv, "dense": dense}
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +24,7 @@ def windows() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def models(windows: np.ndarray) -> dict[str, Any]:
-    built = _build_models()
-    for model in built.values():
-        model.compile(optimizer="adam", loss="mse")
-        model.fit(windows, windows, epochs=1, batch_size=16, verbose=0)
-    return built
+    return fitted_tiny_models(windows, SEED)
 
 
 @pytest.fixture(scope="module")

@@ -4,35 +4,16 @@ TensorRT itself only runs on the Jetson; here the ONNX graph is checked with onn
 CPU, which is the same graph TensorRT parses.
 """
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from tiny_models import CHANNELS, WINDOW, fitted_tiny_models
 
-WINDOW = 16
-CHANNELS = 4
 N_WINDOWS = 64
 SEED = 1
 TOLERANCE = 1e-4
-
-
-def _build_models() -> dict[str, Any]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    keras = pytest.importorskip("keras")
-    keras.utils.set_random_seed(SEED)
-
-    inp = keras.Input((WINDOW, CHANNELS))
-    x = keras.layers.Conv1D(8, 3, dilation_rate=2, padding="same", activation="relu")(inp)
-    conv = keras.Model(inp, keras.layers.Dense(CHANNELS)(x), name="dilated_conv")
-
-    inp = keras.Input((WINDOW, CHANNELS))
-    x = keras.layers.Flatten()(inp)
-    x = keras.layers.Dense(8, activation="relu")(x)
-    x = keras.layers.Dense(WINDOW * CHANNELS)(x)
-    dense = keras.Model(inp, keras.layers.Reshape((WINDOW, CHANNELS))(x), name="dense")
-    return {"dilated_conv": conv, "dense": dense}
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +25,7 @@ def windows() -> np.ndarray:
 def models(windows: np.ndarray) -> dict[str, Any]:
     pytest.importorskip("tf2onnx")
     pytest.importorskip("onnxruntime")
-    built = _build_models()
-    for model in built.values():
-        model.compile(optimizer="adam", loss="mse")
-        model.fit(windows, windows, epochs=1, batch_size=16, verbose=0)
-    return built
+    return fitted_tiny_models(windows, SEED)
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,7 @@ def _safe_div(num: float, den: float) -> float:
     return float(num) / float(den) if den else 0.0
 
 
-def _segments(mask: np.ndarray) -> np.ndarray:
+def segments(mask: np.ndarray) -> np.ndarray:
     """Contiguous runs of True as an ``(k, 2)`` int array of ``[start, stop)`` indices."""
     padded = np.concatenate(([False], mask, [False]))
     edges = np.flatnonzero(padded[1:] != padded[:-1])
@@ -168,7 +168,7 @@ def point_adjusted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float
     pred = _as_mask(y_pred, "y_pred")
     _check_same_length(y_true=truth, y_pred=pred)
     adjusted = pred.copy()
-    for start, stop in _segments(truth):
+    for start, stop in segments(truth):
         if pred[start:stop].any():
             adjusted[start:stop] = True
     pm = point_metrics(truth, adjusted)
@@ -227,9 +227,9 @@ def detection_delays(
     truth = _as_mask(y_true, "y_true")
     pred = _as_mask(y_pred, "y_pred")
     _check_same_length(y_true=truth, y_pred=pred)
-    segments = _segments(truth)
+    runs = segments(truth)
     delays: list[float] = []
-    for start, stop in segments:
+    for start, stop in runs:
         hits = np.flatnonzero(pred[start:stop])
         if hits.size:
             delays.append(float(hits[0]) * period_s)
@@ -239,7 +239,7 @@ def detection_delays(
         "delay_mean_s": float(arr.mean()) if arr.size else nan,
         "delay_median_s": float(np.median(arr)) if arr.size else nan,
         "delay_max_s": float(arr.max()) if arr.size else nan,
-        "n_segments": float(len(segments)),
+        "n_segments": float(len(runs)),
         "n_detected": float(arr.size),
     }
 

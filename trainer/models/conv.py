@@ -32,6 +32,8 @@ import itertools
 
 import keras
 
+from trainer.models.common import compile_autoencoder, resolve_latent
+
 KIND = "conv"
 
 BRANCH_KERNELS = (3, 5, 7)  # parallel receptive fields of the multi-scale block
@@ -49,7 +51,6 @@ DEFAULT_LATENT = 4  # bottleneck channels, per downsampled time step
 # Time is pooled by the largest power of two up to this that divides the window, so
 # W=16, C=4 compresses 64 values to 4 steps x 4 channels = 16.
 MAX_DOWNSAMPLE = 4
-LEARNING_RATE = 1e-3
 
 
 def downsample_factor(window: int) -> int:
@@ -73,11 +74,7 @@ def build_conv_autoencoder(
     ``latent`` is the number of bottleneck channels per pooled time step (default
     ``DEFAULT_LATENT``); ``seed`` fixes the initialisation.
     """
-    if window < 1 or channels < 1:
-        raise ValueError(f"window and channels must be >= 1, got {window=} {channels=}")
-    latent_channels = DEFAULT_LATENT if latent is None else latent
-    if latent_channels < 1:
-        raise ValueError(f"latent must be >= 1, got {latent_channels}")
+    latent_channels = resolve_latent(window, channels, latent, DEFAULT_LATENT)
 
     # Distinct seed per layer: a seeded Keras 3 initializer repeats its tensor.
     seeds = itertools.count(seed)
@@ -141,5 +138,5 @@ def build_conv_autoencoder(
     outputs = conv(channels, 1, activation=None)(x)
 
     model = keras.Model(inputs, outputs, name=f"{KIND}_autoencoder")
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="mse")
+    compile_autoencoder(model)
     return model

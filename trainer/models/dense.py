@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import keras
 
+from trainer.models.common import compile_autoencoder, resolve_latent
+
 KIND = "dense"
 
 # Sized for W in 16..64 and C in 5..10 (80..640 inputs): large enough to learn the
 # normal manifold, small enough that a Raspberry Pi runs hundreds of windows per second.
 DEFAULT_HIDDEN = 64
 DEFAULT_LATENT = 16
-LEARNING_RATE = 1e-3
 
 
 def build_dense_autoencoder(
@@ -36,11 +37,7 @@ def build_dense_autoencoder(
     ``latent`` is the bottleneck width (default ``DEFAULT_LATENT``); ``seed`` fixes the
     weight initialisation so two builds with the same arguments are identical.
     """
-    if window < 1 or channels < 1:
-        raise ValueError(f"window and channels must be >= 1, got {window=} {channels=}")
-    latent_units = DEFAULT_LATENT if latent is None else latent
-    if latent_units < 1:
-        raise ValueError(f"latent must be >= 1, got {latent_units}")
+    latent_units = resolve_latent(window, channels, latent, DEFAULT_LATENT)
 
     # One seed per layer: a Keras 3 initializer with a fixed seed yields the same
     # tensor on every call, so sharing one instance would make same-shape layers equal.
@@ -62,5 +59,5 @@ def build_dense_autoencoder(
     outputs = keras.layers.Reshape((window, channels), name="reconstruction")(x)
 
     model = keras.Model(inputs, outputs, name=f"{KIND}_autoencoder")
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="mse")
+    compile_autoencoder(model)
     return model

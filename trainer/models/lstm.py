@@ -33,12 +33,13 @@ import itertools
 
 import keras
 
+from trainer.models.common import compile_autoencoder, resolve_latent
+
 KIND = "lstm"
 
 # Sized for W in 16..64 and C in 5..10; the unrolled graph grows with hidden * W.
 DEFAULT_HIDDEN = 32
 DEFAULT_LATENT = 16
-LEARNING_RATE = 1e-3
 
 
 def build_lstm_autoencoder(
@@ -54,11 +55,7 @@ def build_lstm_autoencoder(
     ``latent`` is the width of the code between encoder and decoder (default
     ``DEFAULT_LATENT``); ``seed`` fixes the initialisation.
     """
-    if window < 1 or channels < 1:
-        raise ValueError(f"window and channels must be >= 1, got {window=} {channels=}")
-    latent_units = DEFAULT_LATENT if latent is None else latent
-    if latent_units < 1:
-        raise ValueError(f"latent must be >= 1, got {latent_units}")
+    latent_units = resolve_latent(window, channels, latent, DEFAULT_LATENT)
 
     # Distinct seed per initializer: a seeded Keras 3 initializer repeats its tensor.
     seeds = itertools.count(seed)
@@ -89,5 +86,5 @@ def build_lstm_autoencoder(
         name="reconstruction",
     )(x)
     model = keras.Model(inputs, outputs, name=f"{KIND}_autoencoder")
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="mse")
+    compile_autoencoder(model)
     return model
