@@ -78,10 +78,20 @@ def _concat(parts: list[WindowScores], channels: int) -> WindowScores:
     )
 
 
+Prepared = tuple[Grid, npt.NDArray[np.float32], npt.NDArray[np.int64]]
+
+
 def run_pipeline(
-    table: SensorTable, manifest: Manifest, cascade: Cascade, *, screen: bool = True
+    table: SensorTable,
+    manifest: Manifest,
+    cascade: Cascade,
+    *,
+    screen: bool = True,
+    prepared: Prepared | None = None,
 ) -> PipelineResult:
-    grid, xn, ends = prepare(table, manifest)
+    """Score ``table``; ``prepared`` (from :func:`prepare`) saves redoing the grid when the
+    same table is scored more than once."""
+    grid, xn, ends = prepared if prepared is not None else prepare(table, manifest)
     w = manifest.window.length
     stats = cascade.forest.sample_stats(xn)
     parts = []
