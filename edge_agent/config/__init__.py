@@ -1,0 +1,1 @@
+"""The gateway's config: models (``model``) and file loading with layering (``load``)."""

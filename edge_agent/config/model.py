@@ -1,0 +1,153 @@
+"""The gateway's config: one model for the whole file, strict, each field with its unit.
+
+Sits in front of everything the agent does: ``edge_agent.config.load`` layers the machine's
+file over the fleet defaults, applies ``--set`` overrides and validates into
+:class:`AgentConfig`. Backend sections (sources, delivery) are defined next to their code and
+picked by their ``type`` field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge_agent.deliver.config import MqttConfig, OutboxConfig
+from edge_agent.sources.config import ReplaySource, SourceConfig, source_channels
+
+DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
+DEFAULT_METRICS_PORT = 9108
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """The signed model bundle the agent runs."""
+
+    bundle: Path = Field(description="Bundle directory written by `export bundle`")
+    trust_key: Path = Field(description="Ed25519 public key (PEM) the bundle must be signed with")
+    threads: int = Field(default=1, ge=1, le=8, description="TFLite interpreter threads")
+
+
+class ChannelQuality(_Strict):
+    """Plausibility checks of one channel; a failing reading is treated as missing."""
+
+    min: float | None = Field(default=None, description="Lowest plausible value, in its unit")
+    max: float | None = Field(default=None, description="Highest plausible value, in its unit")
+    stuck_samples: int | None = Field(
+        default=None, ge=2, description="Identical readings in a row that mean a stuck sensor"
+    )
+    stale_s: float | None = Field(
+        default=None, gt=0, description="Seconds without a fresh reading before it is stale"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ChannelQuality:
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
+
+class QualityDefaults(_Strict):
+    """Checks applied to every channel unless its own ``[channels.<name>]`` entry says more."""
+
+    stuck_samples: int | None = Field(
+        default=None, ge=2, description="Identical readings in a row that mean a stuck sensor"
+    )
+    stale_s: float = Field(
+        default=10.0, gt=0, description="Seconds without a fresh reading before it is stale"
+    )
+    clear_samples: int = Field(
+        default=10, ge=1, description="Good samples in a row that close a sensor_fault event"
+    )
+
+
+class EventsConfig(_Strict):
+    """How alert episodes become messages."""
+
+    update_interval_s: float = Field(
+        default=60.0, gt=0, description="Least seconds between updates of an open episode"
+    )
+    top_channels: int = Field(
+        default=3, ge=1, le=16, description="Contributing channels named in an event"
+    )
+
+
+class MetricsConfig(_Strict):
+    """The Prometheus endpoint (text exposition format over HTTP)."""
+
+    enabled: bool = Field(default=True, description="Serve /metrics")
+    host: str = Field(default="127.0.0.1", description="Listen address")
+    port: int = Field(
+        default=DEFAULT_METRICS_PORT, ge=0, le=65535, description="Listen port (0: any free one)"
+    )
+
+
+class LogConfig(_Strict):
+    """Logging to stderr (journald under systemd)."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    repeat_every_s: float = Field(
+        default=300.0, ge=0, description="A repeating warning is logged once per this many "
+        "seconds, with a count, to spare the SD card"
+    )
+
+
+class AgentConfig(_Strict):
+    """Everything one gateway needs to watch one machine."""
+
+    machine_id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=64,
+        description="Unique machine name; used in topics and event ids",
+    )
+    state_dir: Path = Field(
+        default=DEFAULT_STATE_DIR, description="Writable directory for the outbox and state"
+    )
+    model: ModelConfig
+    sources: list[SourceConfig] = Field(min_length=1, description="Where the samples come from")
+    channels: dict[str, ChannelQuality] = Field(
+        default_factory=dict, description="Per-channel plausibility checks, by channel name"
+    )
+    quality: QualityDefaults = Field(default_factory=QualityDefaults)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    mqtt: MqttConfig | None = Field(
+        default=None, description="Broker; absent: events stay in the store and the log"
+    )
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _sources_fit_together(self) -> AgentConfig:
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {dup}")
+        replay = [s for s in self.sources if isinstance(s, ReplaySource)]
+        if replay and len(self.sources) > 1:
+            raise ValueError("a 'replay' source feeds whole rows and cannot be mixed with others")
+        seen: dict[str, str] = {}
+        for s in self.sources:
+            for ch in source_channels(s):
+                if ch in seen:
+                    raise ValueError(
+                        f"channel {ch!r} is fed by both {seen[ch]!r} and {s.name!r}; "
+                        "each channel needs exactly one source"
+                    )
+                seen[ch] = s.name
+        if not replay:
+            unknown = sorted(set(self.channels) - set(seen))
+            if unknown:
+                raise ValueError(
+                    f"[channels] names {unknown} that no source delivers; "
+                    f"sources deliver {sorted(seen)}"
+                )
+        return self
+
+    def delivered_channels(self) -> list[str]:
+        """Channels the live sources deliver (empty for a replay source: the file decides)."""
+        return [ch for s in self.sources for ch in source_channels(s)]

@@ -1,0 +1,1 @@
+"""Event delivery: the SQLite outbox and the MQTT uplink."""

@@ -1,0 +1,1 @@
+"""Sensor sources: Modbus TCP/RTU, serial line sensors and recorded files."""
