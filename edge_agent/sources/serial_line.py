@@ -1,0 +1,178 @@
+"""Serial line sensors: text lines from a microcontroller on a USB or RS-232 serial port.
+
+Sits at the start of the pipeline, next to the Modbus sources. A small board (Arduino, ESP32)
+prints one line per measurement, either ``v1,v2,...`` (``csv``, fields mapped to ``columns``
+in order) or ``key=value`` pairs (``kv``). Each good line becomes one ``sink.put`` stamped
+with the time it was received. Serial lines are noisy: a bad line is counted and skipped, and
+an unplugged adapter is reopened every ``reopen_s`` until it is back; neither ever stops the
+thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from typing import Any
+
+from edge_agent.logs import Throttle
+from edge_agent.sources.base import ReadingSink, Source
+from edge_agent.sources.config import SerialLineSource
+
+try:
+    import serial
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        'serial_line sources need pyserial: pip install "edge-anomaly[edge]"'
+    ) from exc
+
+log = logging.getLogger(__name__)
+
+# Read timeout: the longest a read blocks, so the thread sees a stop request within ~0.2 s.
+READ_TIMEOUT_S = 0.1
+# How often a repeating warning (bad lines, a port that stays away) reaches the log.
+LOG_EVERY_S = 300.0
+# A plain decimal or scientific number, or nan; stricter than float() (no '1_0', no 'inf').
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?nan", re.IGNORECASE)
+_KV_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+class MalformedLine(ValueError):
+    """A line that does not parse; the message says why (for the throttled log)."""
+
+
+def _number(text: str) -> float:
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        raise MalformedLine(f"not a number: {text[:20]!r}")
+    return float(text)
+
+
+class SerialLine(Source):
+    """Reads one serial port line by line; see the module docstring."""
+
+    def __init__(self, cfg: SerialLineSource, *, log_every_s: float = LOG_EVERY_S) -> None:
+        super().__init__(cfg.name)
+        self.cfg = cfg
+        self._columns = list(cfg.columns)
+        self._seen: dict[str, None] = dict.fromkeys(c for c in cfg.columns if c)
+        self._throttle = Throttle(log, log_every_s)
+        self.connected = False  # the port is open (read by tests and the heartbeat)
+
+    @property
+    def channels(self) -> list[str]:
+        # kv without columns: the keys seen so far (the board decides).
+        return list(self._seen)
+
+    def parse(self, raw: bytes) -> dict[str, float]:
+        """One line (without its newline) -> readings; raises MalformedLine."""
+        try:
+            line = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise MalformedLine("undecodable bytes") from None
+        if self.cfg.format == "csv":
+            fields = line.split(self.cfg.delimiter)
+            if len(fields) != len(self._columns):
+                raise MalformedLine(f"{len(fields)} fields, expected {len(self._columns)}")
+            return {c: _number(f) for c, f in zip(self._columns, fields, strict=True) if c}
+        out: dict[str, float] = {}
+        for token in _KV_SEPARATORS.split(line):
+            if not token:  # a leading or trailing separator
+                continue
+            key, eq, value = token.partition("=")
+            if not eq or not key:
+                raise MalformedLine(f"not key=value: {token[:20]!r}")
+            if not self._columns or key in self._columns:
+                out[key] = _number(value)  # keys we do not use are not parsed
+        return out
+
+    def _open(self) -> Any:
+        port = serial.Serial(
+            self.cfg.port,
+            baudrate=self.cfg.baudrate,
+            bytesize=self.cfg.bytesize,
+            parity=self.cfg.parity,
+            stopbits=self.cfg.stopbits,
+            timeout=READ_TIMEOUT_S,
+            exclusive=True,  # a second reader would steal bytes from the middle of lines
+        )
+        # Bytes queued before we opened carry no usable time stamp.
+        port.reset_input_buffer()
+        return port
+
+    def _run(self, sink: ReadingSink) -> None:
+        lost = False  # the port was open once and went away
+        while not self._stop.is_set():
+            try:
+                port = self._open()
+            except (serial.SerialException, OSError) as exc:
+                self._throttle.warning("open", "%s: cannot open %s: %s", self.name,
+                                       self.cfg.port, exc)
+                self._stop.wait(self.cfg.reopen_s)
+                continue
+            self._throttle.clear("open", "%s: %s is open again", self.name, self.cfg.port)
+            if lost:
+                self.counters.reconnects += 1
+            self.connected = True
+            try:
+                self._read(port, sink)
+            except (serial.SerialException, OSError) as exc:
+                lost = True
+                self.counters.poll_errors += 1
+                self._throttle.warning("lost", "%s: lost %s: %s", self.name, self.cfg.port, exc)
+                if self._seen:
+                    # Once per loss, so the sampler does not hold the last values as current.
+                    sink.put(self.name, dict.fromkeys(self._seen, math.nan), time.time())
+            finally:
+                self.connected = False
+                port.close()
+            self._stop.wait(self.cfg.reopen_s)
+
+    def _read(self, port: Any, sink: ReadingSink) -> None:
+        buf = b""
+        # We may have joined in the middle of a line: drop everything up to the first newline.
+        synced = False
+        overflow = False  # the current line is already too long; skip to its end
+        limit = self.cfg.max_line_bytes
+        while not self._stop.is_set():
+            chunk = port.read(port.in_waiting or 1)
+            if not chunk:
+                # Silent for a whole read timeout: the board is between lines, so the next
+                # byte starts one and nothing needs dropping.
+                synced = synced or not buf
+                continue
+            t = time.time()
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                if not synced or overflow:
+                    if raw.strip() and not overflow:
+                        self._bad("partial line at start-up")
+                    synced, overflow = True, False
+                elif len(raw) > limit:
+                    self._bad(f"line longer than {limit} bytes")
+                elif raw.strip():  # blank lines (keep-alives) are not readings
+                    self._line(raw, sink, t)
+            if len(buf) > limit and not overflow:
+                # Counted now, so an endless line without newline cannot grow the buffer.
+                self._bad(f"line longer than {limit} bytes")
+                overflow = True
+            if overflow:
+                buf = b""
+
+    def _line(self, raw: bytes, sink: ReadingSink, t: float) -> None:
+        self.counters.polls += 1
+        try:
+            readings = self.parse(raw)
+        except MalformedLine as exc:
+            self._bad(str(exc))
+            return
+        if readings:
+            self._seen.update(dict.fromkeys(readings))
+            self.counters.samples += len(readings)
+            sink.put(self.name, readings, t)
+
+    def _bad(self, why: str) -> None:
+        self.counters.malformed += 1
+        self._throttle.warning("malformed", "%s: skipped a malformed line (%s)", self.name, why)
