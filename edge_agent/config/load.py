@@ -269,15 +269,15 @@ def _allowed_keys(loc: Loc, data: dict[str, Any]) -> list[str]:
     model: Any = AgentConfig
     node: Any = data
     for part in loc:
+        model = _child_model(model, part, node)  # ``node`` is the parent: its ``type`` picks
+        if model is None:
+            return []
         if isinstance(node, dict):
             node = node.get(part)
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
         else:
             node = None
-        model = _child_model(model, part, node)
-        if model is None:
-            return []
     model = model if _is_model(model) else _pick(model, node)
     return list(model.model_fields) if _is_model(model) else []
 
@@ -287,6 +287,8 @@ def _child_model(model: Any, part: str | int, node: Any) -> Any:
     import typing
 
     if isinstance(part, str):
+        if typing.get_origin(model) is dict:  # a name-keyed table: the key is a name
+            return _strip(typing.get_args(model)[1])
         model = _pick(model, node) if not _is_model(model) else model
         if not _is_model(model):
             return None
@@ -301,7 +303,7 @@ def _is_model(tp: Any) -> bool:
 
 
 def _strip(tp: Any) -> Any:
-    """Drop Annotated and Optional wrappers; dict[str, X] becomes X (keys are names)."""
+    """Drop Annotated and Optional wrappers."""
     import types
     import typing
 
@@ -310,8 +312,6 @@ def _strip(tp: Any) -> Any:
         args = typing.get_args(tp)
         if origin_t is typing.Annotated:
             tp = args[0]
-        elif origin_t is dict:
-            tp = args[1]
         elif origin_t in (typing.Union, types.UnionType) and type(None) in args:
             rest = tuple(a for a in args if a is not type(None))
             tp = rest[0] if len(rest) == 1 else typing.Union[rest]  # noqa: UP007

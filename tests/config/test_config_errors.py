@@ -81,6 +81,8 @@ def test_set_overrides_typed_values_and_list_items(tmp_path: Path) -> None:
 BAD_CASES = [
     # (replace this text in GOOD, with this, expected fragments of the one error line)
     ('host = "127.0.0.1"', 'hots = "127.0.0.1"', ["sources.0.hots", "did you mean 'host'"]),
+    ('name = "d1"', 'name = "d1"\npol_period_s = 2', ["sources.0.devices.0.pol_period_s",
+                                                     "did you mean 'poll_period_s'"]),
     ('type = "float32"', 'type = "float33"', ["sources.0.devices.0.points.0.type", "'float33'",
                                               "'float32'"]),
     ('name = "d1"', 'name = "d1"\nunit_id = 300', ["unit_id", "less than or equal to 255",
