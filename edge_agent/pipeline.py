@@ -1,27 +1,196 @@
-"""The device pipeline over a block of samples: grid, normalize, window, cascade, hysteresis.
+"""The device pipeline: grid, normalize, window, cascade, hysteresis, one sample at a time.
 
-``replay`` runs it over a whole file; the daemon runs the same steps as samples arrive. Every
-step is causal (a row's result depends only on rows at or before it), so running a file in one
-go or a sample at a time gives the same answer.
+:class:`StreamingPipeline` is the one implementation. The daemon pushes rows as they arrive;
+``replay``, the trainer's evaluation and the benchmarks call :func:`run_pipeline`, which
+pushes a file through a fresh pipeline in chunks of rows. Every stage carries its state
+across pushes (the aligner's held values, the window ring, the hysteresis counters) and every
+kernel is causal and row-wise, so any split of the rows into pushes gives bit-identical
+results: what ``replay`` shows on history is what the daemon does live.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.bundle.manifest import Manifest
-from edge_agent.data.grid import Grid, align_to_grid
+from edge_agent.data.grid import Grid, GridAligner, align_push, align_to_grid
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertState
 from edge_agent.detect.cascade import STAGE_NONE, Cascade, WindowScores
-from edge_agent.detect.windows import gather_windows, normalize, screen_features, window_ends
+from edge_agent.detect.projection import _sample_stats
+from edge_agent.detect.ring import WindowRing, ring_push
+from edge_agent.detect.windows import normalize, window_ends
 
-# Windows scored per call of the cascade: bounds memory on multi-million-row files
-# (16k windows x 64 samples x 16 channels x 4 B = 64 MiB at most).
-CHUNK_WINDOWS = 16_384
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+BOOL = npt.NDArray[np.bool_]
+G = TypeVar("G", bound=np.generic)
+
+# Grid points one call may add at most (a row adds up to max_hold + 1): bounds the gathered
+# windows of one call (16k windows x 64 samples x 16 channels x 4 B = 64 MiB at most).
+CHUNK_POINTS = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class WindowBatch:
+    """What one push produced: the windows it completed (oldest first) and its rows' windows.
+
+    Window ids count windows since the pipeline started; ``row_window`` gives, per pushed row,
+    the id of the window current at its grid point (ended less than a hop ago, same segment)
+    or -1. ``segment`` and ``current_segment`` are global grid indices of segment starts.
+    """
+
+    first_window: int  # id of the first window here
+    end_time: F64  # (n,) epoch s of each window's last grid point
+    end_index: I64  # (n,) global grid index of that point
+    segment: I64  # (n,) the window's segment
+    stage: npt.NDArray[np.int8]
+    score: F64
+    p_anomaly: F64
+    raw_alert: BOOL
+    alert: BOOL  # hysteresis state after each window (reset at every new segment)
+    error: F64
+    contributions: F32  # (n, C)
+    row_window: I64  # (rows,)
+    current_segment: int  # segment of the latest grid point after this push (-1: no rows yet)
+
+    @property
+    def size(self) -> int:
+        return int(self.end_time.shape[0])
+
+    def scores(self) -> WindowScores:
+        return WindowScores(
+            self.stage, self.score, self.p_anomaly, self.raw_alert, self.error, self.contributions
+        )
+
+
+# fmt: off
+@numba.njit(cache=True)
+def _front(
+    ts: F64, values: F64, mean: F64, scale: F64,
+    period: float, max_hold: int, last_t: F64, held: F64, grid_state: I64,
+    components: F64, variances: F64, has_stats: bool,
+    window: int, hop: int, max_imputed_fraction: float,
+    buf_x: F32, buf_s: F32, buf_imp: I64, ring_state: I64,
+) -> tuple[F32, F32, I64, F64, I64, I64]:  # pragma: no cover - compiled
+    """Grid, normalize, per-sample statistics and window ring in one call: the daemon pays
+    the interpreter's call overhead once per row, not once per step."""
+    first = grid_state[0] + 1  # the aligner's next grid index
+    times, grid, imputed, seg, row_to_grid = align_push(
+        ts, values, mean, period, max_hold, last_t, held, grid_state)
+    xn = normalize(grid, mean, scale)
+    if has_stats:
+        stats = _sample_stats(xn, components, variances)
+    else:
+        stats = np.zeros((xn.shape[0], 0), np.float32)
+    return ring_push(xn, stats, imputed, times, seg, row_to_grid, first, window, hop,
+                     max_imputed_fraction, buf_x, buf_s, buf_imp, ring_state)
+# fmt: on
+
+
+class StreamingPipeline:
+    """The whole device pipeline for one machine; push rows in arrival order.
+
+    ``screen=False`` sends every window to stage 2 (the trainer measures stage 2 alone).
+    """
+
+    def __init__(self, manifest: Manifest, cascade: Cascade, *, screen: bool = True) -> None:
+        self.cascade = cascade
+        self.screen = screen
+        self.channels = c = len(manifest.channels)
+        mean = np.array([ch.mean for ch in manifest.channels], dtype=np.float64)
+        scale = np.array([ch.scale for ch in manifest.channels], dtype=np.float64)
+        s, w = manifest.sampling, manifest.window
+        # sample_stats checks the projection against the channels and says how many it makes.
+        n_stats = cascade.forest.sample_stats(np.zeros((0, c), np.float32)).shape[1]
+        proj = cascade.forest.projection
+        self._aligner = a = GridAligner(s.period_s, s.max_hold, mean)
+        self._ring = r = WindowRing(w.length, w.hop, c, n_stats, s.max_imputed_fraction)
+        # The fused kernel's arguments after the rows, in its order.
+        self._args = (
+            mean, scale, a.period_s, a.max_hold, a.last_t, a.held, a.state,
+            np.zeros((c, 0)) if proj is None else proj.components,
+            np.zeros(0) if proj is None else proj.variances, proj is not None,
+            r.window, r.hop, r.max_imputed_fraction, r.buf_x, r.buf_s, r.buf_imp, r.state,
+        )  # fmt: skip
+        self._alerts = AlertState(manifest.alerts)
+        self._alert_segment = -1
+        self.rows_per_push = max(1, CHUNK_POINTS // (s.max_hold + 1))
+        self._empty = _empty_batch(c)
+
+    def push(self, timestamps: F64, values: F64) -> WindowBatch:
+        """Rows ``(timestamps (n,), values (n, C) in manifest channel order)`` -> windows."""
+        ts = np.ascontiguousarray(timestamps, dtype=np.float64)
+        vals = np.ascontiguousarray(values, dtype=np.float64)
+        n = ts.shape[0]
+        if ts.ndim != 1 or vals.shape != (n, self.channels):
+            raise ValueError(
+                f"expected timestamps (n,) and values (n, {self.channels}), "
+                f"got {ts.shape} and {vals.shape}"
+            )
+        if n <= self.rows_per_push:
+            return self._push(ts, vals)
+        k = self.rows_per_push
+        return _concat([self._push(ts[a : a + k], vals[a : a + k]) for a in range(0, n, k)])
+
+    def _push(self, ts: F64, vals: F64) -> WindowBatch:
+        first_id = self._ring.windows_emitted
+        windows, features, end_index, end_time, seg, row_window = _front(ts, vals, *self._args)
+        current = self._aligner.segment_start
+        if not end_index.shape[0]:
+            return replace(
+                self._empty, first_window=first_id, row_window=row_window, current_segment=current
+            )
+        sc = self.cascade.score(windows, features, screen=self.screen)
+        alert = self._hysteresis(sc.raw_alert, seg)
+        return WindowBatch(
+            first_id, end_time, end_index, seg, sc.stage, sc.score, sc.p_anomaly, sc.raw_alert,
+            alert, sc.error, sc.contributions, row_window, current,
+        )  # fmt: skip
+
+    def _hysteresis(self, raw: BOOL, segment: I64) -> BOOL:
+        # Hysteresis restarts with every segment: after an outage the machine is judged afresh.
+        if segment[0] == segment[-1] == self._alert_segment:
+            return self._alerts.update(raw)  # the common case: no new segment in this push
+        alert = np.empty(raw.shape[0], np.bool_)
+        cuts = [0, *(np.flatnonzero(segment[1:] != segment[:-1]) + 1).tolist(), raw.shape[0]]
+        for a, b in itertools.pairwise(cuts):
+            if segment[a] != self._alert_segment:
+                self._alerts.reset()
+                self._alert_segment = int(segment[a])
+            alert[a:b] = self._alerts.update(raw[a:b])
+        return alert
+
+
+def _empty_batch(channels: int) -> WindowBatch:
+    i64, f64, b = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.bool_)
+    f32 = np.zeros((0, channels), np.float32)
+    return WindowBatch(0, f64, i64, i64, np.zeros(0, np.int8), f64, f64, b, b, f64, f32, i64, -1)
+
+
+def _concat(parts: list[WindowBatch]) -> WindowBatch:
+    """Batches of consecutive pushes as one."""
+    fields = ("end_time", "end_index", "segment", "stage", "score", "p_anomaly", "raw_alert",
+              "alert", "error", "contributions", "row_window")  # fmt: skip
+    cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
+    return WindowBatch(
+        first_window=parts[0].first_window, current_segment=parts[-1].current_segment, **cat
+    )
+
+
+def _per_row(per_window: npt.NDArray[G], row_window: I64, empty: float) -> npt.NDArray[G]:
+    """Each row shows its window's value, or ``empty`` where it has none."""
+    out = np.full(row_window.shape[0], empty, per_window.dtype)
+    has = row_window >= 0
+    out[has] = per_window[row_window[has]]
+    return out
 
 
 @dataclass(frozen=True)
@@ -38,47 +207,22 @@ class PipelineResult:
     window_end_time: npt.NDArray[np.float64]
 
 
-def prepare(
-    table: SensorTable, manifest: Manifest
-) -> tuple[Grid, npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """Grid-align and normalize ``table`` and list the grid points where windows end."""
+Prepared = tuple[Grid, npt.NDArray[np.float32], npt.NDArray[np.int64]]
+
+
+def prepare(table: SensorTable, manifest: Manifest) -> Prepared:
+    """The whole file on the grid, normalized, with its window ends, for desk-side analyses
+    (baselines on the same windows). Scoring goes through :func:`run_pipeline`."""
     t = table.select(manifest.channel_names)
     mean = np.array([c.mean for c in manifest.channels], dtype=np.float64)
     scale = np.array([c.scale for c in manifest.channels], dtype=np.float64)
+    s, w = manifest.sampling, manifest.window
     grid = align_to_grid(
-        t.timestamps,
-        t.values,
-        period_s=manifest.sampling.period_s,
-        max_hold=manifest.sampling.max_hold,
-        fill=mean,
+        t.timestamps, t.values, period_s=s.period_s, max_hold=s.max_hold, fill=mean
     )
     xn = normalize(grid.values, mean, scale)
-    ends = window_ends(
-        grid.segment_start,
-        grid.imputed,
-        manifest.window.length,
-        manifest.window.hop,
-        manifest.sampling.max_imputed_fraction,
-    )
+    ends = window_ends(grid.segment_start, grid.imputed, w.length, w.hop, s.max_imputed_fraction)
     return grid, xn, ends
-
-
-def _concat(parts: list[WindowScores], channels: int) -> WindowScores:
-    if not parts:
-        return WindowScores(
-            np.zeros(0, np.int8),
-            np.zeros(0),
-            np.zeros(0),
-            np.zeros(0, np.bool_),
-            np.zeros(0),
-            np.zeros((0, channels), np.float32),
-        )
-    return WindowScores(
-        *(np.concatenate([getattr(p, f) for p in parts]) for f in WindowScores.__dataclass_fields__)
-    )
-
-
-Prepared = tuple[Grid, npt.NDArray[np.float32], npt.NDArray[np.int64]]
 
 
 def run_pipeline(
@@ -89,56 +233,25 @@ def run_pipeline(
     screen: bool = True,
     prepared: Prepared | None = None,
 ) -> PipelineResult:
-    """Score ``table``; ``prepared`` (from :func:`prepare`) saves redoing the grid when the
-    same table is scored more than once."""
-    grid, xn, ends = prepared if prepared is not None else prepare(table, manifest)
-    w = manifest.window.length
-    stats = cascade.forest.sample_stats(xn)
-    parts = []
-    for start in range(0, ends.shape[0], CHUNK_WINDOWS):
-        e = ends[start : start + CHUNK_WINDOWS]
-        parts.append(
-            cascade.score(gather_windows(xn, e, w), screen_features(xn, stats, e, w), screen=screen)
-        )
-    scores = _concat(parts, len(manifest.channels))
+    """Score every row of ``table`` by pushing it through a fresh :class:`StreamingPipeline`.
 
-    # Hysteresis runs per segment: after an outage the machine is judged afresh.
-    window_alert = np.zeros(ends.shape[0], np.bool_)
-    seg_of_window = grid.segment_start[ends]
-    state = AlertState(manifest.alerts)
-    for seg in np.unique(seg_of_window):
-        sel = np.flatnonzero(seg_of_window == seg)
-        state.reset()
-        window_alert[sel] = state.update(scores.raw_alert[sel])
-
-    # Each grid point shows the latest window ending at or before it, if that window is the
-    # current one (within one hop, same segment); otherwise nothing is scored there.
-    m = grid.times.shape[0]
-    win_at = np.full(m, -1, np.int64)
-    win_at[ends] = np.arange(ends.shape[0])
-    filled = np.maximum.accumulate(win_at)
-    ok = filled >= 0
-    idx = np.clip(filled, 0, None)
-    if ends.shape[0]:
-        ok &= (np.arange(m) - ends[idx] < manifest.window.hop) & (
-            grid.segment_start[ends[idx]] == grid.segment_start
-        )
-    win_at = np.where(ok, filled, -1)
-    row_win = win_at[grid.row_to_grid]
-    has = row_win >= 0
-    safe = np.clip(row_win, 0, None)
-    empty = ends.shape[0] == 0
-    stage = np.where(has, scores.stage[safe] if not empty else 0, STAGE_NONE).astype(np.int8)
-    score = np.where(has, scores.score[safe] if not empty else 0.0, 0.0)
-    p = np.where(has, scores.p_anomaly[safe] if not empty else 0.0, 0.0)
-    alert = np.where(has, window_alert[safe] if not empty else False, False)
+    ``screen=False`` sends every window to stage 2. ``prepared`` is accepted for callers of
+    the former batch path and unused: gridding again costs little next to scoring.
+    """
+    del prepared
+    t = table.select(manifest.channel_names)
+    pipe = StreamingPipeline(manifest, cascade, screen=screen)
+    k = pipe.rows_per_push
+    parts = [pipe.push(t.timestamps[a : a + k], t.values[a : a + k]) for a in range(0, t.rows, k)]
+    win = _concat(parts) if parts else _empty_batch(len(manifest.channels))
+    rw = win.row_window
     return PipelineResult(
-        stage=stage,
-        score=score,
-        p_anomaly=p,
-        alert=alert.astype(np.bool_),
-        window_of_row=row_win,
-        windows=scores,
-        window_alert=window_alert,
-        window_end_time=grid.times[ends],
+        stage=_per_row(win.stage, rw, STAGE_NONE),
+        score=_per_row(win.score, rw, 0.0),
+        p_anomaly=_per_row(win.p_anomaly, rw, 0.0),
+        alert=_per_row(win.alert, rw, False),
+        window_of_row=rw,
+        windows=win.scores(),
+        window_alert=win.alert,
+        window_end_time=win.end_time,
     )

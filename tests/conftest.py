@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+from broker import mosquitto  # noqa: F401 (a real broker on an ephemeral port, any test)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

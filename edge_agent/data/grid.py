@@ -15,7 +15,12 @@ models see a regular grid with the bundle's sample period. The rules, identical 
 * A NaN in one channel holds that channel's last valid value (masked); before any valid value
   the channel's training mean is used.
 
-The kernel is a plain sequential loop, so every output depends only on rows at or before it.
+There is one implementation, :class:`GridAligner`: a sequential Numba loop whose state (last
+grid time, held values, grid index, segment start) lives in small arrays carried from one
+:meth:`GridAligner.push` to the next. The daemon pushes rows as they arrive; ``replay`` and the
+trainer call :func:`align_to_grid`, a fresh aligner over all rows. Every output depends only on
+rows at or before it, and a grid point never changes once emitted, so any split of the rows
+into pushes gives the same grid.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ import numpy.typing as npt
 # A row this close (in periods) to the last grid point is a duplicate, not a new sample.
 DUPLICATE_FRACTION_OF_PERIOD = 0.5
 
+# Layout of the aligner's integer state array.
+_K = 0  # global index of the latest grid point (-1 before the first row)
+_SEG = 1  # global index of the first grid point of the current segment
+_STARTED = 2  # 1 once a row has been seen
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -41,57 +54,80 @@ class Grid:
     row_to_grid: npt.NDArray[np.int64]  # (rows,): latest grid point at or before each row
 
 
+@dataclass(frozen=True)
+class GridChunk:
+    """The grid points one push added. Indices are global: counted from the aligner's first
+    grid point, so they stay valid across pushes."""
+
+    first_index: int  # global index of ``times[0]`` (the next index if nothing was added)
+    times: F64  # (m,)
+    values: F64  # (m, C)
+    imputed: npt.NDArray[np.bool_]  # (m, C)
+    segment_start: I64  # (m,): global index of the first point of each point's segment
+    row_to_grid: I64  # (rows,): global index of the latest grid point at or before each row
+
+    @property
+    def new_segment(self) -> npt.NDArray[np.bool_]:
+        """True at points that open a segment (the first point, or after a long gap)."""
+        idx = np.arange(self.first_index, self.first_index + self.times.shape[0])
+        out: npt.NDArray[np.bool_] = self.segment_start == idx
+        return out
+
+
 @numba.njit(cache=True)
-def _align_kernel(
-    ts: npt.NDArray[np.float64],
-    values: npt.NDArray[np.float64],
-    fill: npt.NDArray[np.float64],
+def _steps(t: float, last_t: float, period: float) -> int:  # pragma: no cover - compiled
+    """Grid periods from ``last_t`` to ``t``, rounded so that jitter under half a period is 0."""
+    return int(np.floor((t - last_t) / period + DUPLICATE_FRACTION_OF_PERIOD))
+
+
+@numba.njit(cache=True)
+def align_push(
+    ts: F64,
+    values: F64,
+    fill: F64,
     period: float,
     max_hold: int,
-) -> tuple[
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.bool_],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int64],
-]:  # pragma: no cover - compiled
+    last_t_state: F64,
+    held: F64,
+    state: I64,
+) -> tuple[F64, F64, npt.NDArray[np.bool_], I64, I64]:  # pragma: no cover - compiled
+    """Align rows, carrying ``last_t_state`` (1,), ``held`` (C,) and ``state`` (3,) across
+    calls; returns the new points' times, values, mask, segment starts and each row's point."""
     n, c = values.shape
-    # Pass 1: how many grid points will there be?
+    # Pass 1: how many grid points will this push add? Same arithmetic as pass 2, so the
+    # count cannot differ from what pass 2 writes.
     m = 0
-    last_t = 0.0
+    last_t = last_t_state[0]
+    started = state[_STARTED] == 1
     for i in range(n):
-        if i == 0:
-            m += 1
-            last_t = ts[0]
-            continue
-        steps = int(np.floor((ts[i] - last_t) / period + DUPLICATE_FRACTION_OF_PERIOD))
-        if steps <= 0:
-            continue
-        if steps > max_hold + 1:
+        steps = _steps(ts[i], last_t, period) if started else -1
+        if not started or steps > max_hold + 1:
             m += 1
             last_t = ts[i]
-        else:
+            started = True
+        elif steps > 0:
             m += steps
-            last_t += steps * period
+            for _ in range(steps):
+                last_t += period
     times = np.empty(m, np.float64)
     out = np.empty((m, c), np.float64)
     imputed = np.zeros((m, c), np.bool_)
     seg = np.empty(m, np.int64)
     row_to_grid = np.empty(n, np.int64)
-    held = fill.copy()
-    k = -1
-    seg_start = 0
-    last_t = 0.0
+    k = state[_K]
+    base = k + 1
+    seg_start = state[_SEG]
+    started = state[_STARTED] == 1
+    last_t = last_t_state[0]
     for i in range(n):
-        if i == 0:
-            steps = -1  # first row opens the first segment
-        else:
-            steps = int(np.floor((ts[i] - last_t) / period + DUPLICATE_FRACTION_OF_PERIOD))
-        if i == 0 or steps > max_hold + 1:
+        steps = _steps(ts[i], last_t, period) if started else -1
+        if not started or steps > max_hold + 1:
+            # First row, or a gap too long to hold across: open a new segment.
             k += 1
             seg_start = k
             last_t = ts[i]
             held[:] = fill
+            started = True
         elif steps <= 0:
             row_to_grid[i] = k
             continue
@@ -99,24 +135,77 @@ def _align_kernel(
             for _ in range(steps - 1):
                 k += 1
                 last_t += period
-                times[k] = last_t
-                out[k, :] = held
-                imputed[k, :] = True
-                seg[k] = seg_start
+                times[k - base] = last_t
+                out[k - base, :] = held
+                imputed[k - base, :] = True
+                seg[k - base] = seg_start
             k += 1
             last_t += period
-        times[k] = last_t
-        seg[k] = seg_start
+        r = k - base
+        times[r] = last_t
+        seg[r] = seg_start
         for j in range(c):
             v = values[i, j]
             if np.isnan(v):
-                out[k, j] = held[j]
-                imputed[k, j] = True
+                out[r, j] = held[j]
+                imputed[r, j] = True
             else:
-                out[k, j] = v
+                out[r, j] = v
                 held[j] = v
         row_to_grid[i] = k
+    state[_K] = k
+    state[_SEG] = seg_start
+    state[_STARTED] = 1 if started else 0
+    last_t_state[0] = last_t
     return times, out, imputed, seg, row_to_grid
+
+
+class GridAligner:
+    """Stateful grid alignment of one machine's rows; feed rows in arrival order.
+
+    ``last_t``, ``held`` and ``state`` are the state :func:`align_push` carries from call to
+    call; a fused caller (the streaming pipeline) may pass them to the kernel itself.
+    """
+
+    def __init__(self, period_s: float, max_hold: int, fill: npt.NDArray[np.float64]) -> None:
+        if period_s <= 0:
+            raise ValueError(f"sample period must be > 0 s, got {period_s}")
+        if max_hold < 0:
+            raise ValueError(f"max_hold must be >= 0 samples, got {max_hold}")
+        self.period_s = float(period_s)
+        self.max_hold = int(max_hold)
+        self.fill = np.ascontiguousarray(fill, dtype=np.float64)
+        if self.fill.ndim != 1:
+            raise ValueError(f"fill must be one value per channel, got shape {self.fill.shape}")
+        self.channels = int(self.fill.shape[0])
+        self.last_t = np.zeros(1, np.float64)
+        self.held = self.fill.copy()
+        self.state = np.array([-1, -1, 0], np.int64)
+
+    @property
+    def next_index(self) -> int:
+        """Global index the next new grid point will get (= grid points emitted so far)."""
+        return int(self.state[_K]) + 1
+
+    @property
+    def segment_start(self) -> int:
+        """Global index of the first point of the current segment (-1 before any row)."""
+        return int(self.state[_SEG])
+
+    def push(self, timestamps: F64, values: F64) -> GridChunk:
+        """Align rows ``(timestamps (n,), values (n, C))``; returns the grid points they add."""
+        ts = np.ascontiguousarray(timestamps, dtype=np.float64)
+        vals = np.ascontiguousarray(values, dtype=np.float64)
+        if vals.ndim != 2 or vals.shape[0] != ts.shape[0] or vals.shape[1] != self.channels:
+            raise ValueError(
+                f"shape mismatch: timestamps {ts.shape}, values {vals.shape}, "
+                f"expected (n, {self.channels})"
+            )
+        first = int(self.state[_K]) + 1
+        times, out, imputed, seg, row_to_grid = align_push(
+            ts, vals, self.fill, self.period_s, self.max_hold, self.last_t, self.held, self.state
+        )
+        return GridChunk(first, times, out, imputed, seg, row_to_grid)
 
 
 def align_to_grid(
@@ -128,21 +217,17 @@ def align_to_grid(
     fill: npt.NDArray[np.float64],
 ) -> Grid:
     """Align rows ``(timestamps, values)`` to a grid of ``period_s``; see the module docstring."""
-    if period_s <= 0:
-        raise ValueError(f"sample period must be > 0 s, got {period_s}")
-    if max_hold < 0:
-        raise ValueError(f"max_hold must be >= 0 samples, got {max_hold}")
+    aligner = GridAligner(period_s, max_hold, fill)
     ts = np.ascontiguousarray(timestamps, dtype=np.float64)
     vals = np.ascontiguousarray(values, dtype=np.float64)
-    fill_arr = np.ascontiguousarray(fill, dtype=np.float64)
-    if vals.ndim != 2 or vals.shape[0] != ts.shape[0] or fill_arr.shape != (vals.shape[1],):
+    if vals.ndim != 2 or vals.shape[0] != ts.shape[0] or aligner.fill.shape != (vals.shape[1],):
         raise ValueError(
-            f"shape mismatch: timestamps {ts.shape}, values {vals.shape}, fill {fill_arr.shape}"
+            f"shape mismatch: timestamps {ts.shape}, values {vals.shape}, fill {aligner.fill.shape}"
         )
     if ts.shape[0] == 0:
         raise ValueError("no rows to align")
-    times, out, imputed, seg, row_to_grid = _align_kernel(ts, vals, fill_arr, period_s, max_hold)
-    return Grid(times, out, imputed, seg, row_to_grid)
+    chunk = aligner.push(ts, vals)
+    return Grid(chunk.times, chunk.values, chunk.imputed, chunk.segment_start, chunk.row_to_grid)
 
 
 def interpolate_held_runs(grid: Grid, *, max_ffill: int) -> Grid:

@@ -21,8 +21,15 @@ class ReadingSink(Protocol):
         """``readings`` (channel -> engineering value, NaN if unreadable) taken at wall time
         ``t`` (``time.time()`` seconds)."""
 
-    def put_row(self, source: str, t: float, readings: Mapping[str, float]) -> None:
-        """A whole row with its own timestamp (recorded data: the replay source)."""
+    def put_row(
+        self,
+        source: str,
+        t: float,
+        readings: Mapping[str, float],
+        stop: threading.Event | None = None,
+    ) -> bool:
+        """A whole row with its own timestamp (recorded data: the replay source); may wait
+        while the consumer is behind; False if ``stop`` was set first."""
 
 
 class SourceCounters:

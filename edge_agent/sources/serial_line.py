@@ -16,23 +16,21 @@ import re
 import time
 from typing import Any
 
+# pyserial is in the "edge" extra; edge_agent.sources.registry turns a missing one into a
+# message naming the extra.
+import serial
+
 from edge_agent.logs import Throttle
 from edge_agent.sources.base import ReadingSink, Source
 from edge_agent.sources.config import SerialLineSource
-
-try:
-    import serial
-except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError(
-        'serial_line sources need pyserial: pip install "edge-anomaly[edge]"'
-    ) from exc
 
 log = logging.getLogger(__name__)
 
 # Read timeout: the longest a read blocks, so the thread sees a stop request within ~0.2 s.
 READ_TIMEOUT_S = 0.1
-# How often a repeating warning (bad lines, a port that stays away) reaches the log.
-LOG_EVERY_S = 300.0
+# How often a repeating warning (bad lines, a port that stays away) reaches the log, by
+# default; the agent passes its [log] repeat_every_s.
+REPEAT_LOG_EVERY_S = 300.0
 # A plain decimal or scientific number, or nan; stricter than float() (no '1_0', no 'inf').
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?nan", re.IGNORECASE)
 _KV_SEPARATORS = re.compile(r"[\s,;]+")
@@ -52,12 +50,14 @@ def _number(text: str) -> float:
 class SerialLine(Source):
     """Reads one serial port line by line; see the module docstring."""
 
-    def __init__(self, cfg: SerialLineSource, *, log_every_s: float = LOG_EVERY_S) -> None:
+    def __init__(
+        self, cfg: SerialLineSource, *, repeat_every_s: float = REPEAT_LOG_EVERY_S
+    ) -> None:
         super().__init__(cfg.name)
         self.cfg = cfg
         self._columns = list(cfg.columns)
         self._seen: dict[str, None] = dict.fromkeys(c for c in cfg.columns if c)
-        self._throttle = Throttle(log, log_every_s)
+        self._throttle = Throttle(log, repeat_every_s)
         self.connected = False  # the port is open (read by tests and the heartbeat)
 
     @property
@@ -107,8 +107,9 @@ class SerialLine(Source):
             try:
                 port = self._open()
             except (serial.SerialException, OSError) as exc:
-                self._throttle.warning("open", "%s: cannot open %s: %s", self.name,
-                                       self.cfg.port, exc)
+                self._throttle.warning(
+                    "open", "%s: cannot open %s: %s", self.name, self.cfg.port, exc
+                )
                 self._stop.wait(self.cfg.reopen_s)
                 continue
             self._throttle.clear("open", "%s: %s is open again", self.name, self.cfg.port)

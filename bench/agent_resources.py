@@ -1,0 +1,267 @@
+"""Agent resources: start-up time, resident memory, what Numba's JIT costs, and a soak.
+
+Runs the real daemon (``python -m edge_agent run``) in a subprocess, as systemd would, with a
+replay source feeding simulator data at an accelerated pace and, when ``mosquitto`` is on the
+PATH, a real local broker. Measures:
+
+* start-up: spawn → ``READY=1`` on the notify socket (model verified and loaded, kernels
+  compiled or loaded from Numba's cache, sources started, first reading in), cold and warm cache;
+* memory: RSS of the interpreter alone, after importing Numba, after loading and warming the
+  pipeline (cold and warm cache): the part Numba costs and ahead-of-time compilation could save;
+* soak: RSS and open file descriptors sampled through the run; growth = last tenth vs the
+  tenth after warm-up.
+
+    python bench/agent_resources.py    # 30-minute soak -> bench/results/agent_resources.json
+    python bench/agent_resources.py --soak-minutes 0.5 --out X   # CI smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, machine, make_bundle
+
+SAMPLE_EVERY_S = 5.0
+READY_TIMEOUT_S = 300.0
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _probe(code: str, env: dict[str, str]) -> dict[str, float]:
+    """Run ``code`` in a fresh interpreter; it prints a JSON dict (RSS etc.)."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+_RSS = (
+    "def rss():\n"
+    "    for l in open('/proc/self/status'):\n"
+    "        if l.startswith('VmRSS:'): return int(l.split()[1])/1024\n"
+)
+
+
+def jit_costs(bundle: Path, pub: Path, cache: Path) -> dict[str, Any]:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    base = _probe(
+        _RSS + "import json, numpy\nfrom edge_agent.interpreter import _BACKENDS\n"
+        "_BACKENDS[0][1]()\nprint(json.dumps({'rss_mb': rss()}))",
+        env,
+    )
+    with_numba = _probe(
+        _RSS + "import json, numpy, numba\nfrom edge_agent.interpreter import "
+        "_BACKENDS\n_BACKENDS[0][1]()\nprint(json.dumps({'rss_mb': rss()}))",
+        env,
+    )
+    load = (
+        _RSS + "import json, time\nt=time.perf_counter()\n"
+        "from edge_agent.config.model import AgentConfig\n"
+        "from edge_agent.agent import _Model\n"
+        f"cfg = AgentConfig.model_validate({{'machine_id':'b','model':{{'bundle':{str(bundle)!r},"
+        f"'trust_key':{str(pub)!r}}},'sources':[{{'type':'replay','path':'x.csv'}}]}})\n"
+        "m=_Model(cfg); t1=time.perf_counter(); m.warm_up(); t2=time.perf_counter()\n"
+        "print(json.dumps({'rss_mb': rss(), 'import_and_load_s': t1-t, 'warm_up_s': t2-t1}))"
+    )
+    shutil.rmtree(cache, ignore_errors=True)
+    cold = _probe(load, env)
+    warm = _probe(load, env)
+    return {
+        "interpreter_only_rss_mb": round(base["rss_mb"], 1),
+        "plus_numba_import_rss_mb": round(with_numba["rss_mb"], 1),
+        "pipeline_warm_cold_cache": {k: round(v, 2) for k, v in cold.items()},
+        "pipeline_warm_warm_cache": {k: round(v, 2) for k, v in warm.items()},
+    }
+
+
+def _config(
+    work: Path, bundle: Path, pub: Path, data: Path, speed: float, port: int | None
+) -> Path:
+    text = f"""
+machine_id = "bench"
+state_dir = "{work / "state"}"
+[model]
+bundle = "{bundle}"
+trust_key = "{pub}"
+[[sources]]
+type = "replay"
+path = "{data}"
+speed = {speed}
+loop = true
+[metrics]
+port = 0
+[log]
+level = "warning"
+"""
+    if port is not None:
+        text += f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nheartbeat_s = 10\n'
+    p = work / "agent.toml"
+    p.write_text(text)
+    return p
+
+
+def _start_broker(work: Path) -> tuple[subprocess.Popen[bytes] | None, int | None]:
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if exe is None:
+        return None, None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen(
+        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(0.5)
+    return proc, port
+
+
+def run_agent(config: Path, cache: Path, minutes: float) -> dict[str, Any]:
+    """Spawn the daemon with a notify socket; time READY; sample RSS and fds; SIGTERM it."""
+    sock_path = config.parent / "notify.sock"
+    sock_path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(1.0)
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(sock_path),
+        "NUMBA_CACHE_DIR": str(cache),
+        "PYTHONPATH": str(ROOT),
+    }
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ready_s = None
+    try:
+        while ready_s is None and time.perf_counter() - t0 < READY_TIMEOUT_S:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"agent exited early: {proc.stderr.read() if proc.stderr else ''}"
+                )
+            try:
+                msg = sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            if "READY=1" in msg:
+                ready_s = time.perf_counter() - t0
+        samples: list[tuple[float, float, int]] = []
+        end = time.perf_counter() + minutes * 60
+        while time.perf_counter() < end:
+            samples.append((time.perf_counter() - t0, _rss_mb(proc.pid), _fds(proc.pid)))
+            time.sleep(min(SAMPLE_EVERY_S, max(0.0, end - time.perf_counter())))
+        samples.append((time.perf_counter() - t0, _rss_mb(proc.pid), _fds(proc.pid)))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        sock.close()
+    n = len(samples)
+    tenth = max(1, n // 10)
+    early = samples[tenth : 2 * tenth] or samples[:1]
+    late = samples[-tenth:]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "ready_s": None if ready_s is None else round(ready_s, 2),
+        "exit_code": proc.returncode,
+        "samples": n,
+        "rss_mb_steady_median": round(
+            sorted(s[1] for s in samples[tenth:])[len(samples[tenth:]) // 2], 1
+        ),
+        "rss_mb_max": round(max(s[1] for s in samples), 1),
+        "rss_growth_mb": round(mean([s[1] for s in late]) - mean([s[1] for s in early]), 2),
+        "fds_first": samples[0][2],
+        "fds_last": samples[-1][2],
+        "fds_max": max(s[2] for s in samples),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--soak-minutes", type=float, default=30.0)
+    ap.add_argument("--speed", type=float, default=100.0, help="replay pace, times real time")
+    ap.add_argument(
+        "--bundle", type=Path, help="use this bundle (with --trust) instead of training"
+    )
+    ap.add_argument("--trust", type=Path)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "agent_resources.json")
+    a = ap.parse_args(argv)
+    from edge_agent.simulator import simulate_plant
+
+    with tempfile.TemporaryDirectory(prefix="agent-res-") as tmp:
+        work = Path(tmp)
+        if a.bundle:
+            bundle, pub = a.bundle, a.trust
+        else:
+            bundle, pub = make_bundle(work / "model", history_rows=20_000, epochs=5)
+        data = work / "live.csv"
+        simulate_plant(rows=86_400, seed=31).write_csv(data)
+        cache = work / "numba-cache"
+        jit = jit_costs(bundle, pub, cache)
+        broker, port = _start_broker(work)
+        try:
+            cfg = _config(work, bundle, pub, data, a.speed, port)
+            shutil.rmtree(cache, ignore_errors=True)
+            cold = run_agent(cfg, cache, 0.05)
+            soak = run_agent(cfg, cache, a.soak_minutes)
+        finally:
+            if broker is not None:
+                broker.terminate()
+                broker.wait(10)
+    report = {
+        "benchmark": "edge agent daemon: start-up, memory, soak at accelerated replay",
+        "startup_ready_s": {
+            "cold_numba_cache": cold["ready_s"],
+            "warm_numba_cache": soak["ready_s"],
+        },
+        "jit": jit,
+        "soak": {
+            "minutes": a.soak_minutes,
+            "replay_speed": a.speed,
+            "broker": port is not None,
+            **soak,
+        },
+        "targets": {"rss_steady_mb_max": 120, "rss_growth_mb_max": 5, "fd_growth_max": 0},
+        "machine": machine(),
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""The daemon: sources → sampler → data quality → pipeline → episodes → outbox → MQTT.
+
+``python -m edge_agent run`` builds an :class:`Agent` from a config and runs its main loop in
+the main thread. Sources poll in threads of their own; once per model sample period the loop
+takes a row from the sampler, checks it, pushes it through the same
+:class:`~edge_agent.pipeline.StreamingPipeline` that ``replay`` uses, and commits the events
+it yields to the outbox before anything is published. Under systemd it signals READY once the
+model is loaded and every source has started, pings the watchdog from the loop, drains the
+outbox on SIGTERM and reloads its config on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.bundle.verify import verify_bundle
+from edge_agent.config.load import load_config
+from edge_agent.config.model import AgentConfig
+from edge_agent.data.quality import QualityMonitor
+from edge_agent.deliver.mqtt import MqttUplink
+from edge_agent.deliver.outbox import Outbox
+from edge_agent.detect.cascade import STAGE_AUTOENCODER, Cascade
+from edge_agent.detect.episodes import EpisodeTracker
+from edge_agent.errors import ConfigError, EdgeAnomalyError
+from edge_agent.events import SEVERITY_CRITICAL, Event
+from edge_agent.metrics import AgentMetrics
+from edge_agent.pipeline import StreamingPipeline
+from edge_agent.sampler import Sampler
+from edge_agent.service import notify
+from edge_agent.sources.base import Source
+from edge_agent.sources.config import ReplaySource
+from edge_agent.sources.registry import build_source
+
+log = logging.getLogger("edge_agent.agent")
+
+EVENTS_DB = "events.db"
+DRAIN_TIMEOUT_S = 20.0  # SIGTERM: time given to deliver what is queued (unit: TimeoutStopSec 30)
+FIRST_READING_WAIT_S = 10.0  # start-up waits this long for the first reading before READY
+REPLAY_CHUNK_ROWS = 4096  # rows pushed per call when a replay source feeds recorded data
+WATCHDOG_FALLBACK_S = 10.0
+
+
+class _Model:
+    """A verified bundle and the pipeline state built on it (replaced whole on reload)."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        bundle = verify_bundle(cfg.model.bundle, cfg.model.trust_key)
+        self.manifest = bundle.manifest
+        self.cascade = Cascade.from_bundle(bundle, num_threads=cfg.model.threads)
+        self.pipeline = StreamingPipeline(self.manifest, self.cascade)
+        self.episodes = EpisodeTracker(
+            cfg.machine_id, self.manifest.model_version, self.manifest.channel_names, cfg.events
+        )
+
+    @property
+    def channels(self) -> list[str]:
+        return self.manifest.channel_names
+
+    def warm_up(self) -> None:
+        """Compile and run every kernel once on a throw-away pipeline, so the first real
+        window is not delayed by JIT compilation (Numba caches the machine code on disk)."""
+        m = self.manifest
+        pipe = StreamingPipeline(m, self.cascade)
+        n = m.window.length + 1
+        ts = np.arange(n, dtype=np.float64) * m.sampling.period_s
+        mean = np.array([c.mean for c in m.channels])
+        pipe.push(ts, np.tile(mean, (n, 1)))
+        pipe.push(ts[-1:] + m.sampling.period_s, mean[None, :])
+
+
+class Agent:
+    def __init__(self, config_path: Path | None, cfg: AgentConfig, overrides: Sequence[str] = ()):
+        self.config_path = config_path
+        self.overrides = list(overrides)
+        self.cfg = cfg
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.started_at = time.time()
+        self.first_poll_s: float | None = None
+        self.counts = {"rows": 0, "windows": 0, "stage2": 0, "events": 0}
+        self.model = _Model(cfg)
+        self._check_channels(cfg, self.model)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(cfg.state_dir / EVENTS_DB, cfg.outbox, deliver=cfg.mqtt is not None)
+        self.sampler = Sampler(self.model.channels)
+        self.quality = self._quality(cfg)
+        self.sources: list[Source] = [build_source(s, self.model.channels) for s in cfg.sources]
+        self.uplink: MqttUplink | None = None
+        self.metrics = AgentMetrics(self.snapshot)
+        self.metrics_port: int | None = None
+
+    # --- assembly ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_channels(cfg: AgentConfig, model: _Model) -> None:
+        if any(isinstance(s, ReplaySource) for s in cfg.sources):
+            return
+        delivered = set(cfg.delivered_channels())
+        missing = [ch for ch in model.channels if ch not in delivered]
+        if missing:
+            raise ConfigError(
+                f"model {model.manifest.model_version} needs channels {missing} that no source "
+                f"in the config delivers (sources deliver {sorted(delivered)})"
+            )
+        unused = sorted(delivered - set(model.channels))
+        if unused:
+            log.warning("channels %s are read but not used by the model", unused)
+
+    def _quality(self, cfg: AgentConfig) -> QualityMonitor:
+        return QualityMonitor(self.model.channels, cfg.channels, cfg.quality, cfg.machine_id)
+
+    @property
+    def replaying(self) -> bool:
+        return any(isinstance(s, ReplaySource) for s in self.cfg.sources)
+
+    # --- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        t0 = time.monotonic()
+        self.model.warm_up()
+        log.info(
+            "model %s loaded and warmed up in %.1f s (%d channels, period %.3g s)",
+            self.model.manifest.model_version,
+            time.monotonic() - t0,
+            len(self.model.channels),
+            self.model.manifest.sampling.period_s,
+        )
+        if self.cfg.metrics.enabled:
+            self.metrics_port = self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
+        self._start_uplink()
+        for s in self.sources:
+            s.start(self.sampler)
+        self._wait_first_reading()
+        notify.ready(f"watching {self.cfg.machine_id}: {len(self.sources)} source(s)")
+        log.info("ready: %s, %d source(s)", self.cfg.machine_id, len(self.sources))
+
+    def _start_uplink(self) -> None:
+        if self.cfg.mqtt is None:
+            log.info("no [mqtt] configured: events stay in %s and the log", self.outbox_path)
+            return
+        self.uplink = MqttUplink(self.cfg.mqtt, self.cfg.machine_id, self.outbox, self.health)
+        self.uplink.start()
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.cfg.state_dir / EVENTS_DB
+
+    def _wait_first_reading(self) -> None:
+        t0 = time.monotonic()
+        deadline = t0 + FIRST_READING_WAIT_S
+        while time.monotonic() < deadline and not self.stop_requested.is_set():
+            if any(s.counters.samples for s in self.sources) or not self.sampler.rows.empty():
+                self.first_poll_s = time.time() - self.started_at
+                return
+            time.sleep(0.01)
+        log.warning("no reading within %.0f s of start; carrying on", FIRST_READING_WAIT_S)
+
+    def stop(self) -> None:
+        notify.stopping()
+        for s in self.sources:
+            s.stop()
+        if self.uplink is not None:
+            self.uplink.stop(drain_timeout_s=DRAIN_TIMEOUT_S)
+        self.metrics.close()
+        self.outbox.close()
+        log.info("stopped: %s", self._summary())
+
+    def install_signal_handlers(self) -> None:
+        def on_term(signum: int, _frame: FrameType | None) -> None:
+            self.stop_requested.set()
+
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            self.reload_requested.set()
+            self.stop_requested.set()  # wakes the loop; cleared again after the reload
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    # --- main loop ----------------------------------------------------------------------------
+    def run(self, *, max_rows: int | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or ``max_rows`` rows, or the end of a non-looping replay)."""
+        interval = notify.watchdog_interval_s() or WATCHDOG_FALLBACK_S
+        next_ping = 0.0
+        period = self.model.manifest.sampling.period_s
+        next_tick = math.ceil(time.time() / period) * period
+        while True:
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.stop_requested.clear()
+                self.reload()
+                period = self.model.manifest.sampling.period_s
+                next_tick = math.ceil(time.time() / period) * period
+            if self.stop_requested.is_set():
+                return
+            if self.replaying:
+                ts, rows = self.sampler.take_rows(REPLAY_CHUNK_ROWS, wait_s=0.2)
+                if ts.size:
+                    self._push_rows(ts, rows)
+                elif all(getattr(s, "finished", False) for s in self.sources):
+                    return
+            else:
+                wait = next_tick - time.time()
+                if wait > 0 and self.stop_requested.wait(wait):
+                    continue
+                now = time.time()
+                if now - next_tick > period:  # fell behind (suspend, overload): skip, don't burst
+                    next_tick = math.floor(now / period) * period
+                self._tick(next_tick)
+                next_tick += period
+            mono = time.monotonic()
+            if mono >= next_ping:
+                notify.watchdog_ping()
+                next_ping = mono + interval
+            if max_rows is not None and self.counts["rows"] >= max_rows:
+                return
+
+    def _tick(self, t: float) -> None:
+        values, age, fresh = self.sampler.take(t)
+        clean, faults = self.quality.check(t, values, age, fresh)
+        self._push(np.array([t]), clean[None, :], faults)
+
+    def _push_rows(self, ts: npt.NDArray[np.float64], rows: npt.NDArray[np.float64]) -> None:
+        faults: list[Event] = []
+        clean = np.empty_like(rows)
+        zero = np.zeros(rows.shape[1])
+        fresh = np.ones(rows.shape[1], np.bool_)
+        for i in range(ts.shape[0]):
+            clean[i], ev = self.quality.check(float(ts[i]), rows[i], zero, fresh)
+            faults.extend(ev)
+        self._push(ts, clean, faults)
+
+    def _push(
+        self, ts: npt.NDArray[np.float64], rows: npt.NDArray[np.float64], faults: list[Event]
+    ) -> None:
+        t0 = time.perf_counter()
+        batch = self.model.pipeline.push(ts, rows)
+        n = len(batch.stage)
+        if n:
+            self.metrics.latency.observe(time.perf_counter() - t0)
+        events = self.model.episodes.update(batch, time.time())
+        self.counts["rows"] += ts.shape[0]
+        self.counts["windows"] += n
+        s2 = int(np.count_nonzero(batch.stage == STAGE_AUTOENCODER))
+        self.counts["stage2"] += s2
+        self.metrics.rows.inc(ts.shape[0])
+        self.metrics.windows.inc(n)
+        self.metrics.stage2.inc(s2)
+        for e in [*faults, *events]:
+            self._emit(e)
+
+    def _emit(self, event: Event) -> None:
+        self.outbox.add(event)  # committed before anything is published
+        self.counts["events"] += 1
+        self.metrics.events.labels(event.kind, event.state).inc()
+        level = logging.WARNING if event.severity >= SEVERITY_CRITICAL else logging.INFO
+        log.log(level, "event %s", event.to_json().decode())
+        if self.uplink is not None:
+            self.uplink.wake()
+
+    # --- reload -------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; keep running the old one if the new one is invalid."""
+        if self.config_path is None:
+            return
+        notify.reloading()
+        try:
+            new = load_config(self.config_path, self.overrides)
+            model = _Model(new) if new.model != self.cfg.model else self.model
+            self._check_channels(new, model)
+        except EdgeAnomalyError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            notify.ready("reload refused; running the previous config")
+            return
+        for s in self.sources:
+            s.stop()
+        if model is not self.model:
+            model.warm_up()
+            self.model = model
+            log.info("model %s loaded", model.manifest.model_version)
+        old = self.cfg
+        self.cfg = new
+        self.sampler = Sampler(self.model.channels)
+        self.quality = self._quality(new)
+        self.sources = [build_source(s, self.model.channels) for s in new.sources]
+        if new.mqtt != old.mqtt or new.machine_id != old.machine_id:
+            if self.uplink is not None:
+                self.uplink.stop(drain_timeout_s=1.0)
+                self.uplink = None
+            self._start_uplink()
+        for s in self.sources:
+            s.start(self.sampler)
+        notify.ready(f"reloaded: watching {new.machine_id}")
+        log.info("config reloaded from %s", self.config_path)
+
+    # --- health -------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "model_version": self.model.manifest.model_version,
+            **self.counts,
+            "outbox_depth": self.outbox.depth(),
+            "outbox_dropped": self.outbox.dropped(),
+            "faulty_channels": self.quality.faulty(),
+            "sources": {s.name: s.counters.snapshot() for s in self.sources},
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        h = self.health()
+        h["channels"] = self.model.channels
+        h["mqtt_connected"] = self.uplink is not None and self.uplink.connected
+        return h
+
+    def _summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.counts.items())
+
+
+def run_agent(
+    config_path: Path, overrides: Sequence[str] = (), *, max_rows: int | None = None
+) -> int:
+    """``edge_agent run``: load, start, loop, drain. Returns the exit code."""
+    cfg = load_config(config_path, overrides)
+    agent = Agent(config_path, cfg, overrides)
+    agent.install_signal_handlers()
+    try:
+        agent.start()
+        agent.run(max_rows=max_rows)
+    finally:
+        agent.stop()
+    return 0

@@ -1,0 +1,220 @@
+"""Per-channel data quality: implausible readings become missing values and sensor_fault events.
+
+Sits between the sampler (which, every model sample period, takes each channel's latest
+reading) and the pipeline's grid. A reading that is stale, NaN, out of range or stuck is
+returned as NaN, so the grid holds the last good value and marks it imputed, exactly as the
+trainer treats missing data: one broken sensor leads to unscored windows, not a false anomaly
+of the machine. The fault itself is reported as a ``sensor_fault`` episode (open, update when
+its reason changes, close after ``clear_samples`` good samples in a row).
+
+Checks per channel, first match wins (the first is the most fundamental: a stale channel's
+value is old, so judging its range or repetition would be meaningless):
+
+* ``stale``: no fresh reading for more than ``stale_s``. A channel never read is missing but
+  not judged until ``stale_s`` after the first call, so start-up is not a burst of faults.
+* ``nan``: the source says it has no reading.
+* ``range``: below ``min`` or above ``max``.
+* ``stuck``: the last ``stuck_samples`` *fresh* readings are identical. Only fresh readings
+  count: a sensor polled slower than the sample period legitimately repeats its last value.
+
+This runs once per sample, so the checks are numpy expressions over all channels and Python
+code runs only for channels that are or were faulty.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.config.model import ChannelQuality, QualityDefaults
+from edge_agent.events import SEVERITY_WARNING, Event, EventState, new_id
+
+log = logging.getLogger(__name__)
+
+# Reasons in order of precedence; a channel's code is its index + 1, 0 is good.
+REASONS = ("stale", "nan", "range", "stuck")
+_GOOD, _STALE, _NAN, _RANGE, _STUCK = range(5)
+# stuck_samples of a channel without a stuck check: a run that can never be reached.
+_NEVER = np.iinfo(np.int64).max
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(slots=True)
+class _Fault:
+    """An open sensor_fault episode of one channel."""
+
+    episode: str
+    start: float  # t of the first bad sample
+    reason: int  # the reason last reported in an event
+    last_bad_t: float
+    flagged: int = 0  # bad samples in this episode
+    good_run: int = 0  # good samples in a row since the last bad one
+    pending: int = _GOOD  # a reason other than the reported one...
+    pending_run: int = 0  # ...seen this many samples in a row
+
+
+class QualityMonitor:
+    """Checks each sample's channels; keeps the state of their fault episodes.
+
+    Event times: ``start`` is the time of the first bad sample and a close event's ``end``
+    the time of the *last bad* sample (the ``clear_samples`` good ones after it prove the
+    fault over; they are not part of it); ``created`` is the ``t`` of the call that decided.
+    A new reason while the fault is open is reported in an ``update`` once it has held for
+    ``clear_samples`` samples in a row: the same hysteresis as closing, so a channel flipping
+    between reasons cannot flood the outbox any more than one flipping between good and bad.
+    """
+
+    def __init__(
+        self,
+        channels: list[str],
+        checks: Mapping[str, ChannelQuality],
+        defaults: QualityDefaults,
+        machine_id: str,
+    ) -> None:
+        self.channels = list(channels)
+        self.machine_id = machine_id
+        own = [checks.get(ch) or ChannelQuality() for ch in self.channels]
+        self._stale_s = np.array(
+            [q.stale_s if q.stale_s is not None else defaults.stale_s for q in own], np.float64
+        )
+        self._min = np.array([-np.inf if q.min is None else q.min for q in own], np.float64)
+        self._max = np.array([np.inf if q.max is None else q.max for q in own], np.float64)
+        self._stuck_n = np.array(
+            [q.stuck_samples or defaults.stuck_samples or _NEVER for q in own], np.int64
+        )
+        self._clear = defaults.clear_samples
+        n = len(self.channels)
+        self._rows = np.arange(n)
+        self._last_fresh = np.full(n, np.nan)
+        self._run = np.zeros(n, np.int64)  # identical fresh readings in a row
+        self._counts = np.zeros((n, len(REASONS) + 1), np.int64)  # column 0: good samples
+        self._faults: dict[int, _Fault] = {}
+        self._t0: float | None = None
+
+    def check(
+        self, t: float, values: FloatArray, age_s: FloatArray, fresh: BoolArray
+    ) -> tuple[FloatArray, list[Event]]:
+        """One sample at wall time ``t``: ``values`` (C,) latest readings, ``age_s`` (C,)
+        seconds since each channel's last reading (inf if never), ``fresh`` (C,) whether a
+        new reading arrived since the previous call. Returns the values with bad ones set
+        to NaN, and the events this sample caused (usually none)."""
+        if values.shape != self._rows.shape:
+            raise ValueError(f"expected {self._rows.shape[0]} channels, got {values.shape}")
+        if self._t0 is None:
+            self._t0 = t
+        never = np.isinf(age_s)
+        age = np.where(never, t - self._t0, age_s)
+        same = values == self._last_fresh  # False for NaN, which breaks a run
+        self._run = np.where(fresh, np.where(same, self._run + 1, 1), self._run)
+        self._last_fresh = np.where(fresh, values, self._last_fresh)
+
+        isnan = np.isnan(values)
+        code = np.where(
+            age > self._stale_s,
+            _STALE,
+            np.where(
+                isnan & ~never,
+                _NAN,
+                np.where(
+                    (values < self._min) | (values > self._max),
+                    _RANGE,
+                    np.where(self._run >= self._stuck_n, _STUCK, _GOOD),
+                ),
+            ),
+        )
+        self._counts[self._rows, code] += 1
+        bad = code != _GOOD
+        out = np.where(bad, np.nan, values)
+        events: list[Event] = []
+        if self._faults or bad.any():
+            for i in sorted(set(np.flatnonzero(bad).tolist()) | self._faults.keys()):
+                self._step(i, int(code[i]), t, float(values[i]), float(age[i]), events)
+        return out, events
+
+    def _step(
+        self, i: int, code: int, t: float, value: float, age: float, out: list[Event]
+    ) -> None:
+        """Advance channel ``i``'s episode by one sample."""
+        fault = self._faults.get(i)
+        if code == _GOOD:
+            assert fault is not None  # only open faults reach here with a good sample
+            fault.good_run += 1
+            if fault.good_run >= self._clear:
+                del self._faults[i]
+                detail = f"good for {fault.good_run} samples; {fault.flagged} samples flagged"
+                out.append(self._event(fault, i, "close", t, detail, end=fault.last_bad_t))
+                log.info("sensor fault over: %s (%s)", self.channels[i], detail)
+            return
+        if fault is None:
+            fault = _Fault(new_id(), start=t, reason=code, last_bad_t=t)
+            self._faults[i] = fault
+            detail = self._detail(i, code, value, age)
+            out.append(self._event(fault, i, "open", t, detail))
+            log.warning("sensor fault: %s %s: %s", self.channels[i], REASONS[code - 1], detail)
+        elif code != fault.reason:
+            if code == fault.pending and fault.good_run == 0:
+                fault.pending_run += 1
+            else:
+                fault.pending, fault.pending_run = code, 1
+            if fault.pending_run >= self._clear:
+                fault.reason, fault.pending = code, _GOOD
+                out.append(self._event(fault, i, "update", t, self._detail(i, code, value, age)))
+        else:
+            fault.pending = _GOOD
+        fault.flagged += 1
+        fault.good_run = 0
+        fault.last_bad_t = t
+
+    def _detail(self, i: int, code: int, value: float, age: float) -> str:
+        if code == _STALE:
+            return f"no fresh reading for {age:.1f} s (limit {self._stale_s[i]:g} s)"
+        if code == _NAN:
+            return "the sensor reports no value (NaN)"
+        if code == _RANGE:
+            if value < self._min[i]:
+                return f"value {value:g} below min {self._min[i]:g}"
+            return f"value {value:g} above max {self._max[i]:g}"
+        run, limit = self._run[i], self._stuck_n[i]
+        return f"value {value:g} in {run} fresh readings in a row (limit {limit})"
+
+    def _event(
+        self,
+        fault: _Fault,
+        i: int,
+        state: EventState,
+        t: float,
+        detail: str,
+        end: float | None = None,
+    ) -> Event:
+        return Event(
+            kind="sensor_fault",
+            state=state,
+            machine_id=self.machine_id,
+            episode=fault.episode,
+            start=fault.start,
+            end=end,
+            severity=SEVERITY_WARNING,
+            channel=self.channels[i],
+            reason=REASONS[fault.reason - 1],
+            detail=detail,
+            created=t,
+        )
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Samples flagged so far, by (channel, reason): every pair, zeros included, so the
+        metrics exporter can publish each counter from the start."""
+        return {
+            (ch, reason): int(self._counts[i, r + 1])
+            for i, ch in enumerate(self.channels)
+            for r, reason in enumerate(REASONS)
+        }
+
+    def faulty(self) -> list[str]:
+        """Channels with an open sensor_fault episode, in channel order."""
+        return [self.channels[i] for i in sorted(self._faults)]

@@ -1,0 +1,108 @@
+"""The Prometheus endpoint: what the agent is doing, scraped over HTTP.
+
+Sits beside the pipeline, reading from it. Pipeline counters and the latency histogram are
+updated in the main loop; per-source counters, outbox depth and broker state are read from
+their owners at scrape time (a custom collector), so no component needs to know about
+Prometheus. Rates (samples per second per source) are ``rate()`` of the ``_total`` counters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("edge_agent.metrics")
+
+# Window scoring takes tens of microseconds to a few milliseconds on a Pi; buckets in seconds.
+LATENCY_BUCKETS_S = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.25, 1.0)
+
+Snapshot = Callable[[], dict[str, Any]]
+
+
+class _Live(Collector):
+    """Reads the agent's live state at scrape time."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snapshot()
+        per_source = {
+            "samples": "Channel values delivered by the source",
+            "polls": "Requests or lines attempted",
+            "poll_errors": "Failed requests (after retries) or unusable reads",
+            "reconnects": "Links re-opened",
+            "malformed": "Frames or lines that did not parse",
+        }
+        for key, doc in per_source.items():
+            fam = CounterMetricFamily(f"edge_agent_source_{key}", doc, labels=["source"])
+            for name, counters in s.get("sources", {}).items():
+                fam.add_metric([name], float(counters.get(key, 0)))
+            yield fam
+        g = GaugeMetricFamily("edge_agent_outbox_depth", "Events waiting for a broker PUBACK")
+        g.add_metric([], float(s.get("outbox_depth", 0)))
+        yield g
+        c = CounterMetricFamily(
+            "edge_agent_outbox_dropped", "Undelivered events dropped by the size cap"
+        )
+        c.add_metric([], float(s.get("outbox_dropped", 0)))
+        yield c
+        g = GaugeMetricFamily("edge_agent_mqtt_connected", "1 while connected to the broker")
+        g.add_metric([], 1.0 if s.get("mqtt_connected") else 0.0)
+        yield g
+        g = GaugeMetricFamily(
+            "edge_agent_channel_faulty", "1 while a channel has an open sensor fault",
+            labels=["channel"],
+        )
+        faulty = set(s.get("faulty_channels", []))
+        for ch in s.get("channels", []):
+            g.add_metric([ch], 1.0 if ch in faulty else 0.0)
+        yield g
+        g = GaugeMetricFamily("edge_agent_model_info", "The running model", labels=["version"])
+        g.add_metric([str(s.get("model_version", ""))], 1.0)
+        yield g
+
+
+class AgentMetrics:
+    """Counters the main loop updates, plus the scrape-time collector and the HTTP server."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rows = Counter("edge_agent_rows", "Rows pushed into the pipeline", registry=r)
+        self.windows = Counter(
+            "edge_agent_windows_screened", "Windows scored by the forest screen", registry=r
+        )
+        self.stage2 = Counter(
+            "edge_agent_stage2_windows", "Windows passed on to the int8 autoencoder", registry=r
+        )
+        self.events = Counter(
+            "edge_agent_events", "Events emitted", ["kind", "state"], registry=r
+        )
+        self.latency = Histogram(
+            "edge_agent_inference_seconds",
+            "Pipeline time per pushed block that completed at least one window",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        r.register(_Live(snapshot))
+        self._server: Any = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the HTTP endpoint; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        bound = int(server.server_address[1])
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

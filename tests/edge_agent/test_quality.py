@@ -1,0 +1,220 @@
+"""Per-channel data quality: which readings are flagged, why, and which events that makes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from edge_agent.config.model import ChannelQuality, QualityDefaults
+from edge_agent.data.quality import QualityMonitor
+from edge_agent.events import SEVERITY_WARNING, Event
+
+INF = math.inf
+NAN = math.nan
+CLEAR = 3
+
+
+def monitor(stuck: int | None = 3, channels: tuple[str, ...] = ("x", "y")) -> QualityMonitor:
+    """'x' has every check (range 0..10, stuck after 3, stale after 5 s); others defaults."""
+    checks = {"x": ChannelQuality(min=0.0, max=10.0, stuck_samples=stuck, stale_s=5.0)}
+    defaults = QualityDefaults(stale_s=20.0, clear_samples=CLEAR)
+    return QualityMonitor(list(channels), checks, defaults, "press-7")
+
+
+class Feeder:
+    """Feeds one channel 'x' (plus a healthy 'y') one sample per second."""
+
+    def __init__(self, mon: QualityMonitor) -> None:
+        self.mon = mon
+        self.t = 1000.0
+        self.events: list[Event] = []
+        self.y = 0.0
+
+    def __call__(self, x: float, *, age: float = 0.1, fresh: bool = True) -> float:
+        self.t += 1.0
+        self.y += 1.0  # always fresh and changing: never flagged
+        out, events = self.mon.check(
+            self.t,
+            np.array([x, self.y]),
+            np.array([age, 0.1]),
+            np.array([fresh, True]),
+        )
+        assert out[1] == self.y
+        self.events += events
+        return float(out[0])
+
+    def reasons(self) -> dict[str, int]:
+        return {r: n for (ch, r), n in self.mon.counts().items() if ch == "x" and n}
+
+
+@pytest.mark.parametrize(
+    ("x", "age", "expected"),
+    [
+        (5.0, 0.1, {}),
+        (NAN, 6.0, {"stale": 1}),  # stale before nan
+        (50.0, 6.0, {"stale": 1}),  # stale before range
+        (NAN, 0.1, {"nan": 1}),
+        (-0.5, 0.1, {"range": 1}),
+        (10.5, 0.1, {"range": 1}),
+        (10.0, 0.1, {}),  # the limits themselves are plausible
+    ],
+)
+def test_each_reason_with_precedence(x: float, age: float, expected: dict[str, int]) -> None:
+    feed = Feeder(monitor())
+    out = feed(x, age=age)
+    assert feed.reasons() == expected
+    if expected:
+        assert math.isnan(out)
+        assert feed.mon.faulty() == ["x"]
+    else:
+        assert out == x
+        assert feed.mon.faulty() == []
+    assert all(n == 0 for (ch, _), n in feed.mon.counts().items() if ch == "y")
+
+
+def test_range_before_stuck_and_stuck_after_n_fresh_repeats() -> None:
+    feed = Feeder(monitor())
+    assert [feed(20.0) for _ in range(4)] == [pytest.approx(NAN, nan_ok=True)] * 4
+    assert feed.reasons() == {"range": 4}  # repeated, but out of range comes first
+    feed2 = Feeder(monitor())
+    out = [feed2(7.0) for _ in range(4)]
+    assert out[:2] == [7.0, 7.0]  # two repeats are fine
+    assert all(math.isnan(v) for v in out[2:])
+    assert feed2.reasons() == {"stuck": 2}
+
+
+def test_good_values_pass_untouched() -> None:
+    mon = monitor(channels=("x", "y", "z"))
+    values = np.array([3.25, -1e9, 7.0])  # y and z have no range check
+    out, events = mon.check(1.0, values, np.zeros(3), np.ones(3, bool))
+    np.testing.assert_array_equal(out, values)
+    assert events == []
+    assert out is not values  # the caller's array is not modified...
+    out, _ = mon.check(2.0, np.array([NAN, 1.0, 2.0]), np.zeros(3), np.ones(3, bool))
+    assert math.isnan(out[0])
+    assert list(out[1:]) == [1.0, 2.0]
+
+
+def test_stuck_counts_only_fresh_readings() -> None:
+    feed = Feeder(monitor(stuck=3))
+    # A slow sensor: a new reading every 4th sample, the sampler repeats it in between.
+    for _ in range(2):
+        feed(4.0, fresh=True)
+        for _ in range(3):
+            assert feed(4.0, age=1.0, fresh=False) == 4.0
+    assert feed.reasons() == {}  # 8 identical samples but only 2 fresh readings
+    assert math.isnan(feed(4.0, fresh=True))  # the third identical fresh reading
+    assert math.isnan(feed(4.0, age=1.0, fresh=False))  # stays stuck while nothing new comes
+    assert feed(4.5) == 4.5  # a different fresh reading ends the run
+    feed(4.5)
+    feed(NAN)  # a NaN breaks a run as well
+    assert feed(4.5) == 4.5
+    assert feed.reasons() == {"stuck": 2, "nan": 1}
+
+
+def test_stuck_check_is_off_by_default() -> None:
+    feed = Feeder(monitor(stuck=None))
+    assert [feed(4.0) for _ in range(50)] == [4.0] * 50
+
+
+def test_never_read_channel_is_stale_only_after_stale_s_from_start() -> None:
+    mon = monitor(channels=("x",))
+    nothing = np.array([NAN])
+    _, events = mon.check(100.0, nothing, np.array([INF]), np.array([False]))
+    assert events == []  # start-up: no reading yet is not a fault
+    _, events = mon.check(104.0, nothing, np.array([INF]), np.array([False]))
+    assert events == []
+    _, events = mon.check(106.0, nothing, np.array([INF]), np.array([False]))
+    assert [(e.state, e.reason) for e in events] == [("open", "stale")]
+    assert events[0].detail == "no fresh reading for 6.0 s (limit 5 s)"
+
+
+def test_open_update_close_with_hysteresis() -> None:
+    feed = Feeder(monitor(stuck=None))
+    feed(5.0)
+    t_first_bad = feed.t + 1
+    feed(NAN)  # open: nan
+    for _ in range(CLEAR - 1):
+        feed(50.0)  # a new reason is reported once it has held for CLEAR samples
+    assert [e.state for e in feed.events] == ["open"]
+    feed(50.0)
+    assert [e.state for e in feed.events] == ["open", "update"]
+    feed(5.0)
+    feed(5.0)  # fewer than CLEAR good samples do not close it
+    t_last_bad = feed.t + 1
+    feed(-1.0)  # bad again: the same episode, and the good run starts over
+    for _ in range(CLEAR - 1):
+        feed(5.0)
+    assert [e.state for e in feed.events] == ["open", "update"]
+    assert feed.mon.faulty() == ["x"]
+    feed(5.0)
+    assert [e.state for e in feed.events] == ["open", "update", "close"]
+    assert feed.mon.faulty() == []
+    opened, updated, closed = feed.events
+    assert (opened.reason, updated.reason, closed.reason) == ("nan", "range", "range")
+    assert opened.detail == "the sensor reports no value (NaN)"
+    assert updated.detail == "value 50 above max 10"
+    assert closed.detail == "good for 3 samples; 5 samples flagged"
+    assert len({opened.episode, updated.episode, closed.episode}) == 1
+    assert len({opened.id, updated.id, closed.id}) == 3
+    assert {e.start for e in feed.events} == {t_first_bad}
+    # end: the last bad sample; the CLEAR good ones after it only prove the fault over
+    assert (opened.end, updated.end, closed.end) == (None, None, t_last_bad)
+    assert closed.created == feed.t
+    assert all(e.kind == "sensor_fault" and e.channel == "x" for e in feed.events)
+    assert all(e.severity == SEVERITY_WARNING for e in feed.events)
+    assert feed.reasons() == {"nan": 1, "range": 4}
+
+    feed(NAN)  # a new fault is a new episode
+    assert feed.events[-1].state == "open"
+    assert feed.events[-1].episode != opened.episode
+
+
+def test_flapping_channel_gives_bounded_events() -> None:
+    feed = Feeder(monitor(stuck=None))
+    for i in range(500):
+        feed(NAN if i % 2 else 5.0)  # bad every other sample
+    assert [e.state for e in feed.events] == ["open"]
+    for i in range(500):
+        feed([NAN, 50.0][i % 2])  # flipping between two reasons every sample
+    assert [e.state for e in feed.events] == ["open"]
+    for _ in range(CLEAR):
+        feed(50.0)  # one reason that holds
+    for _ in range(CLEAR):
+        feed(5.0)
+    assert [(e.state, e.reason) for e in feed.events] == [
+        ("open", "nan"),
+        ("update", "range"),
+        ("close", "range"),
+    ]
+    assert feed.reasons() == {"nan": 500, "range": 250 + CLEAR}
+
+
+def test_events_serialize() -> None:
+    feed = Feeder(monitor())
+    feed(11.0)
+    for k in range(CLEAR):
+        feed(5.0 + k)
+    opened, closed = (json.loads(e.to_json()) for e in feed.events)
+    assert opened["kind"] == "sensor_fault"
+    assert opened["state"] == "open"
+    assert opened["machine_id"] == "press-7"
+    assert opened["channel"] == "x"
+    assert opened["reason"] == "range"
+    assert opened["detail"] == "value 11 above max 10"
+    assert opened["start"] == "1970-01-01T00:16:41.000Z"
+    assert "end" not in opened
+    assert closed["end"] == opened["start"]
+    assert closed["episode"] == opened["episode"]
+
+
+def test_counts_cover_every_channel_and_reason() -> None:
+    mon = monitor()
+    assert mon.counts() == {
+        (ch, r): 0 for ch in ("x", "y") for r in ("stale", "nan", "range", "stuck")
+    }
+    with pytest.raises(ValueError, match="expected 2 channels"):
+        mon.check(0.0, np.zeros(3), np.zeros(3), np.ones(3, bool))

@@ -1,0 +1,169 @@
+"""The streaming pipeline is the batch pipeline: same windows, same bits, any chunking."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.bundle.manifest import Manifest
+from edge_agent.bundle.verify import verify_bundle
+from edge_agent.data.table import SensorTable, read_table
+from edge_agent.detect.alerts import AlertState
+from edge_agent.detect.cascade import STAGE_AUTOENCODER, Cascade
+from edge_agent.detect.windows import gather_windows, screen_features
+from edge_agent.pipeline import StreamingPipeline, WindowBatch, prepare, run_pipeline
+
+Rows = tuple[np.ndarray, np.ndarray]
+WINDOW_FIELDS = ("end_time", "end_index", "segment", "stage", "score", "p_anomaly",
+                 "raw_alert", "alert", "error", "contributions")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model(bundle: Path, keys: Path) -> tuple[Manifest, Cascade]:
+    b = verify_bundle(bundle, keys / "signing.pub")
+    return b.manifest, Cascade.from_bundle(b)
+
+
+@pytest.fixture(scope="module")
+def clean(sim_csv: Path, model: tuple[Manifest, Cascade]) -> Rows:
+    m = model[0]
+    t = read_table(sim_csv, channels=m.channel_names).select(m.channel_names)
+    return t.timestamps, t.values
+
+
+@pytest.fixture(scope="module")
+def messy(clean: Rows) -> Rows:
+    """The plant with jitter, dropped rows (held gaps), outages, duplicates and NaNs."""
+    ts, vals = clean
+    rng = np.random.default_rng(7)
+    keep = rng.random(ts.size) > 0.03
+    for start in rng.choice(ts.size - 100, size=6, replace=False):
+        keep[start : start + 45] = False  # longer than max_hold: a new segment
+    idx = np.flatnonzero(keep)
+    idx = np.sort(np.concatenate([idx, rng.choice(idx, size=200)]))  # duplicate rows
+    t = ts[idx] + rng.uniform(-0.1, 0.1, idx.size)
+    v = vals[idx].copy()
+    v[rng.random(v.shape) < 0.02] = np.nan
+    return t, v
+
+
+def _sizes(n: int, how: str) -> Iterator[int]:
+    if how == "one":
+        yield from [1] * n
+    elif how == "all":
+        yield n
+    else:
+        rng = np.random.default_rng(11)
+        while n > 0:
+            k = int(min(n, rng.integers(0, 700)))  # 0: an empty push must be harmless
+            yield k
+            n -= k
+
+
+def _stream(model: tuple[Manifest, Cascade], rows: Rows, how: str, **kw: bool) -> WindowBatch:
+    pipe = StreamingPipeline(*model, **kw)
+    ts, vals = rows
+    parts, a = [], 0
+    for k in _sizes(ts.size, how):
+        b = pipe.push(ts[a : a + k], vals[a : a + k])
+        assert b.first_window == sum(p.size for p in parts) and b.row_window.size == k
+        parts.append(b)
+        a += k
+    cat = {
+        f: np.concatenate([getattr(p, f) for p in parts]) for f in (*WINDOW_FIELDS, "row_window")
+    }
+    return WindowBatch(first_window=0, current_segment=parts[-1].current_segment, **cat)
+
+
+def _batch_reference(model: tuple[Manifest, Cascade], rows: Rows) -> dict[str, np.ndarray]:
+    """The former batch path: whole-file grid, window_ends, gathered windows, per-segment
+    hysteresis, and each row's latest window within a hop in its segment."""
+    m, cascade = model
+    table = SensorTable("x", rows[0], rows[1], tuple(m.channel_names))
+    grid, xn, ends = prepare(table, m)
+    w, hop = m.window.length, m.window.hop
+    s = cascade.score(
+        gather_windows(xn, ends, w), screen_features(xn, cascade.forest.sample_stats(xn), ends, w)
+    )
+    seg = grid.segment_start[ends]
+    alert, state = np.zeros(ends.size, np.bool_), AlertState(m.alerts)
+    for sg in np.unique(seg):
+        state.reset()
+        alert[seg == sg] = state.update(s.raw_alert[seg == sg])
+    g = np.arange(grid.times.size)
+    last = np.searchsorted(ends, g, side="right") - 1
+    e = ends[np.maximum(last, 0)]
+    ok = (last >= 0) & (g - e < hop) & (grid.segment_start[e] == grid.segment_start)
+    return dict(end_time=grid.times[ends], end_index=ends, segment=seg, stage=s.stage,
+                score=s.score, p_anomaly=s.p_anomaly, raw_alert=s.raw_alert, alert=alert,
+                error=s.error, contributions=s.contributions,
+                row_window=np.where(ok, last, -1)[grid.row_to_grid])  # fmt: skip
+
+
+def _assert_same(a: WindowBatch, b: WindowBatch | dict[str, np.ndarray]) -> None:
+    for f in (*WINDOW_FIELDS, "row_window"):
+        other = b[f] if isinstance(b, dict) else getattr(b, f)
+        np.testing.assert_array_equal(getattr(a, f), other, err_msg=f, strict=True)
+
+
+@pytest.mark.parametrize("data", ["clean", "messy"])
+def test_any_chunking_gives_bit_identical_windows(
+    model: tuple[Manifest, Cascade], data: str, request: pytest.FixtureRequest
+) -> None:
+    rows: Rows = request.getfixturevalue(data)
+    whole = _stream(model, rows, "all")
+    assert whole.size > 9_000 and (whole.stage == STAGE_AUTOENCODER).any() and whole.alert.any()
+    _assert_same(_stream(model, rows, "one"), whole)
+    _assert_same(_stream(model, rows, "random"), whole)
+    # ... and all of them are what the batch kernels say over the whole file.
+    _assert_same(whole, _batch_reference(model, rows))
+    if data == "messy":
+        segments = np.unique(whole.segment)
+        assert segments.size >= 5  # outages restarted the window buffer and the hysteresis
+        assert whole.current_segment == segments[-1]
+
+
+def test_run_pipeline_rows_are_the_streamed_rows(
+    model: tuple[Manifest, Cascade], messy: Rows
+) -> None:
+    m, cascade = model
+    res = run_pipeline(SensorTable("x", *messy, tuple(m.channel_names)), m, cascade)
+    one = _stream(model, messy, "one")
+    has = one.row_window >= 0
+    assert has.mean() > 0.8 and (~has).any()
+    np.testing.assert_array_equal(res.window_of_row, one.row_window)
+    np.testing.assert_array_equal(res.window_alert, one.alert)
+    np.testing.assert_array_equal(res.window_end_time, one.end_time)
+    w = one.row_window[has]
+    np.testing.assert_array_equal(res.stage[has], one.stage[w])
+    np.testing.assert_array_equal(res.score[has], one.score[w])
+    np.testing.assert_array_equal(res.p_anomaly[has], one.p_anomaly[w])
+    np.testing.assert_array_equal(res.alert[has], one.alert[w])
+    assert (res.stage[~has] == 0).all() and not res.alert[~has].any()
+
+
+def test_screen_off_and_hop_follow_the_same_path(
+    model: tuple[Manifest, Cascade], messy: Rows
+) -> None:
+    m, cascade = model
+    alone = _stream(model, messy, "random", screen=False)
+    assert (alone.stage == STAGE_AUTOENCODER).all() and np.isfinite(alone.error).all()
+    table = SensorTable("x", *messy, tuple(m.channel_names))
+    res = run_pipeline(table, m, cascade, screen=False)
+    np.testing.assert_array_equal(res.windows.score, alone.score)
+    hop3 = m.model_copy(update={"window": m.window.model_copy(update={"hop": 3})})
+    streamed = _stream((hop3, cascade), messy, "one")
+    assert streamed.size < alone.size / 2.5
+    _assert_same(streamed, _batch_reference((hop3, cascade), messy))
+
+
+def test_push_refuses_rows_of_the_wrong_shape(model: tuple[Manifest, Cascade]) -> None:
+    pipe = StreamingPipeline(*model)
+    with pytest.raises(ValueError, match="expected timestamps"):
+        pipe.push(np.zeros(2), np.zeros((2, len(model[0].channels) + 1)))
+    names = tuple(model[0].channel_names)
+    empty = run_pipeline(SensorTable("x", np.zeros(0), np.zeros((0, len(names))), names), *model)
+    assert empty.stage.size == 0 and empty.windows.stage.size == 0

@@ -1,0 +1,288 @@
+"""``run_simulate`` end to end: the agent's own Modbus sources read back what it serves, from
+the simulated plant or a CSV; serial lines; clean errors; nothing left behind."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import select
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.config.model import AgentConfig
+from edge_agent.errors import ConfigError
+from edge_agent.simulate import run_simulate
+from edge_agent.simulator.plant import CHANNELS, PlantStream
+from edge_agent.sources.modbus_rtu import ModbusRtu
+from edge_agent.sources.modbus_tcp import ModbusTcp
+
+needs_socat = pytest.mark.skipif(
+    shutil.which("socat") is None, reason="socat is not installed: it makes the serial ptys"
+)
+HOST = "127.0.0.1"
+SEED = 4
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, dict[str, float]]] = []
+
+    def put(self, source: str, readings: Mapping[str, float], t: float) -> None:
+        with self.lock:
+            self.calls.append((source, dict(readings)))
+
+    def put_row(self, source: str, t: float, readings: Mapping[str, float]) -> None:
+        raise AssertionError("a Modbus source never puts whole rows")
+
+    def of(self, source: str) -> list[dict[str, float]]:
+        with self.lock:
+            return [r for s, r in self.calls if s == source]
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def children() -> set[int]:
+    pids: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        pids.update(int(p) for p in (task / "children").read_text().split())
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    threads, procs = set(threading.enumerate()), children()
+    yield
+    assert wait_for(lambda: not (set(threading.enumerate()) - threads), 3.0), (
+        f"threads left behind: {set(threading.enumerate()) - threads}"
+    )
+    assert children() - procs == set(), "child processes (socat) left behind"
+
+
+def config(*sources: dict[str, Any]) -> AgentConfig:
+    return AgentConfig.model_validate(
+        {
+            "machine_id": "sim-test",
+            "model": {"bundle": "/nonexistent/bundle", "trust_key": "/nonexistent/key.pem"},
+            "sources": list(sources),
+        }
+    )
+
+
+def tcp(port: int, points: list[dict[str, Any]]) -> dict[str, Any]:
+    device = {"name": "plc", "unit_id": 1, "poll_period_s": 0.05, "points": points}
+    return {"type": "modbus_tcp", "name": "tcp", "host": HOST, "port": port, "devices": [device]}
+
+
+class Simulator:
+    """run_simulate on a thread; stopped (and checked to have returned) at exit."""
+
+    def __init__(self, cfg: AgentConfig, **kw: Any) -> None:
+        self.stop = threading.Event()
+        self.ready_calls = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(cfg,), kwargs=kw)
+
+    def _ready(self) -> None:
+        self.ready_calls += 1
+
+    def _run(self, cfg: AgentConfig, **kw: Any) -> None:
+        try:
+            run_simulate(cfg, stop=self.stop, ready=self._ready, **kw)
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> Simulator:
+        self._thread.start()
+        assert wait_for(lambda: self.ready_calls > 0 or self.error is not None, 10.0)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(10.0)
+        assert not self._thread.is_alive(), "run_simulate did not return after stop"
+        assert self.error is None
+        assert self.ready_calls == 1
+
+
+def plant_rows(n: int) -> np.ndarray:
+    stream = PlantStream(
+        chunk_rows=3600, warmup_fraction=0.05, anomaly_fraction=0.08, seed=SEED, period_s=1.0
+    )
+    return np.array([stream.next_sample()[1] for _ in range(n)])
+
+
+def row_of(readings: Mapping[str, float], rows: np.ndarray, tol: Mapping[str, float]) -> int:
+    """Index of the one row all ``readings`` match within ``tol`` (relative for float32
+    points, absolute for scaled integers); -1 if none."""
+    for k, row in enumerate(rows):
+        if all(
+            math.isclose(v, row[CHANNELS.index(ch)], rel_tol=1e-6, abs_tol=tol.get(ch, 1e-9))
+            for ch, v in readings.items()
+        ):
+            return k
+    return -1
+
+
+@needs_socat
+def test_tcp_and_rtu_sources_read_back_the_simulated_plant(tmp_path: Path) -> None:
+    port, tty = free_port(), tmp_path / "ttyRS485"
+    float_pts = [
+        {"channel": "pressure_bar", "address": 0, "type": "float32"},
+        {"channel": "motor_current_a", "address": 2, "type": "float32", "order": "CDAB"},
+        {"channel": "oil_temp_c", "address": 10, "type": "int16", "scale": 0.1},
+    ]
+    rtu_device = {
+        "name": "meter",
+        "unit_id": 3,
+        "poll_period_s": 0.05,
+        "points": [
+            {"channel": "flow_m3min", "table": "input", "type": "float32", "order": "DCBA",
+             "address": 0},
+            {"channel": "vibration_rms_mms", "address": 4, "type": "uint16", "scale": 0.01},
+        ],
+    }  # fmt: skip
+    rtu = {"type": "modbus_rtu", "name": "rtu", "port": str(tty), "baudrate": 115200}
+    cfg = config(tcp(port, float_pts), {**rtu, "devices": [rtu_device]})
+    rows = plant_rows(40)
+    tol = {"oil_temp_c": 0.05 + 1e-9, "vibration_rms_mms": 0.005 + 1e-9}
+    sink = Sink()
+    with Simulator(cfg, seed=SEED, speed=8.0):
+        assert tty.is_symlink()
+        sources = [ModbusTcp(cfg.sources[0]), ModbusRtu(cfg.sources[1])]  # type: ignore[arg-type]
+        try:
+            for source in sources:
+                source.start(sink)
+            assert wait_for(lambda: len({r["pressure_bar"] for r in sink.of("tcp")}) >= 3)
+            assert wait_for(lambda: len({r["flow_m3min"] for r in sink.of("rtu")}) >= 3)
+        finally:
+            for source in sources:
+                source.stop()
+    assert not tty.is_symlink()
+    assert not Path(f"{tty}.sim").is_symlink()
+    for name in ("tcp", "rtu"):
+        matched = [row_of(r, rows, tol) for r in sink.of(name)]
+        assert -1 not in matched, f"{name} read values that are no row of the plant"
+        assert matched == sorted(matched)  # rows advance, never go back
+        assert len(set(matched)) >= 3
+
+
+def test_csv_rows_are_served_and_loop(tmp_path: Path) -> None:
+    data = tmp_path / "history.csv"
+    data.write_text(
+        "timestamp,a,b,anomaly\n"
+        "2026-01-01T00:00:00Z,1.5,10,0\n"
+        "2026-01-01T00:00:01Z,2.5,20,0\n"
+        "2026-01-01T00:00:02Z,3.5,30,1\n"
+    )
+    points = [
+        {"channel": "a", "address": 0, "type": "float32"},
+        {"channel": "b", "address": 5, "type": "uint32", "order": "BADC"},
+    ]
+    cfg = config(tcp(free_port(), points))
+    sink = Sink()
+    with Simulator(cfg, data=data, speed=20.0):
+        source = ModbusTcp(cfg.sources[0])  # type: ignore[arg-type]
+        source.start(sink)
+        try:
+            assert wait_for(lambda: len({r["a"] for r in sink.of("tcp")}) == 3)
+
+            def wrapped() -> bool:  # past the last row, back to the first
+                seen = [r["a"] for r in sink.of("tcp")]
+                return any(x == 3.5 and y == 1.5 for x, y in itertools.pairwise(seen))
+
+            assert wait_for(wrapped)
+        finally:
+            source.stop()
+    pairs = {(r["a"], r["b"]) for r in sink.of("tcp")}
+    assert pairs == {(1.5, 10.0), (2.5, 20.0), (3.5, 30.0)}
+
+
+@needs_socat
+def test_serial_lines_follow_the_config(tmp_path: Path) -> None:
+    csv_port, kv_port = tmp_path / "ttyCSV", tmp_path / "ttyKV"
+    line = {"type": "serial_line", "baudrate": 115200}
+    cfg = config(
+        {**line, "name": "csv", "port": str(csv_port), "delimiter": ";",
+         "columns": ["oil_temp_c", "", "pressure_bar"]},
+        {**line, "name": "kv", "port": str(kv_port), "format": "kv", "columns": ["flow_m3min"]},
+    )  # fmt: skip
+    rows = plant_rows(40)
+    with Simulator(cfg, seed=SEED, speed=20.0):
+        texts = [_read_lines(p, 3) for p in (csv_port, kv_port)]
+    csv_lines, kv_lines = texts
+    for text in csv_lines:
+        oil, skipped, pressure = text.split(";")
+        assert skipped == ""
+        got = {"oil_temp_c": float(oil), "pressure_bar": float(pressure)}
+        assert row_of(got, rows, {"oil_temp_c": 1e-4, "pressure_bar": 1e-5}) >= 0, text
+    for text in kv_lines:
+        key, value = text.split("=")
+        assert key == "flow_m3min"
+        assert row_of({key: float(value)}, rows, {key: 1e-5}) >= 0, text
+
+
+def _read_lines(port: Path, n: int, timeout_s: float = 5.0) -> list[str]:
+    fd = os.open(port, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    buf = b""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while buf.count(b"\n") < n + 1 and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                buf += os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    # the first line may have been cut by opening the port mid-line
+    lines = buf.decode("ascii").split("\n")[1:-1]
+    assert len(lines) >= n, buf
+    return lines
+
+
+def test_a_channel_the_data_lacks_is_named(tmp_path: Path) -> None:
+    cfg = config(tcp(free_port(), [{"channel": "bogus_temp", "address": 0}]))
+    with pytest.raises(ConfigError, match=r"bogus_temp.*pressure_bar"):
+        run_simulate(cfg, stop=threading.Event())
+    data = tmp_path / "h.csv"
+    data.write_text("timestamp,speed_rpm\n2026-01-01T00:00:00Z,1\n")
+    with pytest.raises(ConfigError, match=r"bogus_temp.*speed_rpm"):
+        run_simulate(cfg, data=data, stop=threading.Event())
+
+
+@needs_socat
+def test_an_unwritable_port_directory_suggests_set(tmp_path: Path) -> None:
+    tty = tmp_path / "no-such-dir" / "ttyUSB0"
+    point = [{"channel": "pressure_bar", "address": 0, "type": "float32"}]
+    cfg = config(
+        tcp(free_port(), point),
+        {"type": "modbus_rtu", "name": "rtu", "port": str(tty),
+         "devices": [{"name": "m", "points": [{"channel": "flow_m3min", "address": 0}]}]},
+    )  # fmt: skip
+    ready = threading.Event()
+    with pytest.raises(ConfigError, match=r"not writable.*--set sources\.1\.port="):
+        run_simulate(cfg, stop=threading.Event(), ready=ready.set)
+    assert not ready.is_set()
