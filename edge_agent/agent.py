@@ -263,7 +263,8 @@ class Agent:
         self.counts["events"] += 1
         self.metrics.events.labels(event.kind, event.state).inc()
         level = logging.WARNING if event.severity >= SEVERITY_CRITICAL else logging.INFO
-        log.log(level, "event %s", event.to_json().decode())
+        log.log(level, "%s", event.summary())
+        log.debug("event payload %s", event.to_json().decode())
         if self.uplink is not None:
             self.uplink.wake()
 

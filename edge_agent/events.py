@@ -78,5 +78,18 @@ class Event:
         ]
         return {k: v for k, v in d.items() if v is not None}
 
+    def summary(self) -> str:
+        """One log line for people: what, which episode, when, and why."""
+        when = iso(self.end if self.state == "close" else self.start)
+        what = f"{self.kind} {self.state} {self.episode[:8]} at {when}"
+        if self.kind == "sensor_fault":
+            return f"{what}: {self.channel} {self.reason}" + (
+                f" ({self.detail})" if self.detail else ""
+            )
+        tops = ", ".join(f"{c.channel} {c.share:.0%}" for c in self.top_channels)
+        score = "" if self.peak_score is None else f" peak error {self.peak_score:.3g}"
+        p = "" if self.p_anomaly is None else f" p_anomaly {self.p_anomaly:.3f}"
+        return f"{what}:{score}{p}" + (f"; top channels {tops}" if tops else "")
+
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()

@@ -33,8 +33,8 @@ I64 = npt.NDArray[np.int64]
 BOOL = npt.NDArray[np.bool_]
 G = TypeVar("G", bound=np.generic)
 
-# Grid points one call may add at most (a row adds up to max_hold + 1): bounds the gathered
-# windows of one call (16k windows x 64 samples x 16 channels x 4 B = 64 MiB at most).
+# Grid points one kernel call may add at most: bounds the windows gathered and scored at once
+# (16k windows x 64 samples x 16 channels x 4 B = 64 MiB at most).
 CHUNK_POINTS = 16_384
 
 
@@ -71,6 +71,8 @@ class WindowBatch:
         )
 
 
+# Numba's cache keys on this file only: after editing a kernel this one calls (grid, windows,
+# projection, ring), delete the stale __pycache__/*.nbi|*.nbc files or the old code still runs.
 # fmt: off
 @numba.njit(cache=True)
 def _front(
@@ -81,10 +83,11 @@ def _front(
     buf_x: F32, buf_s: F32, buf_imp: I64, ring_state: I64,
 ) -> tuple[F32, F32, I64, F64, I64, I64]:  # pragma: no cover - compiled
     """Grid, normalize, per-sample statistics and window ring in one call: the daemon pays
-    the interpreter's call overhead once per row, not once per step."""
+    the interpreter's call overhead once per row, not once per step. Takes the leading rows
+    that make at most CHUNK_POINTS grid points (``row_window`` says how many)."""
     first = grid_state[0] + 1  # the aligner's next grid index
     times, grid, imputed, seg, row_to_grid = align_push(
-        ts, values, mean, period, max_hold, last_t, held, grid_state)
+        ts, values, mean, period, max_hold, last_t, held, grid_state, CHUNK_POINTS)
     xn = normalize(grid, mean, scale)
     if has_stats:
         stats = _sample_stats(xn, components, variances)
@@ -122,7 +125,6 @@ class StreamingPipeline:
         )  # fmt: skip
         self._alerts = AlertState(manifest.alerts)
         self._alert_segment = -1
-        self.rows_per_push = max(1, CHUNK_POINTS // (s.max_hold + 1))
         self._empty = _empty_batch(c)
 
     def push(self, timestamps: F64, values: F64) -> WindowBatch:
@@ -135,10 +137,14 @@ class StreamingPipeline:
                 f"expected timestamps (n,) and values (n, {self.channels}), "
                 f"got {ts.shape} and {vals.shape}"
             )
-        if n <= self.rows_per_push:
-            return self._push(ts, vals)
-        k = self.rows_per_push
-        return _concat([self._push(ts[a : a + k], vals[a : a + k]) for a in range(0, n, k)])
+        part = self._push(ts, vals)
+        if part.row_window.shape[0] == n:
+            return part  # always so for a few rows: the daemon's case
+        parts, a = [part], part.row_window.shape[0]
+        while a < n:
+            parts.append(self._push(ts[a:], vals[a:]))
+            a += parts[-1].row_window.shape[0]
+        return _concat(parts)
 
     def _push(self, ts: F64, vals: F64) -> WindowBatch:
         first_id = self._ring.windows_emitted
@@ -240,10 +246,8 @@ def run_pipeline(
     """
     del prepared
     t = table.select(manifest.channel_names)
-    pipe = StreamingPipeline(manifest, cascade, screen=screen)
-    k = pipe.rows_per_push
-    parts = [pipe.push(t.timestamps[a : a + k], t.values[a : a + k]) for a in range(0, t.rows, k)]
-    win = _concat(parts) if parts else _empty_batch(len(manifest.channels))
+    # push takes the rows in slices of at most CHUNK_POINTS grid points (bounded memory).
+    win = StreamingPipeline(manifest, cascade, screen=screen).push(t.timestamps, t.values)
     rw = win.row_window
     return PipelineResult(
         stage=_per_row(win.stage, rw, STAGE_NONE),

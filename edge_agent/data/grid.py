@@ -38,6 +38,8 @@ DUPLICATE_FRACTION_OF_PERIOD = 0.5
 _K = 0  # global index of the latest grid point (-1 before the first row)
 _SEG = 1  # global index of the first grid point of the current segment
 _STARTED = 2  # 1 once a row has been seen
+# align_push's max_points for "take every row".
+ALL_ROWS = np.iinfo(np.int64).max
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -90,36 +92,46 @@ def align_push(
     last_t_state: F64,
     held: F64,
     state: I64,
+    max_points: int,
 ) -> tuple[F64, F64, npt.NDArray[np.bool_], I64, I64]:  # pragma: no cover - compiled
     """Align rows, carrying ``last_t_state`` (1,), ``held`` (C,) and ``state`` (3,) across
-    calls; returns the new points' times, values, mask, segment starts and each row's point."""
+    calls; returns the new points' times, values, mask, segment starts and each row's point.
+
+    Stops before the row that would take the new points past ``max_points`` (but always takes
+    the first row): ``row_to_grid`` is as long as the rows consumed.
+    """
     n, c = values.shape
-    # Pass 1: how many grid points will this push add? Same arithmetic as pass 2, so the
-    # count cannot differ from what pass 2 writes.
+    # Pass 1: how many rows and grid points? Same arithmetic as pass 2, so the count cannot
+    # differ from what pass 2 writes.
     m = 0
+    used = n
     last_t = last_t_state[0]
     started = state[_STARTED] == 1
     for i in range(n):
         steps = _steps(ts[i], last_t, period) if started else -1
-        if not started or steps > max_hold + 1:
-            m += 1
+        restart = not started or steps > max_hold + 1
+        add = 1 if restart else max(steps, 0)
+        if i > 0 and m + add > max_points:
+            used = i
+            break
+        m += add
+        if restart:
             last_t = ts[i]
             started = True
-        elif steps > 0:
-            m += steps
-            for _ in range(steps):
+        else:
+            for _ in range(add):
                 last_t += period
     times = np.empty(m, np.float64)
     out = np.empty((m, c), np.float64)
     imputed = np.zeros((m, c), np.bool_)
     seg = np.empty(m, np.int64)
-    row_to_grid = np.empty(n, np.int64)
+    row_to_grid = np.empty(used, np.int64)
     k = state[_K]
     base = k + 1
     seg_start = state[_SEG]
     started = state[_STARTED] == 1
     last_t = last_t_state[0]
-    for i in range(n):
+    for i in range(used):
         steps = _steps(ts[i], last_t, period) if started else -1
         if not started or steps > max_hold + 1:
             # First row, or a gap too long to hold across: open a new segment.
@@ -196,15 +208,16 @@ class GridAligner:
         """Align rows ``(timestamps (n,), values (n, C))``; returns the grid points they add."""
         ts = np.ascontiguousarray(timestamps, dtype=np.float64)
         vals = np.ascontiguousarray(values, dtype=np.float64)
-        if vals.ndim != 2 or vals.shape[0] != ts.shape[0] or vals.shape[1] != self.channels:
+        if ts.ndim != 1 or vals.shape != (ts.shape[0], self.channels):
             raise ValueError(
                 f"shape mismatch: timestamps {ts.shape}, values {vals.shape}, "
                 f"expected (n, {self.channels})"
             )
         first = int(self.state[_K]) + 1
         times, out, imputed, seg, row_to_grid = align_push(
-            ts, vals, self.fill, self.period_s, self.max_hold, self.last_t, self.held, self.state
-        )
+            ts, vals, self.fill, self.period_s, self.max_hold, self.last_t, self.held, self.state,
+            ALL_ROWS,
+        )  # fmt: skip
         return GridChunk(first, times, out, imputed, seg, row_to_grid)
 
 
@@ -216,17 +229,15 @@ def align_to_grid(
     max_hold: int,
     fill: npt.NDArray[np.float64],
 ) -> Grid:
-    """Align rows ``(timestamps, values)`` to a grid of ``period_s``; see the module docstring."""
+    """Align rows ``(timestamps, values)`` to a grid of ``period_s``; see the module docstring.
+
+    A fresh :class:`GridAligner` over all rows: the trainer, ``replay`` and the daemon share
+    one implementation.
+    """
     aligner = GridAligner(period_s, max_hold, fill)
-    ts = np.ascontiguousarray(timestamps, dtype=np.float64)
-    vals = np.ascontiguousarray(values, dtype=np.float64)
-    if vals.ndim != 2 or vals.shape[0] != ts.shape[0] or aligner.fill.shape != (vals.shape[1],):
-        raise ValueError(
-            f"shape mismatch: timestamps {ts.shape}, values {vals.shape}, fill {aligner.fill.shape}"
-        )
-    if ts.shape[0] == 0:
+    if np.shape(timestamps)[:1] == (0,):
         raise ValueError("no rows to align")
-    chunk = aligner.push(ts, vals)
+    chunk = aligner.push(timestamps, values)
     return Grid(chunk.times, chunk.values, chunk.imputed, chunk.segment_start, chunk.row_to_grid)
 
 

@@ -114,7 +114,8 @@ class QualityMonitor:
         self._run = np.where(fresh, np.where(same, self._run + 1, 1), self._run)
         self._last_fresh = np.where(fresh, values, self._last_fresh)
 
-        isnan = np.isnan(values)
+        # ±inf (a decoded float32 overflow, a firmware's 'no reading') is as missing as NaN.
+        isnan = ~np.isfinite(values)
         code = np.where(
             age > self._stale_s,
             _STALE,

@@ -68,6 +68,13 @@ def _detail(data: dict[str, Any]) -> str:
     return text.strip()
 
 
+def _when(r: StoredEvent) -> str:
+    """The sample time the message is about: the end for a close, else the start."""
+    data = r.data()
+    when = data.get("end") if r.state == "close" else data.get("start")
+    return str(when or iso(r.created) or "")
+
+
 def format_events(rows: Sequence[StoredEvent], *, as_json: bool) -> str:
     """``rows`` as an aligned table (newest first, as given) or as one JSON object a line."""
     if as_json:
@@ -78,10 +85,10 @@ def format_events(rows: Sequence[StoredEvent], *, as_json: bool) -> str:
         return "\n".join(lines)
     if not rows:
         return "no events stored"
-    header = ("TIME (UTC)", "KIND", "STATE", "EPISODE", "DETAIL", "DELIVERY")
+    header = ("SAMPLE TIME (UTC)", "KIND", "STATE", "EPISODE", "DETAIL", "DELIVERY")
     table = [header] + [
         (
-            iso(r.created) or "",
+            _when(r),
             r.kind,
             r.state,
             r.episode[:EPISODE_SHORT_CHARS],

@@ -163,6 +163,7 @@ class ModbusLinkSource(Source):
                 if isinstance(exc, ConnectionException | OSError) or not client.connected:
                     client.close()  # type: ignore[no-untyped-call]  # pymodbus leaves it untyped
                     with self._lock:
+                        dev.polls += 1
                         dev.errors += 1
                     self._link_failed(sink, f"{self.describe()}: {exc}")
                 else:
@@ -176,7 +177,7 @@ class ModbusLinkSource(Source):
             self.counters.polls += 1
             try:
                 response = _request(client, plan, dev.cfg.unit_id)
-            except BaseException:
+            except Exception:
                 self.counters.poll_errors += 1
                 raise
             if response.isError():

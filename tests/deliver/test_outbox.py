@@ -254,7 +254,7 @@ def test_format_events_table_and_json(outbox: Outbox) -> None:
     outbox.ack(outbox.pending(1)[0].seq)
     rows = outbox.recent()
     table = format_events(rows, as_json=False).splitlines()
-    assert table[0].split()[:3] == ["TIME", "(UTC)", "KIND"]
+    assert table[0].split()[:4] == ["SAMPLE", "TIME", "(UTC)", "KIND"]
     assert "sensor_fault" in table[1]
     assert "flow stuck" in table[1]
     assert "pending" in table[1]

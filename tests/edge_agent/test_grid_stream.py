@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.data.grid import Grid, GridAligner, GridChunk, align_to_grid
+from edge_agent.data.grid import Grid, GridAligner, GridChunk, align_push, align_to_grid
 
 PERIOD_S = 1.0
 MAX_HOLD = 5
@@ -54,7 +54,8 @@ def test_pushes_equal_the_one_shot_grid(split: str) -> None:
     ref = align_to_grid(ts, vals, period_s=PERIOD_S, max_hold=MAX_HOLD, fill=FILL)
     # The messy stream exercises every rule.
     assert np.unique(ref.segment_start).size > 20
-    assert ref.imputed.any() and (np.diff(ref.row_to_grid) == 0).any()
+    assert ref.imputed.any()
+    assert (np.diff(ref.row_to_grid) == 0).any()
     rng = np.random.default_rng(1)
     cuts = {
         "one_row": list(range(1, len(ts))),
@@ -72,29 +73,37 @@ def test_pushes_equal_the_one_shot_grid(split: str) -> None:
 def test_state_carries_holds_gaps_and_duplicates_across_pushes() -> None:
     al = GridAligner(PERIOD_S, 2, np.array([0.5]))
     a = al.push(np.array([0.0, 1.0]), np.array([[np.nan], [2.0]]))
-    assert a.values[:, 0].tolist() == [0.5, 2.0] and a.new_segment.tolist() == [True, False]
+    assert a.values[:, 0].tolist() == [0.5, 2.0]
+    assert a.new_segment.tolist() == [True, False]
     # A duplicate of the previous push's last point maps to it, adds nothing.
     b = al.push(np.array([1.3]), np.array([[99.0]]))
-    assert b.times.size == 0 and b.row_to_grid.tolist() == [1] and b.first_index == 2
+    assert b.times.size == 0
+    assert b.row_to_grid.tolist() == [1]
+    assert b.first_index == 2
     # A NaN after the push boundary holds the value from the earlier push; a 2-point gap is held.
     c = al.push(np.array([2.0, 5.0]), np.array([[np.nan], [6.0]]))
     assert c.times.tolist() == [2.0, 3.0, 4.0, 5.0]
     assert c.values[:, 0].tolist() == [2.0, 2.0, 2.0, 6.0]
     assert c.imputed[:, 0].tolist() == [True, True, True, False]
-    assert c.row_to_grid.tolist() == [2, 5] and not c.new_segment.any()
+    assert c.row_to_grid.tolist() == [2, 5]
+    assert not c.new_segment.any()
     # A gap longer than max_hold restarts: new segment, held value back to the fill.
     d = al.push(np.array([9.0, 10.0]), np.array([[7.0], [np.nan]]))
-    assert d.segment_start.tolist() == [6, 6] and d.new_segment.tolist() == [True, False]
+    assert d.segment_start.tolist() == [6, 6]
+    assert d.new_segment.tolist() == [True, False]
     assert d.values[:, 0].tolist() == [7.0, 7.0]
     e = al.push(np.array([20.0]), np.array([[np.nan]]))
-    assert e.values[:, 0].tolist() == [0.5] and al.segment_start == 8
+    assert e.values[:, 0].tolist() == [0.5]
+    assert al.segment_start == 8
 
 
 def test_empty_push_changes_nothing() -> None:
     al = GridAligner(PERIOD_S, MAX_HOLD, FILL)
     assert al.segment_start == -1
     empty = al.push(np.zeros(0), np.zeros((0, 2)))
-    assert empty.times.size == 0 and empty.first_index == 0 and al.next_index == 0
+    assert empty.times.size == 0
+    assert empty.first_index == 0
+    assert al.next_index == 0
     al.push(np.array([5.0]), np.array([[1.0, 2.0]]))
     state = (al.last_t.copy(), al.held.copy(), al.state.copy())
     al.push(np.zeros(0), np.zeros((0, 2)))
@@ -113,3 +122,17 @@ def test_bad_arguments_are_refused() -> None:
         al.push(np.zeros(2), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="no rows"):
         align_to_grid(np.zeros(0), np.zeros((0, 2)), period_s=1.0, max_hold=1, fill=FILL)
+
+
+def test_the_kernel_stops_before_exceeding_max_points() -> None:
+    al = GridAligner(PERIOD_S, MAX_HOLD, FILL)
+    ts = np.array([0.0, 1.0, 4.0, 5.0, 6.0])  # points added per row: 1, 1, 3, 1, 1
+    vals = np.ones((5, 2))
+    args = (FILL, PERIOD_S, MAX_HOLD, al.last_t, al.held, al.state)
+    times, *_, rows = align_push(ts, vals, *args, 4)
+    assert rows.size == 2  # the third row would make 5 points
+    assert times.tolist() == [0.0, 1.0]
+    times, *_, rows = align_push(ts[2:], vals[2:], *args, 1)
+    assert rows.tolist() == [4]  # the first row is always taken, even past the cap
+    assert times.tolist() == [2.0, 3.0, 4.0]
+    assert al.next_index == 5

@@ -218,3 +218,12 @@ def test_counts_cover_every_channel_and_reason() -> None:
     }
     with pytest.raises(ValueError, match="expected 2 channels"):
         mon.check(0.0, np.zeros(3), np.zeros(3), np.ones(3, bool))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_infinite_reading_is_missing_not_a_value(bad: float) -> None:
+    mon = monitor(channels=("x", "y"))
+    out, events = mon.check(0.0, np.array([1.0, bad]), np.zeros(2), np.ones(2, bool))
+    assert np.isnan(out[1])
+    assert out[0] == 1.0
+    assert [(e.channel, e.reason, e.state) for e in events] == [("y", "nan", "open")]

@@ -13,8 +13,15 @@ from edge_agent.bundle.verify import verify_bundle
 from edge_agent.data.table import SensorTable, read_table
 from edge_agent.detect.alerts import AlertState
 from edge_agent.detect.cascade import STAGE_AUTOENCODER, Cascade
-from edge_agent.detect.windows import gather_windows, screen_features
-from edge_agent.pipeline import StreamingPipeline, WindowBatch, prepare, run_pipeline
+from edge_agent.detect.ring import WindowRing
+from edge_agent.detect.windows import gather_windows, screen_features, window_ends
+from edge_agent.pipeline import (
+    CHUNK_POINTS,
+    StreamingPipeline,
+    WindowBatch,
+    prepare,
+    run_pipeline,
+)
 
 Rows = tuple[np.ndarray, np.ndarray]
 WINDOW_FIELDS = ("end_time", "end_index", "segment", "stage", "score", "p_anomaly",
@@ -66,12 +73,14 @@ def _sizes(n: int, how: str) -> Iterator[int]:
 def _stream(model: tuple[Manifest, Cascade], rows: Rows, how: str, **kw: bool) -> WindowBatch:
     pipe = StreamingPipeline(*model, **kw)
     ts, vals = rows
-    parts, a = [], 0
+    parts, a, seen = [], 0, 0
     for k in _sizes(ts.size, how):
         b = pipe.push(ts[a : a + k], vals[a : a + k])
-        assert b.first_window == sum(p.size for p in parts) and b.row_window.size == k
+        assert b.first_window == seen
+        assert b.row_window.size == k
         parts.append(b)
         a += k
+        seen += b.size
     cat = {
         f: np.concatenate([getattr(p, f) for p in parts]) for f in (*WINDOW_FIELDS, "row_window")
     }
@@ -115,7 +124,9 @@ def test_any_chunking_gives_bit_identical_windows(
 ) -> None:
     rows: Rows = request.getfixturevalue(data)
     whole = _stream(model, rows, "all")
-    assert whole.size > 9_000 and (whole.stage == STAGE_AUTOENCODER).any() and whole.alert.any()
+    assert whole.size > 9_000
+    assert (whole.stage == STAGE_AUTOENCODER).any()
+    assert whole.alert.any()
     _assert_same(_stream(model, rows, "one"), whole)
     _assert_same(_stream(model, rows, "random"), whole)
     # ... and all of them are what the batch kernels say over the whole file.
@@ -133,7 +144,8 @@ def test_run_pipeline_rows_are_the_streamed_rows(
     res = run_pipeline(SensorTable("x", *messy, tuple(m.channel_names)), m, cascade)
     one = _stream(model, messy, "one")
     has = one.row_window >= 0
-    assert has.mean() > 0.8 and (~has).any()
+    assert has.mean() > 0.8
+    assert (~has).any()
     np.testing.assert_array_equal(res.window_of_row, one.row_window)
     np.testing.assert_array_equal(res.window_alert, one.alert)
     np.testing.assert_array_equal(res.window_end_time, one.end_time)
@@ -142,7 +154,8 @@ def test_run_pipeline_rows_are_the_streamed_rows(
     np.testing.assert_array_equal(res.score[has], one.score[w])
     np.testing.assert_array_equal(res.p_anomaly[has], one.p_anomaly[w])
     np.testing.assert_array_equal(res.alert[has], one.alert[w])
-    assert (res.stage[~has] == 0).all() and not res.alert[~has].any()
+    assert (res.stage[~has] == 0).all()
+    assert not res.alert[~has].any()
 
 
 def test_screen_off_and_hop_follow_the_same_path(
@@ -150,7 +163,8 @@ def test_screen_off_and_hop_follow_the_same_path(
 ) -> None:
     m, cascade = model
     alone = _stream(model, messy, "random", screen=False)
-    assert (alone.stage == STAGE_AUTOENCODER).all() and np.isfinite(alone.error).all()
+    assert (alone.stage == STAGE_AUTOENCODER).all()
+    assert np.isfinite(alone.error).all()
     table = SensorTable("x", *messy, tuple(m.channel_names))
     res = run_pipeline(table, m, cascade, screen=False)
     np.testing.assert_array_equal(res.windows.score, alone.score)
@@ -166,4 +180,65 @@ def test_push_refuses_rows_of_the_wrong_shape(model: tuple[Manifest, Cascade]) -
         pipe.push(np.zeros(2), np.zeros((2, len(model[0].channels) + 1)))
     names = tuple(model[0].channel_names)
     empty = run_pipeline(SensorTable("x", np.zeros(0), np.zeros((0, len(names))), names), *model)
-    assert empty.stage.size == 0 and empty.windows.stage.size == 0
+    assert empty.stage.size == 0
+    assert empty.windows.stage.size == 0
+
+
+@pytest.mark.parametrize(("hop", "fraction"), [(1, 0.25), (3, 0.1), (2, 0.0)])
+def test_ring_follows_window_ends_to_the_boundary(hop: int, fraction: float) -> None:
+    """Dense imputation puts many windows exactly at the imputed-cell limit."""
+    rng = np.random.default_rng(hop)
+    m, c, w = 4000, 2, 10
+    imputed = rng.random((m, c)) < 0.12
+    starts = np.sort(rng.choice(np.arange(1, m), size=40, replace=False))
+    seg = np.maximum.accumulate(np.where(np.isin(np.arange(m), starts), np.arange(m), 0))
+    xn = rng.normal(size=(m, c)).astype(np.float32)
+    stats = rng.random((m, 2)).astype(np.float32)
+    ends = window_ends(seg, imputed, w, hop, fraction)
+    cells = np.array([imputed[e - w + 1 : e + 1].sum() for e in ends])
+    assert (cells == int(fraction * w * c)).sum() > 10  # the boundary is exercised
+    ring = WindowRing(w, hop, c, 2, fraction)
+    got, a = [], 0
+    for k in [*rng.integers(0, 50, size=200).tolist(), m]:
+        b = min(a + k, m)
+        out = ring.push(xn[a:b], stats[a:b], imputed[a:b], np.arange(a, b, dtype=np.float64),
+                        seg[a:b], np.arange(a, b), a)  # fmt: skip
+        got.append(out)
+        a = b
+    np.testing.assert_array_equal(np.concatenate([o.end_index for o in got]), ends)
+    np.testing.assert_array_equal(np.concatenate([o.segment for o in got]), seg[ends])
+    windows = np.concatenate([o.windows for o in got])
+    np.testing.assert_array_equal(windows, gather_windows(xn, ends, w))
+    features = np.concatenate([o.features for o in got])
+    np.testing.assert_array_equal(features, screen_features(xn, stats, ends, w), strict=True)
+    assert ring.windows_emitted == ends.size
+
+
+def test_an_outage_during_an_alert_resets_the_hysteresis(
+    model: tuple[Manifest, Cascade], clean: Rows
+) -> None:
+    ts, vals = clean
+    whole = _stream(model, clean, "all")
+    # Cut the stream with a long outage right after a window that is in alert.
+    on = np.flatnonzero(whole.alert & np.roll(whole.alert, -1))
+    cut_row = int(np.searchsorted(ts, whole.end_time[on[len(on) // 2]], side="right"))
+    gapped = (np.where(np.arange(ts.size) >= cut_row, ts + 3600.0, ts), vals)
+    streamed = _stream(model, gapped, "one")
+    after = np.flatnonzero(streamed.end_time > ts[cut_row - 1] + 3600.0)
+    assert streamed.alert[after[0] - 1]
+    assert not streamed.alert[after[0]]  # judged afresh after the outage
+    _assert_same(streamed, _batch_reference(model, gapped))
+
+
+def test_a_push_longer_than_one_kernel_call_is_split_seamlessly(
+    model: tuple[Manifest, Cascade], messy: Rows
+) -> None:
+    ts, vals = messy
+    span = ts[-1] - ts[0] + 1.0
+    # Twice the messy stream: more than CHUNK_POINTS grid points in one push.
+    long = (np.concatenate([ts, ts + span]), np.concatenate([vals, vals]))
+    assert long[0].size > CHUNK_POINTS
+    whole = _stream(model, long, "all")
+    assert whole.end_index[-1] > CHUNK_POINTS
+    _assert_same(whole, _stream(model, long, "random"))
+    _assert_same(whole, _batch_reference(model, long))
