@@ -141,6 +141,9 @@ class ModbusLinkSource(Source):
         while not self._stop.is_set():
             if not client.connected:
                 if not client.connect():
+                    # A failed connect is a failed poll to whoever watches the error rate.
+                    self.counters.polls += 1
+                    self.counters.poll_errors += 1
                     self._link_failed(sink, f"cannot connect to {self.describe()}")
                     self._stop.wait(link_backoff_s)
                     link_backoff_s = min(link_backoff_s * BACKOFF_FACTOR, self.cfg.backoff_max_s)
