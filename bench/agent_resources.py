@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, machine, make_bundle
+from common import ROOT, machine, make_bundle, start_broker
 
 SAMPLE_EVERY_S = 5.0
 READY_TIMEOUT_S = 300.0
@@ -124,24 +124,6 @@ level = "warning"
     return p
 
 
-def _start_broker(work: Path) -> tuple[subprocess.Popen[bytes] | None, int | None]:
-    exe = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if exe is None:
-        return None, None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen(
-        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    time.sleep(0.5)
-    return proc, port
-
-
 def run_agent(config: Path, cache: Path, minutes: float) -> dict[str, Any]:
     """Spawn the daemon with a notify socket; time READY; sample RSS and fds; SIGTERM it."""
     sock_path = config.parent / "notify.sock"
@@ -231,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         simulate_plant(rows=86_400, seed=31).write_csv(data)
         cache = work / "numba-cache"
         jit = jit_costs(bundle, pub, cache)
-        broker, port = _start_broker(work)
+        broker, port = start_broker(work)
         try:
             cfg = _config(work, bundle, pub, data, a.speed, port)
             shutil.rmtree(cache, ignore_errors=True)

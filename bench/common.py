@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +43,27 @@ def make_bundle(
     keygen(work / "keys")
     build_bundle(work / "run", work / "bundle", work / "keys" / "signing.key", variants=())
     return work / "bundle", work / "keys" / "signing.pub"
+
+
+def start_broker(work: Path) -> tuple[subprocess.Popen[bytes] | None, int | None]:
+    """A local ``mosquitto`` on a free port, or (None, None) when it is not installed."""
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if exe is None:
+        return None, None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen(
+        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    return proc, port
