@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, machine, make_bundle, start_broker
+from common import ROOT, add_bundle_args, bundle_from_args, machine, start_broker
 
 SAMPLE_EVERY_S = 5.0
 READY_TIMEOUT_S = 300.0
@@ -195,20 +195,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--soak-minutes", type=float, default=30.0)
     ap.add_argument("--speed", type=float, default=100.0, help="replay pace, times real time")
-    ap.add_argument(
-        "--bundle", type=Path, help="use this bundle (with --trust) instead of training"
-    )
-    ap.add_argument("--trust", type=Path)
+    add_bundle_args(ap)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "agent_resources.json")
     a = ap.parse_args(argv)
     from edge_agent.simulator import simulate_plant
 
     with tempfile.TemporaryDirectory(prefix="agent-res-") as tmp:
         work = Path(tmp)
-        if a.bundle:
-            bundle, pub = a.bundle, a.trust
-        else:
-            bundle, pub = make_bundle(work / "model", history_rows=20_000, epochs=5)
+        bundle, pub = bundle_from_args(a, work)
         data = work / "live.csv"
         simulate_plant(rows=86_400, seed=31).write_csv(data)
         cache = work / "numba-cache"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import ROOT, machine, make_bundle, start_broker
+from common import ROOT, add_bundle_args, bundle_from_args, machine, start_broker
 
 ACK_TIMEOUT_S = 5.0
 
@@ -116,18 +116,14 @@ def measure(bundle: Path, pub: Path, data: Path, work: Path, port: int) -> dict[
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=60_000, help="simulated samples pushed")
-    ap.add_argument("--bundle", type=Path, help="use this bundle (with --trust)")
-    ap.add_argument("--trust", type=Path)
+    add_bundle_args(ap)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "alert_latency.json")
     a = ap.parse_args(argv)
     from edge_agent.simulator import simulate_plant
 
     with tempfile.TemporaryDirectory(prefix="alert-lat-") as tmp:
         work = Path(tmp)
-        if a.bundle:
-            bundle, pub = a.bundle, a.trust
-        else:
-            bundle, pub = make_bundle(work / "model", history_rows=20_000, epochs=5)
+        bundle, pub = bundle_from_args(a, work)
         data = work / "live.csv"
         simulate_plant(rows=a.rows, seed=41, anomaly_fraction=0.08).write_csv(data)
         broker, port = start_broker(work)

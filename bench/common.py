@@ -3,6 +3,7 @@ and the machine label every result carries."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shutil
@@ -67,3 +68,19 @@ def start_broker(work: Path) -> tuple[subprocess.Popen[bytes] | None, int | None
                 break
         time.sleep(0.05)
     return proc, port
+
+
+def add_bundle_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--bundle", type=Path, help="use this bundle (with --trust) instead of training"
+    )
+    ap.add_argument("--trust", type=Path, help="public key the --bundle is signed with")
+
+
+def bundle_from_args(a: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    """The ``--bundle``/``--trust`` pair, or a bundle trained for the bench (20k rows, 5 epochs)."""
+    if a.bundle:
+        if a.trust is None:
+            raise SystemExit("--bundle needs --trust")
+        return Path(a.bundle), Path(a.trust)
+    return make_bundle(work / "model", history_rows=20_000, epochs=5)

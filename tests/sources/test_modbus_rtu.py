@@ -7,11 +7,12 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from edge_agent.simulate.ptys import PtyPair
 from edge_agent.simulate.server import ModbusEndpoint, ServerLoop
@@ -41,15 +42,6 @@ class Sink:
             return [(r[channel], t) for r, t in self.calls if channel in r]
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
 def rtu_cfg(port: Path, devices: list[dict[str, Any]], **link: Any) -> ModbusRtuSource:
     return ModbusRtuSource.model_validate(
         {
@@ -66,15 +58,6 @@ def rtu_cfg(port: Path, devices: list[dict[str, Any]], **link: Any) -> ModbusRtu
 def device(name: str, unit: int, channel: str, period_s: float = 0.2) -> dict[str, Any]:
     point = {"channel": channel, "address": 10, "type": "float32", "order": "CDAB"}
     return {"name": name, "unit_id": unit, "poll_period_s": period_s, "points": [point]}
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    assert wait_for(lambda: not (set(threading.enumerate()) - before), 3.0), (
-        f"threads left behind: {set(threading.enumerate()) - before}"
-    )
 
 
 @pytest.fixture

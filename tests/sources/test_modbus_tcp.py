@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+from broker import free_port
+from waiting import wait_for
 
 from edge_agent.simulate.server import ModbusEndpoint, ServerLoop
 from edge_agent.sources.config import ModbusTcpSource
@@ -44,34 +45,9 @@ class Sink:
             ]
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def tcp_cfg(name: str, port: int, devices: list[dict[str, Any]], **link: Any) -> ModbusTcpSource:
     return ModbusTcpSource.model_validate(
         {"type": "modbus_tcp", "name": name, "host": HOST, "port": port, "devices": devices, **link}
-    )
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    assert wait_for(lambda: not (set(threading.enumerate()) - before), 3.0), (
-        f"threads left behind: {set(threading.enumerate()) - before}"
     )
 
 

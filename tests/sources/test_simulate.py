@@ -8,15 +8,16 @@ import math
 import os
 import select
 import shutil
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from broker import free_port
+from waiting import wait_for
 
 from edge_agent.config.model import AgentConfig
 from edge_agent.errors import ConfigError
@@ -47,22 +48,6 @@ class Sink:
     def of(self, source: str) -> list[dict[str, float]]:
         with self.lock:
             return [r for s, r in self.calls if s == source]
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def children() -> set[int]:
