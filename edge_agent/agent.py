@@ -160,6 +160,7 @@ class Agent:
         while time.monotonic() < deadline and not self.stop_requested.is_set():
             if any(s.counters.samples for s in self.sources) or not self.sampler.rows.empty():
                 self.first_poll_s = time.time() - self.started_at
+                log.info("first reading %.2f s after start", self.first_poll_s)
                 return
             time.sleep(0.01)
         log.warning("no reading within %.0f s of start; carrying on", FIRST_READING_WAIT_S)
@@ -307,6 +308,7 @@ class Agent:
     def health(self) -> dict[str, Any]:
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
+            "first_reading_s": self.first_poll_s,
             "model_version": self.model.manifest.model_version,
             **self.counts,
             "outbox_depth": self.outbox.depth(),
