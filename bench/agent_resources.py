@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -137,21 +138,23 @@ def run_agent(config: Path, cache: Path, minutes: float) -> dict[str, Any]:
         "NUMBA_CACHE_DIR": str(cache),
         "PYTHONPATH": str(ROOT),
     }
+    log_path = config.parent / "agent.log"
+    log_fh = log_path.open("w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
         env=env,
         cwd=ROOT,
-        stderr=subprocess.PIPE,
+        # A file, not a pipe: a full pipe would block the agent's logging and stall it.
+        stdout=log_fh,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     ready_s = None
     try:
         while ready_s is None and time.perf_counter() - t0 < READY_TIMEOUT_S:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"agent exited early: {proc.stderr.read() if proc.stderr else ''}"
-                )
+                raise RuntimeError(f"agent exited early: {log_path.read_text()[-2000:]}")
             try:
                 msg = sock.recv(4096).decode()
             except TimeoutError:
@@ -170,7 +173,14 @@ def run_agent(config: Path, cache: Path, minutes: float) -> dict[str, Any]:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(10)
         sock.close()
+        log_fh.close()
+    # The agent's last line says how much it did: proof it kept working through the soak.
+    done = re.findall(
+        r"stopped: rows (\d+), windows (\d+), stage2 (\d+), events (\d+)", log_path.read_text()
+    )
+    rows, windows, stage2, events = (int(x) for x in done[-1]) if done else (0, 0, 0, 0)
     n = len(samples)
     tenth = max(1, n // 10)
     early = samples[tenth : 2 * tenth] or samples[:1]
@@ -179,6 +189,11 @@ def run_agent(config: Path, cache: Path, minutes: float) -> dict[str, Any]:
     return {
         "ready_s": None if ready_s is None else round(ready_s, 2),
         "exit_code": proc.returncode,
+        "rows_processed": rows,
+        "rows_per_s": round(rows / max(samples[-1][0] - (ready_s or 0.0), 1e-9), 1),
+        "windows": windows,
+        "stage2_windows": stage2,
+        "events": events,
         "samples": n,
         "rss_mb_steady_median": round(
             sorted(s[1] for s in samples[tenth:])[len(samples[tenth:]) // 2], 1

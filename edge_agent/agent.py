@@ -34,6 +34,7 @@ from edge_agent.detect.cascade import STAGE_AUTOENCODER, Cascade
 from edge_agent.detect.episodes import EpisodeTracker
 from edge_agent.errors import ConfigError, EdgeAnomalyError
 from edge_agent.events import SEVERITY_CRITICAL, Event
+from edge_agent.logs import setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.pipeline import StreamingPipeline
 from edge_agent.sampler import Sampler
@@ -95,7 +96,7 @@ class Agent:
         self.outbox = Outbox(cfg.state_dir / EVENTS_DB, cfg.outbox, deliver=cfg.mqtt is not None)
         self.sampler = Sampler(self.model.channels)
         self.quality = self._quality(cfg)
-        self.sources: list[Source] = [build_source(s, self.model.channels) for s in cfg.sources]
+        self.sources: list[Source] = self._sources(cfg)
         self.uplink: MqttUplink | None = None
         self.metrics = AgentMetrics(self.snapshot)
         self.metrics_port: int | None = None
@@ -115,6 +116,10 @@ class Agent:
         unused = sorted(delivered - set(model.channels))
         if unused:
             log.warning("channels %s are read but not used by the model", unused)
+
+    def _sources(self, cfg: AgentConfig) -> list[Source]:
+        every = cfg.log.repeat_every_s
+        return [build_source(s, self.model.channels, repeat_every_s=every) for s in cfg.sources]
 
     def _quality(self, cfg: AgentConfig) -> QualityMonitor:
         return QualityMonitor(self.model.channels, cfg.channels, cfg.quality, cfg.machine_id)
@@ -293,7 +298,7 @@ class Agent:
         self.cfg = new
         self.sampler = Sampler(self.model.channels)
         self.quality = self._quality(new)
-        self.sources = [build_source(s, self.model.channels) for s in new.sources]
+        self.sources = self._sources(new)
         if new.mqtt != old.mqtt or new.machine_id != old.machine_id:
             if self.uplink is not None:
                 self.uplink.stop(drain_timeout_s=1.0)
@@ -328,10 +333,15 @@ class Agent:
 
 
 def run_agent(
-    config_path: Path, overrides: Sequence[str] = (), *, max_rows: int | None = None
+    config_path: Path,
+    overrides: Sequence[str] = (),
+    *,
+    max_rows: int | None = None,
+    verbose: bool = False,
 ) -> int:
     """``edge_agent run``: load, start, loop, drain. Returns the exit code."""
     cfg = load_config(config_path, overrides)
+    setup_logging("debug" if verbose else cfg.log.level)
     agent = Agent(config_path, cfg, overrides)
     agent.install_signal_handlers()
     try:

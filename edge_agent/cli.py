@@ -105,7 +105,9 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "run":
         from edge_agent.agent import run_agent
 
-        return run_agent(args.config, args.overrides, max_rows=args.max_rows)
+        return run_agent(
+            args.config, args.overrides, max_rows=args.max_rows, verbose=args.verbose
+        )
     cfg = load_config(args.config, args.overrides)
     if args.command == "validate":
         kinds = ", ".join(f"{s.name} ({s.type})" for s in cfg.sources)

@@ -4,6 +4,10 @@ One contract for every caller: given normalized windows and their features, retu
 the stage that decided, its score, ``p_anomaly``, the raw alert decision and, for stage-2
 windows, the per-channel share of the reconstruction error (for attribution). ``replay``, the
 daemon and the trainer's evaluation all call :meth:`Cascade.score`.
+
+The daemon scores one window per sample, so the per-call overhead matters as much as the
+math: the reconstruction error is one Numba kernel, and ``score`` builds its outputs directly
+in the common all-screened and all-stage-2 cases.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -44,8 +49,89 @@ class WindowScores:
     contributions: F32  # (n, C) share of the error per channel; 0 where stage 2 did not run
 
 
+# Below this many terms numpy sums a contiguous row one by one; from it on, pairwise.
+_PAIRWISE_MIN = 8
+# numpy's pairwise summation adds up to this many terms with 8 accumulators and splits longer
+# rows in two. The kernel covers rows up to this length (Numba cannot cache a recursive
+# function); longer ones take the numpy formula.
+_PAIRWISE_BLOCK = 128
+
+
+@numba.njit(cache=True)
+def _numpy_sum(a: F64, n: int) -> float:  # pragma: no cover - compiled
+    """``a[:n].sum()`` in numpy's own order (``pairwise_sum``, n <= 128), to the last bit."""
+    if n < _PAIRWISE_MIN:
+        s = 0.0
+        for i in range(n):
+            s += a[i]
+        return s
+    r0, r1, r2, r3, r4, r5, r6, r7 = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+    i = 8
+    while i < n - n % 8:
+        r0 += a[i]
+        r1 += a[i + 1]
+        r2 += a[i + 2]
+        r3 += a[i + 3]
+        r4 += a[i + 4]
+        r5 += a[i + 5]
+        r6 += a[i + 6]
+        r7 += a[i + 7]
+        i += 8
+    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        s += a[i]
+        i += 1
+    return float(s)
+
+
+@numba.njit(cache=True)
+def _error_kernel(windows: F32, recon: F32) -> tuple[F64, F32]:  # pragma: no cover - compiled
+    n, w, c = windows.shape
+    err = np.empty(n, np.float64)
+    share = np.empty((n, c), np.float32)
+    per_channel = np.empty(c, np.float64)
+    squares = np.empty(w, np.float64)
+    for i in range(n):
+        if c == 1:
+            # One channel: the time axis is contiguous, and numpy sums it pairwise.
+            for t in range(w):
+                d = np.float64(windows[i, t, 0]) - np.float64(recon[i, t, 0])
+                squares[t] = d * d
+            per_channel[0] = _numpy_sum(squares, w)
+        else:
+            # Over a non-contiguous time axis numpy adds the steps in order.
+            per_channel[:] = 0.0
+            for t in range(w):
+                for j in range(c):
+                    d = np.float64(windows[i, t, j]) - np.float64(recon[i, t, j])
+                    per_channel[j] += d * d
+        for j in range(c):
+            per_channel[j] /= w
+        total = _numpy_sum(per_channel, c)
+        err[i] = total / c
+        for j in range(c):
+            share[i, j] = per_channel[j] / total if total > 0 else 0.0
+    return err, share
+
+
 def reconstruction_error(windows: F32, recon: F32) -> tuple[F64, F32]:
-    """Mean squared error per window and each channel's share of it."""
+    """Mean squared error per window and each channel's share of it.
+
+    Bit for bit what ``np.square(w - r).mean(axis=1)`` and its mean and sum over channels give
+    in float64: the trainer calibrated the threshold on these very numbers.
+    """
+    w = np.ascontiguousarray(windows)
+    r = np.ascontiguousarray(recon)
+    if w.ndim != 3 or w.shape != r.shape:
+        raise ValueError(f"windows {w.shape} and reconstruction {r.shape} must be (n, W, C)")
+    _, steps, c = w.shape
+    if c > _PAIRWISE_BLOCK or (c == 1 and steps > _PAIRWISE_BLOCK):
+        return _error_numpy(w, r)
+    return _error_kernel(w, r)
+
+
+def _error_numpy(windows: F32, recon: F32) -> tuple[F64, F32]:
+    """The numpy formula, for the shapes the kernel does not cover."""
     sq = np.square(windows.astype(np.float64) - recon.astype(np.float64))
     per_channel = sq.mean(axis=1)  # (n, C)
     err = per_channel.mean(axis=1)
@@ -97,20 +183,34 @@ class Cascade:
         """
         n, _, c = windows.shape
         forest_score = self.forest.score(features)
-        to_stage2 = forest_score >= self.screen_threshold if screen else np.ones(n, np.bool_)
-        stage = np.where(to_stage2, STAGE_AUTOENCODER, STAGE_SCREEN).astype(np.int8)
-        score = forest_score.copy()
-        p = np.zeros(n, np.float64)
+        idx = np.flatnonzero(forest_score >= self.screen_threshold) if screen else np.arange(n)
+        if idx.size == 0:
+            return WindowScores(
+                np.full(n, STAGE_SCREEN, np.int8),
+                forest_score,
+                np.zeros(n, np.float64),
+                np.zeros(n, np.bool_),
+                np.full(n, np.nan),
+                np.zeros((n, c), np.float32),
+            )
+        w = windows if idx.size == n else windows[idx]
+        err, share = reconstruction_error(w, self.autoencoder.reconstruct(w))
+        p = self.threshold.p_anomaly(err)
+        raw = err >= self.threshold.alert_threshold
+        if idx.size == n:
+            # Every window reached stage 2 (screen=False, or the daemon's single window).
+            stage = np.full(n, STAGE_AUTOENCODER, np.int8)
+            return WindowScores(stage, err.copy(), p, raw, err, share)
+        stage = np.full(n, STAGE_SCREEN, np.int8)
+        stage[idx] = STAGE_AUTOENCODER
+        score = forest_score  # a fresh array from the forest: ours to overwrite
+        score[idx] = err
+        p_all = np.zeros(n, np.float64)
+        p_all[idx] = p
+        raw_all = np.zeros(n, np.bool_)
+        raw_all[idx] = raw
         error = np.full(n, np.nan)
+        error[idx] = err
         contributions = np.zeros((n, c), np.float32)
-        idx = np.flatnonzero(to_stage2)
-        if idx.size:
-            w = np.ascontiguousarray(windows[idx])
-            err, share = reconstruction_error(w, self.autoencoder.reconstruct(w))
-            error[idx] = err
-            score[idx] = err
-            p[idx] = self.threshold.p_anomaly(err)
-            contributions[idx] = share
-        raw = np.zeros(n, np.bool_)
-        raw[idx] = error[idx] >= self.threshold.alert_threshold
-        return WindowScores(stage, score, p, raw, error, contributions)
+        contributions[idx] = share
+        return WindowScores(stage, score, p_all, raw_all, error, contributions)

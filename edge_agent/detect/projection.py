@@ -30,15 +30,19 @@ class Projection:
 
     def sample_stats(self, xn: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """``(m, 2)``: SPE and T² of every sample."""
-        return _sample_stats(xn, self.components, self.variances)
+        return sample_stats_kernel(xn, self.components, self.variances)
 
 
 @numba.njit(cache=True)
-def _sample_stats(
+def sample_stats_kernel(
     xn: npt.NDArray[np.float32],
     components: npt.NDArray[np.float64],
     variances: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.float32]:  # pragma: no cover - compiled
+    """SPE and T² of each sample ``(m, C)`` against ``components`` (C, k): ``(m, 2)``.
+
+    Public so that fused kernels (``pipeline._front``) can call it from compiled code.
+    """
     m, c = xn.shape
     k = components.shape[1]
     out = np.empty((m, 2), np.float32)
@@ -60,6 +64,10 @@ def _sample_stats(
         out[i, 0] = spe
         out[i, 1] = t2
     return out
+
+
+# The former private name, still imported by edge_agent.pipeline.
+_sample_stats = sample_stats_kernel
 
 
 @numba.njit(cache=True)

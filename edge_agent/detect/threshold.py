@@ -16,12 +16,20 @@ Two methods share one evaluation:
 ``p_anomaly = 1 - P(E >= e | normal)``: high means anomalous (0.999 = an error this large
 happens to a normal window once in a thousand). The tail probability itself is
 ``1 - p_anomaly``.
+
+The evaluation is one Numba kernel over the errors, with the table held as arrays: the daemon
+asks for one error at a time, where a dozen numpy calls would cost far more than the math. It
+repeats numpy's formulas step for step (``np.interp`` included), so batch and streaming give
+the same bits.
 """
 
 from __future__ import annotations
 
+import math
+from functools import cached_property
 from typing import Literal
 
+import numba
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +37,51 @@ from pydantic import BaseModel, ConfigDict, Field
 F64 = npt.NDArray[np.float64]
 # Below this |xi| the GPD is treated as its exponential limit, avoiding 0/0.
 XI_EXPONENTIAL_LIMIT = 1e-6
+# Floor of the spread that scales the decay beyond the last table value (error units).
+MIN_SPREAD = 1e-12
+
+
+class _Table:
+    """The quantile table as float64 arrays and the tail's parameters, as the kernel takes them.
+
+    Cached in the model's ``__dict__`` (pydantic supports ``cached_property``), where
+    pydantic's ``==`` may compare it: tables are equal when their arrays are (a bare array
+    there would raise). ``model_copy(update=...)`` copies the cache along, so the model checks
+    that its fields are still the objects the table was made from.
+    """
+
+    __slots__ = ("levels", "pot_args", "sources", "values")
+
+    def __init__(self, levels: list[float], values: list[float], pot: PotTail | None) -> None:
+        if not levels or len(levels) != len(values):
+            # np.interp refused these too; the kernel would read past the arrays instead.
+            raise ValueError(
+                f"quantile table needs levels and values of one non-zero length, "
+                f"got {len(levels)} and {len(values)}"
+            )
+        self.sources = (levels, values, pot)
+        self.levels: F64 = np.array(levels, np.float64)
+        self.values: F64 = np.array(values, np.float64)
+        # has_pot, u, sigma, xi, tail_fraction (placeholders without a tail)
+        self.pot_args: tuple[bool, float, float, float, float] = (
+            (False, 0.0, 1.0, 0.0, 1.0)
+            if pot is None
+            else (True, pot.u, pot.sigma, pot.xi, pot.tail_fraction)
+        )
+
+    def made_from(self, levels: list[float], values: list[float], pot: PotTail | None) -> bool:
+        src = self.sources
+        return src[0] is levels and src[1] is values and src[2] is pot
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Table)
+            and np.array_equal(self.levels, other.levels)
+            and np.array_equal(self.values, other.values)
+            and self.pot_args == other.pot_args
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class PotTail(BaseModel):
@@ -51,34 +104,98 @@ class ThresholdModel(BaseModel):
     quantile_values: list[float] = Field(description="Normal errors at those levels")
     pot: PotTail | None = None
 
+    @cached_property
+    def _table(self) -> _Table:
+        return _Table(self.quantile_levels, self.quantile_values, self.pot)
+
+    def _evaluate(self, errors: F64, *, complement: bool) -> F64:
+        t = self._table
+        if not t.made_from(self.quantile_levels, self.quantile_values, self.pot):
+            del self.__dict__["_table"]  # copied by model_copy(update=...) from another model
+            t = self._table
+        e = np.asarray(errors, dtype=np.float64)
+        # Numba takes any 1-d layout; other shapes are flattened and restored.
+        flat = e if e.ndim == 1 else np.ascontiguousarray(e).reshape(-1)
+        out: F64 = _tail_kernel(flat, t.levels, t.values, *t.pot_args, complement)
+        return out if e.ndim == 1 else out.reshape(e.shape)
+
     def tail_probability(self, errors: F64) -> F64:
         """``P(E >= e | normal)`` for each error ``e``."""
-        e = np.asarray(errors, dtype=np.float64)
-        levels = np.asarray(self.quantile_levels)
-        values = np.asarray(self.quantile_values)
-        # Empirical survival below the last table value; interp is monotone in e.
-        surv = 1.0 - np.interp(e, values, levels, left=0.0, right=levels[-1])
-        tail = self.pot
-        if tail is not None:
-            above = e >= tail.u
-            z = np.maximum(e[above] - tail.u, 0.0) / tail.sigma
-            if abs(tail.xi) < XI_EXPONENTIAL_LIMIT:
-                s = np.exp(-z)
-            else:
-                base = np.maximum(1.0 + tail.xi * z, 0.0)
-                with np.errstate(divide="ignore"):
-                    s = np.where(base > 0, base ** (-1.0 / tail.xi), 0.0)
-            surv[above] = tail.tail_fraction * s
-        else:
-            # Beyond the largest calibration error the empirical tail is unknown; decay it
-            # smoothly so probabilities stay ordered instead of flat.
-            top = values[-1]
-            beyond = e > top
-            if beyond.any():
-                spread = max(float(values[-1] - values[0]), 1e-12)
-                surv[beyond] = (1.0 - levels[-1]) * np.exp(-(e[beyond] - top) / spread)
-        out: F64 = np.clip(surv, 0.0, 1.0)
-        return out
+        return self._evaluate(errors, complement=False)
 
     def p_anomaly(self, errors: F64) -> F64:
-        return 1.0 - self.tail_probability(errors)
+        """``1 - P(E >= e | normal)`` for each error ``e``."""
+        return self._evaluate(errors, complement=True)
+
+
+@numba.njit(cache=True)
+def _interp(x: float, xp: F64, fp: F64, left: float, right: float) -> float:  # pragma: no cover
+    """``np.interp`` for one point, branch for branch (numpy's ``arr_interp``)."""
+    n = xp.shape[0]
+    if n == 1:
+        return left if x < xp[0] else (right if x > xp[0] else fp[0])
+    if math.isnan(x):
+        return x
+    if x > xp[n - 1]:
+        return right
+    if x < xp[0]:
+        return left
+    # numpy's search returns the last j with xp[j] <= x (ties go to the last equal entry).
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if x >= xp[mid]:
+            lo = mid + 1
+        else:
+            hi = mid
+    j = lo - 1
+    if j == n - 1 or xp[j] == x:
+        return float(fp[j])
+    slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+    y = slope * (x - xp[j]) + fp[j]
+    if math.isnan(y):
+        # numpy tries the other end of the interval, then a flat segment's value.
+        y = slope * (x - xp[j + 1]) + fp[j + 1]
+        if math.isnan(y) and fp[j] == fp[j + 1]:
+            y = fp[j]
+    return float(y)
+
+
+@numba.njit(cache=True)
+def _tail_kernel(
+    e: F64,
+    levels: F64,
+    values: F64,
+    has_pot: bool,
+    u: float,
+    sigma: float,
+    xi: float,
+    tail_fraction: float,
+    complement: bool,
+) -> F64:  # pragma: no cover - compiled
+    """``P(E >= e | normal)``, or ``1 -`` that with ``complement``: numpy's formulas per error."""
+    out = np.empty(e.shape[0], np.float64)
+    top = values[-1]
+    spread = max(values[-1] - values[0], MIN_SPREAD)
+    exponential = abs(xi) < XI_EXPONENTIAL_LIMIT
+    power = -1.0 / xi if not exponential else 0.0
+    for i in range(e.shape[0]):
+        x = e[i]
+        # Empirical survival below the last table value; interp is monotone in e.
+        s = 1.0 - _interp(x, values, levels, 0.0, levels[-1])
+        if has_pot:
+            if x >= u:
+                z = max(x - u, 0.0) / sigma
+                if exponential:
+                    s = tail_fraction * np.exp(-z)
+                else:
+                    base = max(1.0 + xi * z, 0.0)
+                    s = tail_fraction * (base**power if base > 0 else 0.0)
+        elif x > top:
+            # Beyond the largest calibration error the empirical tail is unknown; decay it
+            # smoothly so probabilities stay ordered instead of flat.
+            s = (1.0 - levels[-1]) * np.exp(-(x - top) / spread)
+        # np.clip's order: NaN stays NaN.
+        s = 0.0 if s < 0.0 else (1.0 if s > 1.0 else s)
+        out[i] = 1.0 - s if complement else s
+    return out

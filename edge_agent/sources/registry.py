@@ -17,21 +17,24 @@ from edge_agent.sources.config import (
 )
 
 
-def build_source(cfg: SourceConfig, model_channels: list[str]) -> Source:
-    """Instantiate the source a config entry describes (nothing is opened until ``start``)."""
+def build_source(
+    cfg: SourceConfig, model_channels: list[str], *, repeat_every_s: float = 300.0
+) -> Source:
+    """Instantiate the source a config entry describes (nothing is opened until ``start``).
+    ``repeat_every_s``: how often a recurring link warning may be logged again."""
     try:
         if isinstance(cfg, ModbusTcpSource):
             from edge_agent.sources.modbus_tcp import ModbusTcp
 
-            return ModbusTcp(cfg)
+            return ModbusTcp(cfg, repeat_every_s=repeat_every_s)
         if isinstance(cfg, ModbusRtuSource):
             from edge_agent.sources.modbus_rtu import ModbusRtu
 
-            return ModbusRtu(cfg)
+            return ModbusRtu(cfg, repeat_every_s=repeat_every_s)
         if isinstance(cfg, SerialLineSource):
             from edge_agent.sources.serial_line import SerialLine
 
-            return SerialLine(cfg)
+            return SerialLine(cfg, repeat_every_s=repeat_every_s)
         if isinstance(cfg, ReplaySource):
             from edge_agent.sources.replay_source import Replay
 

@@ -45,4 +45,5 @@ def test_agent_resources_bench_smoke(tmp_path: Path, bundle: Path, keys: Path) -
     assert saved["startup_ready_s"]["warm_numba_cache"] > 0
     assert saved["soak"]["samples"] >= 2
     assert saved["soak"]["exit_code"] == 0
+    assert saved["soak"]["rows_processed"] > 0
     assert saved["jit"]["plus_numba_import_rss_mb"] > 0

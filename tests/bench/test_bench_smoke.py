@@ -50,3 +50,25 @@ def test_simulator_bench_smoke(tmp_path: Path) -> None:
     assert set(saved["per_kind"]) == set(report["per_kind"])
     assert 0.0 < saved["windows_reaching_stage2"] <= 1.0
     assert saved["per_kind"]["spike"]["cascade"]["episodes"] >= 1
+
+
+def test_pipeline_throughput_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    report = _load("pipeline_throughput").main(
+        ["--history", "8000", "--live", "3000", "--epochs", "2", "--stream-windows", "300",
+         "--ref-stream-windows", "40", "--repeats", "1", "--no-cold-start", "--out", str(out)]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    for side in ("ours", "reference"):
+        batch = saved[side]["batch"]
+        assert batch["rows"] == 3000
+        assert batch["rows_per_s"] > 0
+        assert batch["channel_samples_per_s"] == pytest.approx(5 * batch["rows_per_s"], rel=1e-3)
+        latency = saved[side]["streaming"]["latency"]
+        assert set(latency) == {"stage1", "stage2", "overall"}
+        assert {"p50_ms", "p99_ms", "max_ms"} <= set(latency["overall"])
+    assert saved["ours"]["streaming"]["windows"] == 300
+    assert saved["reference"]["streaming"]["windows"] == 40
+    assert saved["machine"]
+    assert {"batch", "streaming_p50", "streaming_p99"} <= set(saved["speedup"])
