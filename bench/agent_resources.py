@@ -116,7 +116,7 @@ loop = true
 [metrics]
 port = 0
 [log]
-level = "warning"
+level = "info"  # the last line, "stopped: rows ...", proves it kept working
 """
     if port is not None:
         text += f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nheartbeat_s = 10\n'

@@ -50,6 +50,7 @@ DRAIN_TIMEOUT_S = 20.0  # SIGTERM: time given to deliver what is queued (unit: T
 FIRST_READING_WAIT_S = 10.0  # start-up waits this long for the first reading before READY
 REPLAY_CHUNK_ROWS = 4096  # rows pushed per call when a replay source feeds recorded data
 WATCHDOG_FALLBACK_S = 10.0
+WARM_UP_ALLOWANCE_S = 600.0  # start-up time asked of systemd for a cold-cache JIT compile
 
 
 class _Model:
@@ -131,6 +132,10 @@ class Agent:
     # --- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
         t0 = time.monotonic()
+        # On an empty Numba cache the first compile takes ~20 s here and minutes on a Pi:
+        # ask systemd for the time rather than be killed mid-compile.
+        notify.extend_timeout(WARM_UP_ALLOWANCE_S)
+        notify.status("compiling or loading the pipeline kernels")
         self.model.warm_up()
         log.info(
             "model %s loaded and warmed up in %.1f s (%d channels, period %.3g s)",
