@@ -205,6 +205,10 @@ class Agent:
         period = self.model.manifest.sampling.period_s
         next_tick = math.ceil(time.time() / period) * period
         while True:
+            mono = time.monotonic()
+            if mono >= next_ping:  # also while waiting: a slow model period must not starve it
+                notify.watchdog_ping()
+                next_ping = mono + interval
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.stop_requested.clear()
@@ -221,17 +225,14 @@ class Agent:
                     return
             else:
                 wait = next_tick - time.time()
-                if wait > 0 and self.stop_requested.wait(wait):
+                if wait > 0:
+                    self.stop_requested.wait(min(wait, interval))
                     continue
                 now = time.time()
                 if now - next_tick > period:  # fell behind (suspend, overload): skip, don't burst
                     next_tick = math.floor(now / period) * period
                 self._tick(next_tick)
                 next_tick += period
-            mono = time.monotonic()
-            if mono >= next_ping:
-                notify.watchdog_ping()
-                next_ping = mono + interval
             if max_rows is not None and self.counts["rows"] >= max_rows:
                 return
 
