@@ -238,3 +238,19 @@ def test_runs_with_tensorflow_blocked(models: Models, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"OK ai-edge-litert (5, {WINDOW}, {CHANNELS})" in proc.stdout
+
+
+@pytest.mark.parametrize(("steps", "channels"), [(32, 1), (16, 5), (32, 8), (8, 9), (200, 1)])
+def test_reconstruction_error_kernel_matches_numpy(steps: int, channels: int) -> None:
+    # The threshold was calibrated on numpy's float64 sums; the Numba kernel must give the
+    # same numbers to the last bit, including where numpy switches to pairwise summation.
+    from edge_agent.detect.cascade import reconstruction_error
+
+    rng = np.random.default_rng(steps * 100 + channels)
+    w = rng.normal(size=(6, steps, channels)).astype(np.float32)
+    r = (w + rng.normal(scale=0.1, size=w.shape)).astype(np.float32)
+    err, share = reconstruction_error(w, r)
+    per_channel = np.square(w.astype(np.float64) - r.astype(np.float64)).mean(axis=1)
+    np.testing.assert_array_equal(err, per_channel.mean(axis=1))
+    total = per_channel.sum(axis=1, keepdims=True)
+    np.testing.assert_array_equal(share, (per_channel / total).astype(np.float32))

@@ -55,3 +55,30 @@ def test_wrong_feature_count_is_an_error(fitted: tuple[object, FlatForest, np.nd
     _, flat, _ = fitted
     with pytest.raises(ValueError, match=r"\(n, 12\)"):
         flat.score(np.zeros((3, 5), np.float32))
+
+
+def test_features_exactly_on_split_thresholds_go_the_same_way_as_sklearn(
+    fitted: tuple[object, FlatForest, np.ndarray],
+) -> None:
+    # The lockstep walk compares float32 features with thresholds rounded to float32: a value
+    # sitting exactly on a split must still take sklearn's branch (x <= t goes left).
+    model, flat, test = fitted
+    tree = model.estimators_[0].tree_  # type: ignore[attr-defined]
+    feats = model.estimators_features_[0]  # type: ignore[attr-defined]
+    x = test[:64].copy()
+    splits = np.flatnonzero(tree.feature >= 0)[:64]
+    for row, node in enumerate(splits):
+        x[row, feats[tree.feature[node]]] = np.float32(tree.threshold[node])
+    ref = -model.score_samples(x)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(flat.score(x), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 33])
+def test_batch_and_single_window_paths_agree(
+    fitted: tuple[object, FlatForest, np.ndarray], n: int
+) -> None:
+    # Batches walk 8 windows per tree, single windows 8 trees at once: same sums either way.
+    _, flat, test = fitted
+    together = flat.score(test[:n])
+    alone = np.concatenate([flat.score(test[i : i + 1]) for i in range(n)])
+    np.testing.assert_array_equal(together, alone)
