@@ -237,14 +237,11 @@ def run_pipeline(
     cascade: Cascade,
     *,
     screen: bool = True,
-    prepared: Prepared | None = None,
 ) -> PipelineResult:
     """Score every row of ``table`` by pushing it through a fresh :class:`StreamingPipeline`.
 
-    ``screen=False`` sends every window to stage 2. ``prepared`` is accepted for callers of
-    the former batch path and unused: gridding again costs little next to scoring.
+    ``screen=False`` sends every window to stage 2.
     """
-    del prepared
     t = table.select(manifest.channel_names)
     # push takes the rows in slices of at most CHUNK_POINTS grid points (bounded memory).
     win = StreamingPipeline(manifest, cascade, screen=screen).push(t.timestamps, t.values)

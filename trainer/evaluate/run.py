@@ -113,9 +113,8 @@ def evaluate(
         raise DataError(f"label column {label_col!r} not read; pass --label-col {label_col}")
     y = table.labels[label_col][skip_rows:].astype(bool)
     ts = table.timestamps[skip_rows:]
-    prepared = prepare(table, manifest)
-    res = run_pipeline(table, manifest, cascade, prepared=prepared)
-    alone = run_pipeline(table, manifest, cascade, screen=False, prepared=prepared)
+    res = run_pipeline(table, manifest, cascade)
+    alone = run_pipeline(table, manifest, cascade, screen=False)
     period = manifest.sampling.period_s
     # Cascade score for ranking: stage-1 windows rank below every stage-2 window.
     ranked = np.where(
@@ -131,7 +130,7 @@ def evaluate(
         ),
     }
     # Baselines on the same window features; rows without a window count as normal.
-    _, xn, ends = prepared
+    _, xn, ends = prepare(table, manifest)
     forest = cascade.forest
     test_f = screen_features(xn, forest.sample_stats(xn), ends, manifest.window.length)
     train_f = features_of_windows(np.ascontiguousarray(representative), forest)
