@@ -62,7 +62,9 @@ class Throttle:
     def warning(self, key: str, msg: str, *args: object) -> None:
         self.log(logging.WARNING, key, msg, *args)
 
-    def log(self, level: int, key: str, msg: str, *args: object) -> None:
+    def log(
+        self, level: int, key: str, msg: str, *args: object, exc_info: bool = False
+    ) -> None:
         now = time.monotonic()
         with self._lock:
             last = self._last.get(key)
@@ -73,7 +75,7 @@ class Throttle:
             skipped = self._suppressed.pop(key, 0)
         if skipped:
             msg = f"{msg} ({skipped} more like this suppressed)"
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
 
     def clear(self, key: str, msg: str | None = None, *args: object) -> None:
         """The condition behind ``key`` is over: log ``msg`` (if given and the condition had

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from edge_agent.config.strict import StrictModel
 from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.threshold import ThresholdModel
 
@@ -19,18 +20,15 @@ MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class ChannelSpec(_Strict):
+class ChannelSpec(StrictModel):
     name: str = Field(description="Sensor column / tag name, as in the training data")
     unit: str = Field(default="", description="Engineering unit, informational")
     mean: float = Field(description="Normalization: value subtracted")
     scale: float = Field(gt=0, description="Normalization: divisor after subtracting the mean")
 
 
-class SamplingSpec(_Strict):
+class SamplingSpec(StrictModel):
     period_s: float = Field(gt=0, description="Model sample period in seconds")
     max_hold: int = Field(ge=0, description="Missing samples held before a segment restarts")
     max_imputed_fraction: float = Field(
@@ -38,13 +36,13 @@ class SamplingSpec(_Strict):
     )
 
 
-class WindowSpec(_Strict):
+class WindowSpec(StrictModel):
     length: int = Field(ge=2, description="Samples per window")
     hop: int = Field(ge=1, description="Samples between scored windows on the device")
     feature_set: int = Field(description="Version of the window feature kernel")
 
 
-class ForestSpec(_Strict):
+class ForestSpec(StrictModel):
     file: str
     n_trees: int = Field(ge=1)
     max_samples: int = Field(ge=1)
@@ -53,13 +51,13 @@ class ForestSpec(_Strict):
     )
 
 
-class AutoencoderSpec(_Strict):
+class AutoencoderSpec(StrictModel):
     file: str = Field(description="Full-integer int8 TFLite model")
     kind: str = Field(description="Architecture, e.g. conv or dense")
     input_dtype: Literal["int8"] = "int8"
 
 
-class ParitySpec(_Strict):
+class ParitySpec(StrictModel):
     windows: int = Field(description="Held-out windows compared")
     positives: int = Field(description="Anomalous windows among them")
     f1_float: float
@@ -70,7 +68,7 @@ class ParitySpec(_Strict):
     forced: bool = Field(default=False, description="Exported despite failing the parity gate")
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(StrictModel):
     data_fingerprint: str = Field(description="SHA-256 of the training samples and channel names")
     rows: int
     sources: list[str]
@@ -78,7 +76,7 @@ class TrainingSpec(_Strict):
     trainer_version: str
 
 
-class Manifest(_Strict):
+class Manifest(StrictModel):
     schema_version: int
     model_version: str
     created_at: str

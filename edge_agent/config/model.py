@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from edge_agent.config.strict import StrictModel
 from edge_agent.deliver.config import MqttConfig, OutboxConfig
 from edge_agent.sources.config import ReplaySource, SourceConfig, source_channels
 
@@ -20,11 +21,8 @@ DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
 DEFAULT_METRICS_PORT = 9108
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """The signed model bundle the agent runs."""
 
     bundle: Path = Field(description="Bundle directory written by `export bundle`")
@@ -32,7 +30,7 @@ class ModelConfig(_Strict):
     threads: int = Field(default=1, ge=1, le=8, description="TFLite interpreter threads")
 
 
-class ChannelQuality(_Strict):
+class ChannelQuality(StrictModel):
     """Plausibility checks of one channel; a failing reading is treated as missing."""
 
     min: float | None = Field(default=None, description="Lowest plausible value, in its unit")
@@ -51,7 +49,7 @@ class ChannelQuality(_Strict):
         return self
 
 
-class QualityDefaults(_Strict):
+class QualityDefaults(StrictModel):
     """Checks applied to every channel unless its own ``[channels.<name>]`` entry says more."""
 
     stuck_samples: int | None = Field(
@@ -65,7 +63,7 @@ class QualityDefaults(_Strict):
     )
 
 
-class EventsConfig(_Strict):
+class EventsConfig(StrictModel):
     """How alert episodes become messages."""
 
     update_interval_s: float = Field(
@@ -76,7 +74,7 @@ class EventsConfig(_Strict):
     )
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(StrictModel):
     """The Prometheus endpoint (text exposition format over HTTP)."""
 
     enabled: bool = Field(default=True, description="Serve /metrics")
@@ -86,7 +84,7 @@ class MetricsConfig(_Strict):
     )
 
 
-class LogConfig(_Strict):
+class LogConfig(StrictModel):
     """Logging to stderr (journald under systemd)."""
 
     level: Literal["debug", "info", "warning", "error"] = Field(default="info")
@@ -96,7 +94,7 @@ class LogConfig(_Strict):
     )
 
 
-class AgentConfig(_Strict):
+class AgentConfig(StrictModel):
     """Everything one gateway needs to watch one machine."""
 
     machine_id: str = Field(

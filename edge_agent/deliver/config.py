@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
+
+from edge_agent.config.strict import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OutboxConfig(_Strict):
+class OutboxConfig(StrictModel):
     """The event store on the gateway's disk (SQLite in WAL mode)."""
 
     max_mb: float = Field(
@@ -25,9 +23,18 @@ class OutboxConfig(_Strict):
     history_events: int = Field(
         default=5000, ge=0, description="Delivered events kept for `edge_agent events`"
     )
+    memory_events: int = Field(
+        default=1000, ge=1, description="Events held in memory while the disk refuses writes "
+        "(full, I/O error, locked); beyond it the oldest lowest-severity are dropped, logged "
+        "with their content and counted"
+    )
+    retry_s: float = Field(
+        default=5.0, gt=0, description="Seconds between attempts to write held events to a "
+        "disk that refused them"
+    )
 
 
-class TlsConfig(_Strict):
+class TlsConfig(StrictModel):
     """TLS to the broker; ``certfile``/``keyfile`` for client-certificate authentication."""
 
     ca_file: Path | None = Field(default=None, description="CA bundle (default: system store)")
@@ -44,7 +51,7 @@ class TlsConfig(_Strict):
         return self
 
 
-class MqttConfig(_Strict):
+class MqttConfig(StrictModel):
     """The broker events go to. Without this section, events stay in the store and the log."""
 
     host: str = Field(min_length=1, description="Broker host name or IP address")

@@ -12,13 +12,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from edge_agent.config.strict import StrictModel
 
 
-class AlertPolicy(BaseModel):
+class AlertPolicy(StrictModel):
     """How raw window decisions become an alert state."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     open_after: int = Field(default=3, ge=1, description="Consecutive abnormal windows to open")
     close_after: int = Field(default=10, ge=1, description="Consecutive normal windows to close")
 

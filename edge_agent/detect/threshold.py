@@ -32,7 +32,9 @@ from typing import Literal
 import numba
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from edge_agent.config.strict import StrictModel
 
 F64 = npt.NDArray[np.float64]
 # Below this |xi| the GPD is treated as its exponential limit, avoiding 0/0.
@@ -84,20 +86,18 @@ class _Table:
     __hash__ = None  # type: ignore[assignment]
 
 
-class PotTail(BaseModel):
+class PotTail(StrictModel):
     """Generalized Pareto fit of normal errors above ``u``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     u: float = Field(description="Tail start: a high quantile of normal errors")
     sigma: float = Field(gt=0, description="GPD scale")
     xi: float = Field(description="GPD shape (0 = exponential tail)")
     tail_fraction: float = Field(gt=0, le=1, description="Share of normal errors above u")
 
 
-class ThresholdModel(BaseModel):
+class ThresholdModel(StrictModel):
     """Calibrated threshold of stage-2 error, as stored in the bundle manifest."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     method: Literal["percentile", "pot"]
     alert_threshold: float = Field(gt=0, description="Error at or above which a window alerts")
     quantile_levels: list[float] = Field(description="Levels of the empirical quantile table")

@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Protocol
 
+from edge_agent.service.supervisor import TaskHealth, start_supervised
+
 
 class ReadingSink(Protocol):
     """Receives readings; must be thread-safe (every source calls it from its own thread)."""
@@ -53,6 +55,7 @@ class Source(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self.counters = SourceCounters()
+        self.health = TaskHealth(f"source {name}")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -66,11 +69,11 @@ class Source(ABC):
         """Read until ``self._stop`` is set; never raise for link trouble, count it."""
 
     def start(self, sink: ReadingSink) -> None:
+        """Run :meth:`_run` in a supervised thread: restarted with backoff if it crashes."""
         self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._run, args=(sink,), name=f"source-{self.name}", daemon=True
+        self._thread = start_supervised(
+            f"source-{self.name}", lambda: self._run(sink), self._stop, self.health
         )
-        self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ask the thread to finish and wait up to ``timeout_s`` for it."""

@@ -11,15 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from edge_agent.config.strict import StrictModel
 
 # The Modbus application protocol caps a read of registers at 125 (and of bits at 2000).
 MAX_REGISTERS_PER_READ = 125
 MAX_BITS_PER_READ = 2000
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 RegisterKind = Literal["holding", "input", "coil", "discrete"]
@@ -37,7 +36,7 @@ REGISTERS_PER_TYPE: dict[str, int] = {
 }
 
 
-class ModbusPoint(_Strict):
+class ModbusPoint(StrictModel):
     """One channel read from a Modbus device: value = raw * scale + offset."""
 
     channel: str = Field(min_length=1, description="Model channel this point feeds")
@@ -72,7 +71,7 @@ class ModbusPoint(_Strict):
         return REGISTERS_PER_TYPE[self.type]
 
 
-class ModbusDevice(_Strict):
+class ModbusDevice(StrictModel):
     """One slave (unit) on a Modbus link, polled on its own period."""
 
     name: str = Field(min_length=1, description="Device name, used in logs and metrics")
@@ -87,7 +86,7 @@ class ModbusDevice(_Strict):
     )
 
 
-class _ModbusLink(_Strict):
+class _ModbusLink(StrictModel):
     timeout_s: float = Field(default=0.5, gt=0, le=30, description="Per-request timeout in s")
     retries: int = Field(default=1, ge=0, le=10, description="Retries of a failed request")
     backoff_initial_s: float = Field(
@@ -119,7 +118,7 @@ class ModbusTcpSource(_ModbusLink):
 Parity = Literal["N", "E", "O"]
 
 
-class _SerialFraming(_Strict):
+class _SerialFraming(StrictModel):
     port: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0")
     baudrate: int = Field(default=9600, gt=0, description="Bits per second")
     bytesize: Literal[7, 8] = Field(default=8, description="Data bits")
@@ -155,7 +154,7 @@ class SerialLineSource(_SerialFraming):
         return self
 
 
-class ReplaySource(_Strict):
+class ReplaySource(StrictModel):
     """Rows of a recorded CSV, fed with their own timestamps (bench, soak and parity tests)."""
 
     type: Literal["replay"]
