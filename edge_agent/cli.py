@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(__version__)
             return 0
         if args.command == "replay":
+            from edge_agent.detect.cascade import STAGE_AUTOENCODER
             from edge_agent.replay import replay
 
             res = replay(
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             n = res.stage.size
             print(
-                f"scored {n} rows: {int((res.stage == 2).sum())} reached stage 2, "
+                f"scored {n} rows: {int((res.stage == STAGE_AUTOENCODER).sum())} reached stage 2, "
                 f"{int(res.alert.sum())} in alert; wrote {args.out}"
             )
             return 0

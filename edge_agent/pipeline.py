@@ -146,6 +146,11 @@ class StreamingPipeline:
             a += parts[-1].row_window.shape[0]
         return _concat(parts)
 
+    def break_segment(self) -> None:
+        """Start a new segment at the next row (a wall-clock step): windows, hysteresis and
+        open episodes restart exactly as after a data gap."""
+        self._aligner.break_segment()
+
     def _push(self, ts: F64, vals: F64) -> WindowBatch:
         first_id = self._ring.windows_emitted
         windows, features, end_index, end_time, seg, row_window = _front(ts, vals, *self._args)

@@ -29,6 +29,9 @@ from edge_agent.errors import ConfigError
 DEFAULTS_KEY = "defaults"
 MAX_LAYERS = 8  # defaults chains deeper than this are surely a cycle or a mistake
 SET_SOURCE = "--set"
+# Values of keys named like these (or misspelt close to them) never appear in messages.
+SECRET_WORDS = ("password", "passwd", "secret", "token", "pwd", "psk")
+SECRET_NAME_SIMILARITY = 0.75  # difflib ratio: 'pasword' (0.93) and 'passwrd' count
 
 # Keys holding file-system paths, resolved against the directory of the file that set them.
 # "*" matches any list index.
@@ -117,11 +120,29 @@ def _mark(value: Any, origin: dict[Loc, str], src: str, loc: Loc) -> None:
             _mark(v, origin, src, (*loc, i))
 
 
+def _looks_secret(key: str) -> bool:
+    """A key named like a secret, misspelt ones included (``pasword``): its value is never
+    echoed in an error message, which ends up in the journal."""
+    name = key.lower()
+    return any(w in name for w in SECRET_WORDS) or bool(
+        difflib.get_close_matches(name, SECRET_WORDS, n=1, cutoff=SECRET_NAME_SIMILARITY)
+    )
+
+
+def _shown(override: str) -> str:
+    """A ``--set key=value`` as it may appear in a message: the value hidden for secrets."""
+    key, sep, _ = override.partition("=")
+    last = key.strip().rsplit(".", 1)[-1]
+    return f"{key}=<hidden>" if sep and _looks_secret(last) else override
+
+
 def _parse_override(text: str) -> tuple[list[str | int], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: expected key.path=value, e.g. mqtt.host=10.0.0.5")
+        raise ConfigError(
+            f"--set {_shown(text)!r}: expected key.path=value, e.g. mqtt.host=10.0.0.5"
+        )
     path: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
@@ -136,22 +157,25 @@ def _apply_override(data: dict[str, Any], path: list[str | int], value: Any, tex
         nxt = path[i + 1]
         if isinstance(node, list):
             if not isinstance(part, int) or part >= len(node):
-                raise ConfigError(f"--set {text!r}: no item {part} in the list at "
+                raise ConfigError(f"--set {_shown(text)!r}: no item {part} in the list at "
                                   f"{'.'.join(map(str, path[:i]))} ({len(node)} items)")
             node = node[part]
         else:
             if isinstance(part, int):
-                raise ConfigError(f"--set {text!r}: {'.'.join(map(str, path[:i]))} is not a list")
+                where = ".".join(map(str, path[:i]))
+                raise ConfigError(f"--set {_shown(text)!r}: {where} is not a list")
             node = node.setdefault(part, [] if isinstance(nxt, int) else {})
     last = path[-1]
     if isinstance(node, list):
         if not isinstance(last, int) or last >= len(node):
-            raise ConfigError(f"--set {text!r}: no item {last} in that list ({len(node)} items)")
+            raise ConfigError(
+                f"--set {_shown(text)!r}: no item {last} in that list ({len(node)} items)"
+            )
         node[last] = value
     elif isinstance(node, dict):
         node[str(last)] = value
     else:
-        raise ConfigError(f"--set {text!r}: the parent is a value, not a table")
+        raise ConfigError(f"--set {_shown(text)!r}: the parent is a value, not a table")
 
 
 def _resolve_paths(data: dict[str, Any], origin: dict[Loc, str]) -> None:
@@ -249,6 +273,8 @@ def _describe(
     elif err["type"] == "missing":
         msg = "required key is missing"
     got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+    if got and _looks_secret(str(loc[-1]) if loc else ""):
+        got = " (value hidden: the key looks like a secret)"
     if err["type"] in ("model_type", "dict_type") or isinstance(err.get("input"), dict):
         got = ""
     return f"{where}: {key}: {msg}{got}"

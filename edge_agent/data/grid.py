@@ -204,6 +204,11 @@ class GridAligner:
         """Global index of the first point of the current segment (-1 before any row)."""
         return int(self.state[_SEG])
 
+    def break_segment(self) -> None:
+        """The next row opens a new segment whatever its time, as after a long gap: used when
+        the wall clock steps, since rows then stop being comparable with the ones before."""
+        self.state[_STARTED] = 0
+
     def push(self, timestamps: F64, values: F64) -> GridChunk:
         """Align rows ``(timestamps (n,), values (n, C))``; returns the grid points they add."""
         ts = np.ascontiguousarray(timestamps, dtype=np.float64)

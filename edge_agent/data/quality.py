@@ -13,7 +13,10 @@ value is old, so judging its range or repetition would be meaningless):
 * ``stale``: no fresh reading for more than ``stale_s``. A channel never read is missing but
   not judged until ``stale_s`` after the first call, so start-up is not a burst of faults.
 * ``nan``: the source says it has no reading.
-* ``range``: below ``min`` or above ``max``.
+* ``range``: below ``min`` or above ``max``, or implausible for the model: more than
+  ``IMPLAUSIBLE_SCALES`` training scales from its training mean (the ±3.4e38 "no reading" marker
+  of float32 registers, ``1e39`` on a serial line). Such a value would overflow the model's
+  float32 input, so this check applies to every channel, with or without ``min``/``max``.
 * ``stuck``: the last ``stuck_samples`` *fresh* readings are identical. Only fresh readings
   count: a sensor polled slower than the sample period legitimately repeats its last value.
 
@@ -38,6 +41,10 @@ log = logging.getLogger(__name__)
 # Reasons in order of precedence; a channel's code is its index + 1, 0 is good.
 REASONS = ("stale", "nan", "range", "stuck")
 _GOOD, _STALE, _NAN, _RANGE, _STUCK = range(5)
+# A reading this many training scales away from the training mean is no measurement. Far
+# beyond any real excursion (a 1000x overload is 1e3 scales for a typical channel), and it keeps
+# every normalized value well inside float32.
+IMPLAUSIBLE_SCALES = 1e6
 # stuck_samples of a channel without a stuck check: a run that can never be reached.
 _NEVER = np.iinfo(np.int64).max
 
@@ -76,7 +83,10 @@ class QualityMonitor:
         checks: Mapping[str, ChannelQuality],
         defaults: QualityDefaults,
         machine_id: str,
+        *,
+        training: tuple[FloatArray, FloatArray] | None = None,
     ) -> None:
+        """``training``: the model's per-channel (mean, scale), for the plausibility bound."""
         self.channels = list(channels)
         self.machine_id = machine_id
         own = [checks.get(ch) or ChannelQuality() for ch in self.channels]
@@ -85,6 +95,14 @@ class QualityMonitor:
         )
         self._min = np.array([-np.inf if q.min is None else q.min for q in own], np.float64)
         self._max = np.array([np.inf if q.max is None else q.max for q in own], np.float64)
+        self._plausible_lo = np.full(len(own), -np.inf)
+        self._plausible_hi = np.full(len(own), np.inf)
+        if training is not None:
+            mean, scale = training
+            self._plausible_lo = mean - IMPLAUSIBLE_SCALES * scale
+            self._plausible_hi = mean + IMPLAUSIBLE_SCALES * scale
+        self._lo = np.maximum(self._min, self._plausible_lo)
+        self._hi = np.minimum(self._max, self._plausible_hi)
         self._stuck_n = np.array(
             [q.stuck_samples or defaults.stuck_samples or _NEVER for q in own], np.int64
         )
@@ -123,7 +141,7 @@ class QualityMonitor:
                 isnan & ~never,
                 _NAN,
                 np.where(
-                    (values < self._min) | (values > self._max),
+                    (values < self._lo) | (values > self._hi),
                     _RANGE,
                     np.where(self._run >= self._stuck_n, _STUCK, _GOOD),
                 ),
@@ -178,6 +196,12 @@ class QualityMonitor:
         if code == _NAN:
             return "the sensor reports no value (NaN)"
         if code == _RANGE:
+            if not self._plausible_lo[i] <= value <= self._plausible_hi[i]:
+                return (
+                    f"value {value:g} is implausible: more than {IMPLAUSIBLE_SCALES:g} training "
+                    f"scales from the model's mean (plausible {self._plausible_lo[i]:g} .. "
+                    f"{self._plausible_hi[i]:g})"
+                )
             if value < self._min[i]:
                 return f"value {value:g} below min {self._min[i]:g}"
             return f"value {value:g} above max {self._max[i]:g}"
@@ -206,6 +230,11 @@ class QualityMonitor:
             detail=detail,
             created=t,
         )
+
+    def shift_time(self, step_s: float) -> None:
+        """The wall clock stepped by ``step_s``: keep start-up grace periods on the old time."""
+        if self._t0 is not None:
+            self._t0 += step_s
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Samples flagged so far, by (channel, reason): every pair, zeros included, so the

@@ -23,6 +23,7 @@ from edge_agent.bundle.manifest import Manifest
 from edge_agent.bundle.verify import VerifiedBundle
 from edge_agent.detect.forest import FlatForest
 from edge_agent.detect.threshold import ThresholdModel
+from edge_agent.detect.windows import FEATURE_SET_VERSION
 from edge_agent.errors import BundleError
 
 F32 = npt.NDArray[np.float32]
@@ -31,6 +32,7 @@ F64 = npt.NDArray[np.float64]
 STAGE_NONE = 0  # no complete window yet (warm-up, outage, too many imputed samples)
 STAGE_SCREEN = 1  # the forest passed the window as normal
 STAGE_AUTOENCODER = 2  # the autoencoder scored the window
+STAGE_SKIPPED = -1  # not scorable: non-finite values reached the window (counted, never fatal)
 
 
 class Reconstructor(Protocol):
@@ -162,6 +164,13 @@ class Cascade:
         from edge_agent.detect.autoencoder import Int8Autoencoder
 
         m: Manifest = bundle.manifest
+        if m.window.feature_set != FEATURE_SET_VERSION:
+            raise BundleError(
+                f"{bundle.path}: the model was trained on window feature set "
+                f"{m.window.feature_set} but this agent computes feature set "
+                f"{FEATURE_SET_VERSION}; re-export the bundle with a matching trainer, or "
+                "install the agent version it was made for"
+            )
         forest = FlatForest.from_bytes(bundle.files[m.forest.file], source=m.forest.file)
         ae = Int8Autoencoder(bundle.files[m.autoencoder.file], num_threads=num_threads)
         if ae.window != m.window.length or ae.channels != len(m.channels):
@@ -182,6 +191,10 @@ class Cascade:
         ``screen=False`` sends every window to stage 2 (used to measure stage 2 alone).
         """
         n, _, c = windows.shape
+        # A non-finite value in a window shows in its features (mean, min, max carry it).
+        finite = np.asarray(np.isfinite(features).all(axis=1), np.bool_)
+        if not finite.all():
+            return self._score_finite_only(windows, features, finite, screen=screen)
         forest_score = self.forest.score(features)
         idx = np.flatnonzero(forest_score >= self.screen_threshold) if screen else np.arange(n)
         if idx.size == 0:
@@ -214,3 +227,23 @@ class Cascade:
         contributions = np.zeros((n, c), np.float32)
         contributions[idx] = share
         return WindowScores(stage, score, p_all, raw_all, error, contributions)
+
+    def _score_finite_only(
+        self, windows: F32, features: F32, finite: npt.NDArray[np.bool_], *, screen: bool
+    ) -> WindowScores:
+        """Score the finite windows; the others get :data:`STAGE_SKIPPED`, no score, no alert.
+
+        Data quality keeps implausible readings out of windows, so this is the last guard: a
+        window the int8 model cannot take must cost one window, not the agent.
+        """
+        n, _, c = windows.shape
+        out = WindowScores(
+            np.full(n, STAGE_SKIPPED, np.int8), np.zeros(n), np.zeros(n), np.zeros(n, np.bool_),
+            np.full(n, np.nan), np.zeros((n, c), np.float32),
+        )
+        idx = np.flatnonzero(finite)
+        if idx.size:
+            part = self.score(windows[idx], features[idx], screen=screen)
+            for name in ("stage", "score", "p_anomaly", "raw_alert", "error", "contributions"):
+                getattr(out, name)[idx] = getattr(part, name)
+        return out

@@ -75,6 +75,10 @@ class Source(ABC):
             f"source-{self.name}", lambda: self._run(sink), self._stop, self.health
         )
 
+    def request_stop(self) -> None:
+        """Ask the thread to finish without waiting (to stop several sources in parallel)."""
+        self._stop.set()
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ask the thread to finish and wait up to ``timeout_s`` for it."""
         self._stop.set()

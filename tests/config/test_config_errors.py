@@ -152,3 +152,35 @@ def test_unreadable_configs(tmp_path: Path, text: str, fragment: str) -> None:
 def test_bad_overrides(tmp_path: Path, override: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_config(_write(tmp_path, GOOD), [override])
+
+
+SECRET = "hunter2-not-for-the-journal"
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [("mqtt", "pasword"), ("mqtt", "password"), ("mqtt", "passwrd"), ("metrics", "token")],
+)
+def test_errors_never_echo_a_secret_value(tmp_path: Path, table: str, key: str) -> None:
+    """A misspelt or misplaced secret key is reported by name; its value stays out of the
+    message (which systemd writes to the journal)."""
+    extra = f'\n[{table}]\nhost = "10.0.0.5"\n{key} = "{SECRET}"\npassword_file = 3\n'
+    with pytest.raises(ConfigErrors) as err:
+        load_config(_write(tmp_path, GOOD + extra))
+    text = str(err.value)
+    assert f"{table}.{key}" in text or f"{table}.password" in text
+    assert SECRET not in text
+    assert "hidden" in text
+
+
+def test_a_bad_override_of_a_secret_hides_its_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, GOOD), [f"sources.9.password={SECRET}"])
+    assert SECRET not in str(err.value)
+    assert "sources.9.password=<hidden>" in str(err.value)
+
+
+def test_an_ordinary_bad_value_is_still_shown(tmp_path: Path) -> None:
+    bad = GOOD.replace('name = "d1"', 'name = "d1"\npoll_period_s = "fast"')
+    with pytest.raises(ConfigErrors, match="got 'fast'"):
+        load_config(_write(tmp_path, bad))

@@ -227,3 +227,34 @@ def test_infinite_reading_is_missing_not_a_value(bad: float) -> None:
     assert np.isnan(out[1])
     assert out[0] == 1.0
     assert [(e.channel, e.reason, e.state) for e in events] == [("y", "nan", "open")]
+
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize("bad", [FLT_MAX, -FLT_MAX, 1e39, -1e39, 2.0**31 * 1e30])
+def test_implausible_value_is_a_range_fault_without_min_max(bad: float) -> None:
+    """The float32 'no reading' marker or 1e39 on a serial line would overflow the model's
+    float32 input; with the model's training statistics it is a range fault on any channel,
+    and the value never reaches the pipeline."""
+    mon = QualityMonitor(
+        ["flow"], {}, QualityDefaults(clear_samples=CLEAR), "pump-3",
+        training=(np.array([12.0]), np.array([0.5])),
+    )
+    fresh = np.array([True])
+    ok, events = mon.check(1.0, np.array([12.3]), np.array([0.1]), fresh)
+    assert ok[0] == 12.3 and not events
+    out, events = mon.check(2.0, np.array([bad]), np.array([0.1]), fresh)
+    assert np.isnan(out[0])
+    assert [(e.state, e.reason) for e in events] == [("open", "range")]
+    assert "implausible" in (events[0].detail or "")
+    assert mon.faulty() == ["flow"]
+
+
+def test_plausibility_bound_leaves_real_excursions_alone() -> None:
+    """A real overload, even a thousand training scales out, is the machine's business."""
+    mon = QualityMonitor(
+        ["flow"], {}, QualityDefaults(), "pump-3", training=(np.array([12.0]), np.array([0.5]))
+    )
+    out, events = mon.check(1.0, np.array([12.0 + 1000 * 0.5]), np.array([0.1]), np.array([True]))
+    assert out[0] == 512.0 and not events

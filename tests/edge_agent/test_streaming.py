@@ -12,7 +12,7 @@ from edge_agent.bundle.manifest import Manifest
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.data.table import SensorTable, read_table
 from edge_agent.detect.alerts import AlertState
-from edge_agent.detect.cascade import STAGE_AUTOENCODER, Cascade
+from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SCREEN, STAGE_SKIPPED, Cascade
 from edge_agent.detect.ring import WindowRing
 from edge_agent.detect.windows import gather_windows, screen_features, window_ends
 from edge_agent.pipeline import (
@@ -242,3 +242,23 @@ def test_a_push_longer_than_one_kernel_call_is_split_seamlessly(
     assert whole.end_index[-1] > CHUNK_POINTS
     _assert_same(whole, _stream(model, long, "random"))
     _assert_same(whole, _batch_reference(model, long))
+
+
+def test_a_window_the_model_cannot_take_is_skipped_not_fatal(
+    model: tuple[Manifest, Cascade], clean: Rows
+) -> None:
+    """1e39 is finite in float64 but not once normalized to float32: the windows holding it
+    are skipped (stage -1, no alert) and the rows after them are scored as before."""
+    m, cascade = model
+    ts, vals = clean
+    n = 3 * m.window.length
+    bad = vals[:n].copy()
+    bad[n // 2, 0] = 1e39
+    pipe = StreamingPipeline(m, cascade)
+    batch = pipe.push(ts[:n], bad)
+    skipped = batch.stage == STAGE_SKIPPED
+    assert skipped.sum() == m.window.length  # every window that holds the row
+    assert not batch.alert[skipped].any()
+    assert (batch.stage[~skipped] >= STAGE_SCREEN).all()
+    after = pipe.push(ts[n : 2 * n], vals[n : 2 * n])
+    assert after.size and (after.stage >= STAGE_SCREEN).all()
