@@ -97,3 +97,20 @@ def test_replay_cli_refuses_a_bad_bundle_with_exit_2(
     assert code == 2
     assert "signature does not match" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_bundle_for_other_window_features_is_refused(copy: Path, keys: Path) -> None:
+    """The forest was trained on the trainer's feature kernel of its day: a device computing
+    another feature set would feed it numbers it never saw."""
+    from edge_agent.detect.cascade import Cascade
+    from edge_agent.detect.windows import FEATURE_SET_VERSION
+
+    key = load_private_key(keys / "signing.key")
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["window"]["feature_set"] = FEATURE_SET_VERSION + 1
+    raw = json.dumps(doc).encode()
+    (copy / "manifest.json").write_bytes(raw)
+    (copy / "manifest.sig").write_bytes(key.sign(raw))
+    verified = verify_bundle(copy, keys / "signing.pub")  # signed and complete...
+    with pytest.raises(BundleError, match=f"feature set {FEATURE_SET_VERSION + 1}"):
+        Cascade.from_bundle(verified)  # ...but not for this device's kernels
