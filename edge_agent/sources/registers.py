@@ -77,8 +77,13 @@ def decode_raw(point: ModbusPoint, words: Sequence[int]) -> float:
 
 
 def decode(point: ModbusPoint, words: Sequence[int]) -> float:
-    """Engineering value of ``point``: ``raw * scale + offset``."""
-    return decode_raw(point, words) * point.scale + point.offset
+    """Engineering value of ``point``: ``raw * scale + offset``, in float arithmetic, so any
+    register content gives a float and never an exception: infinities and NaNs pass through,
+    and a product too large for a float is infinite (data quality judges plausibility)."""
+    value = decode_raw(point, words) * point.scale
+    # Without an offset the value is exactly the scaled raw one (adding 0.0 would turn -0.0
+    # into 0.0).
+    return value + point.offset if point.offset else value
 
 
 def encode(point: ModbusPoint, value: float) -> list[int]:
