@@ -9,6 +9,11 @@ exponential backoff; a device that stops answering while the link works is backe
 own, so a dead slave cannot steal the bus time of the others, and is still polled at the
 backoff rate so it is picked up again when it returns. A device's channels are set to NaN once
 when it fails, so data quality can mark them, and then left alone until it recovers.
+
+Only the answer to the request made is data: a reply with another function code, unit id,
+transaction id or value count, or whose byte count disagrees with its frame, is a malformed
+reply (counted in ``malformed`` and ``poll_errors``, and a device failure like a timeout),
+never a reading. An exception response is a device failure too.
 """
 
 from __future__ import annotations
@@ -25,12 +30,18 @@ from typing import Any
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ConnectionException, ModbusException
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from edge_agent.logs import Throttle
 from edge_agent.sources.base import ReadingSink, Source
 from edge_agent.sources.config import ModbusDevice, ModbusRtuSource, ModbusTcpSource
-from edge_agent.sources.registers import BIT_TABLES, ReadPlan, decode, plan_reads
+from edge_agent.sources.registers import (
+    BIT_TABLES,
+    REGISTER_BYTES,
+    ReadPlan,
+    decode,
+    plan_reads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +56,20 @@ _UNIT_KEYWORD = (
 
 ModbusClient = ModbusTcpClient | ModbusSerialClient
 
+# The function code of the read of each table; its answer carries the same code.
+READ_FUNCTION_CODE: dict[str, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+EXCEPTION_FLAG = 0x80  # set in the function code of an exception response
+BITS_PER_BYTE = 8
+READ_HEADER_BYTES = 2  # function code and byte count, before the data of a read answer
+SHOWN_REPLY_BYTES = 16  # how much of a malformed reply a log line shows, in hex
+
 
 class _DeviceFailure(Exception):
     """The link works but this device did not give a usable answer."""
+
+
+class _MalformedReply(_DeviceFailure):
+    """Bytes came back that are not the answer to the request made."""
 
 
 @dataclass
@@ -94,6 +116,7 @@ class ModbusLinkSource(Source):
         self._throttle = Throttle(log, repeat_every_s)
         self._lock = threading.Lock()
         self._link_up = False
+        self._received = b""  # bytes received since the last request went out
         # pymodbus logs an error for every unanswered request; this engine reports failures
         # itself, throttled, so a dead device cannot fill the SD card.
         pymodbus_log = logging.getLogger("pymodbus")
@@ -101,7 +124,8 @@ class ModbusLinkSource(Source):
 
     @abstractmethod
     def _make_client(self) -> ModbusClient:
-        """A new, unconnected pymodbus sync client for this link."""
+        """A new, unconnected pymodbus sync client for this link, made with
+        ``trace_packet=self._trace_packet`` (replies are checked against their bytes)."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -145,10 +169,8 @@ class ModbusLinkSource(Source):
                     self.counters.polls += 1
                     self.counters.poll_errors += 1
                     self._link_failed(sink, f"cannot connect to {self.describe()}")
-                    self._stop.wait(link_backoff_s)
-                    link_backoff_s = min(link_backoff_s * BACKOFF_FACTOR, self.cfg.backoff_max_s)
+                    link_backoff_s = self._link_backoff(link_backoff_s)
                     continue
-                link_backoff_s = self.cfg.backoff_initial_s
                 self._link_restored(reconnect=connected_before)
                 connected_before = True
             dev = min(self._devices, key=lambda d: d.next_due)
@@ -168,32 +190,92 @@ class ModbusLinkSource(Source):
                     with self._lock:
                         dev.polls += 1
                         dev.errors += 1
+                        dev.consecutive_failures += 1
                     self._link_failed(sink, f"{self.describe()}: {exc}")
+                    # A peer that accepts and then drops every connection must not make this a
+                    # busy loop: the link backs off as if the connect had failed, until a poll
+                    # over it succeeds.
+                    link_backoff_s = self._link_backoff(link_backoff_s)
                 else:
                     self._device_failed(dev, sink, str(exc))
             else:
+                link_backoff_s = self.cfg.backoff_initial_s
                 self._device_ok(dev, sink, readings)
+
+    def _link_backoff(self, wait_s: float) -> float:
+        """Wait ``wait_s`` before the next connect; returns the wait after the next failure."""
+        self._stop.wait(wait_s)
+        return min(wait_s * BACKOFF_FACTOR, self.cfg.backoff_max_s)
 
     def _read_device(self, client: ModbusClient, dev: _DeviceState) -> dict[str, float]:
         readings: dict[str, float] = {}
         for plan in dev.plans:
             self.counters.polls += 1
             try:
-                response = _request(client, plan, dev.cfg.unit_id)
-            except Exception:
+                values = self._answer(client, plan, dev.cfg.unit_id)
+            except Exception as exc:
                 self.counters.poll_errors += 1
+                if isinstance(exc, _MalformedReply):
+                    self.counters.malformed += 1
                 raise
-            if response.isError():
-                self.counters.poll_errors += 1
-                raise _DeviceFailure(f"exception response {response!s}")
-            values = response.bits if plan.table in BIT_TABLES else response.registers
-            if len(values) < plan.count:
-                self.counters.poll_errors += 1
-                self.counters.malformed += 1
-                raise _DeviceFailure(f"asked for {plan.count} values, got {len(values)}")
             for point, offset in plan.points:
                 readings[point.channel] = decode(point, values[offset : offset + point.width])
         return readings
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus hook (``trace_packet``): sees each request as it is sent and the receive
+        buffer as it grows, so a reply can be checked against the bytes that carried it."""
+        self._received = b"" if sending else data
+        return data
+
+    def _answer(self, client: ModbusClient, plan: ReadPlan, unit_id: int) -> list[int]:
+        """The ``plan.count`` values (registers, or 0/1 bits) that answer ``plan``; raises
+        :class:`_MalformedReply` for anything else that came back, :class:`_DeviceFailure`
+        for an exception response, and pymodbus' own errors when nothing came back."""
+        try:
+            response = _request(client, plan, unit_id)
+        except ConnectionException:
+            raise
+        except Exception as exc:
+            # Whatever pymodbus raises after bytes arrived (a frame it skipped for another
+            # unit or transaction id, one it could not decode) means the device answered,
+            # but not with an answer to this request.
+            if self._received and client.connected:
+                raise _MalformedReply(
+                    f"{exc}; received {self._received[:SHOWN_REPLY_BYTES].hex()}"
+                ) from exc
+            raise
+        want = READ_FUNCTION_CODE[plan.table]
+        if response.function_code & ~EXCEPTION_FLAG != want:
+            raise _MalformedReply(
+                f"answer with function code {response.function_code} to a request with {want}"
+            )
+        if response.dev_id != unit_id:
+            raise _MalformedReply(f"answer from unit {response.dev_id}, not {unit_id}")
+        if isinstance(response, ExceptionResponse):
+            raise _DeviceFailure(f"exception response, code {response.exception_code}")
+        self._check_frame(client, plan, response)  # so the count of values is plan.count
+        if plan.table in BIT_TABLES:
+            return [int(b) for b in response.bits[: plan.count]]
+        return list(response.registers)
+
+    def _check_frame(self, client: ModbusClient, plan: ReadPlan, response: ModbusPDU) -> None:
+        """The byte count of the answer must be what ``plan`` asks for and agree with the
+        data that follows it; pymodbus decodes by the byte count alone, and ignores extra
+        bytes, so that is checked here on the frame as it arrived."""
+        bits = plan.table in BIT_TABLES
+        want = math.ceil(plan.count / BITS_PER_BYTE) if bits else plan.count * REGISTER_BYTES
+        pdu = _frame_pdu(client, self._received, response)
+        if pdu is None:
+            raise _MalformedReply("the answer is not in the bytes received")
+        got = pdu[1] if len(pdu) > 1 else 0
+        data = len(pdu) - READ_HEADER_BYTES
+        if got != want or data != want:
+            raise _MalformedReply(
+                f"byte count {got} with {data} data bytes; {plan.count} "
+                f"{'bits' if bits else 'registers'} need {want}; "
+                f"PDU {pdu[:SHOWN_REPLY_BYTES].hex()}"
+            )
 
     def _device_ok(self, dev: _DeviceState, sink: ReadingSink, readings: dict[str, float]) -> None:
         now = time.monotonic()
@@ -206,6 +288,11 @@ class ModbusLinkSource(Source):
             dev.backoff_s = self.cfg.backoff_initial_s
             dev.nan_sent = False
             dev.next_due = next_due_after(dev.next_due, dev.cfg.poll_period_s, now)
+        # The link counts as back only now: one that connects and drops again at once
+        # (flapping) stays one throttled warning, not a warning and a recovery per cycle.
+        self._throttle.clear(
+            f"{self.name}:link", "%s: link to %s is up again", self.name, self.describe()
+        )
         self._throttle.clear(
             self._key(dev),
             "%s: device %s (unit %d) answers again",
@@ -255,9 +342,6 @@ class ModbusLinkSource(Source):
                 dev.next_due = now
         if reconnect:
             self.counters.reconnects += 1
-        self._throttle.clear(
-            f"{self.name}:link", "%s: link to %s is up again", self.name, self.describe()
-        )
 
     def _send_nan_once(self, dev: _DeviceState, sink: ReadingSink) -> None:
         if dev.nan_sent:
@@ -267,6 +351,20 @@ class ModbusLinkSource(Source):
 
     def _key(self, dev: _DeviceState) -> str:
         return f"{self.name}:{dev.cfg.name}"
+
+
+def _frame_pdu(client: ModbusClient, received: bytes, response: ModbusPDU) -> bytes | None:
+    """The PDU bytes (function code onwards) of the frame in ``received`` that pymodbus
+    decoded as ``response``: the first with its unit and transaction id, as pymodbus takes."""
+    rest = received
+    while rest:
+        used, dev_id, tid, pdu = client.framer.decode(rest)
+        if not used:
+            return None
+        if pdu and dev_id == response.dev_id and tid == response.transaction_id:
+            return pdu
+        rest = rest[used:]
+    return None
 
 
 def _request(client: ModbusClient, plan: ReadPlan, unit_id: int) -> ModbusPDU:

@@ -34,4 +34,5 @@ class ModbusRtu(ModbusLinkSource):
             name=self.name,
             timeout=self.rtu.timeout_s,
             retries=self.rtu.retries,
+            trace_packet=self._trace_packet,  # lets the engine check replies byte by byte
         )

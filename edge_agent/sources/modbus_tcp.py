@@ -29,4 +29,5 @@ class ModbusTcp(ModbusLinkSource):
             name=self.name,
             timeout=self.tcp.timeout_s,
             retries=self.tcp.retries,
+            trace_packet=self._trace_packet,  # lets the engine check replies byte by byte
         )
