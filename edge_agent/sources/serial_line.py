@@ -2,10 +2,13 @@
 
 Sits at the start of the pipeline, next to the Modbus sources. A small board (Arduino, ESP32)
 prints one line per measurement, either ``v1,v2,...`` (``csv``, fields mapped to ``columns``
-in order) or ``key=value`` pairs (``kv``). Each good line becomes one ``sink.put`` stamped
-with the time it was received. Serial lines are noisy: a bad line is counted and skipped, and
-an unplugged adapter is reopened every ``reopen_s`` until it is back; neither ever stops the
-thread.
+in order) or ``key=value`` pairs (``kv``), ended by ``\n``, ``\r\n`` or a lone ``\r``. Each
+good line becomes one ``sink.put`` stamped with the time it was received. Serial lines are
+noisy: a bad line (garbage, NUL bytes, a field that is not a number) is counted and skipped,
+and an unplugged adapter (whatever pyserial, termios or the OS raise for it, at open, flush or
+read) is reopened every ``reopen_s`` until it is back; neither ever stops the thread. Numbers
+are delivered as the floats they spell, however implausible (``1e39``, ``nan``): judging them
+is data quality's job.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import termios
 import time
 from typing import Any
 
@@ -34,6 +38,15 @@ REPEAT_LOG_EVERY_S = 300.0
 # A plain decimal or scientific number, or nan; stricter than float() (no '1_0', no 'inf').
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?nan", re.IGNORECASE)
 _KV_SEPARATORS = re.compile(r"[\s,;]+")
+# A channel name a board may send in kv mode without configured columns (it becomes a channel).
+_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
+# Control characters other than tab: line noise, never part of a reading.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Boards end lines with "\n", "\r\n" or (some firmware) a lone "\r".
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+# What a port that went away raises: pyserial's own error, the OS error under it, or (from
+# tcflush/tcgetattr on a vanished USB adapter) termios.error, which is neither.
+PORT_ERRORS: tuple[type[Exception], ...] = (serial.SerialException, OSError, termios.error)
 
 
 class MalformedLine(ValueError):
@@ -71,6 +84,8 @@ class SerialLine(Source):
             line = raw.decode("ascii").strip()
         except UnicodeDecodeError:
             raise MalformedLine("undecodable bytes") from None
+        if bad := _CONTROL.search(line):
+            raise MalformedLine(f"control byte {bad.group()!r}")
         if self.cfg.format == "csv":
             fields = line.split(self.cfg.delimiter)
             if len(fields) != len(self._columns):
@@ -83,12 +98,17 @@ class SerialLine(Source):
             key, eq, value = token.partition("=")
             if not eq or not key:
                 raise MalformedLine(f"not key=value: {token[:20]!r}")
-            if not self._columns or key in self._columns:
-                out[key] = _number(value)  # keys we do not use are not parsed
+            if self._columns:
+                if key in self._columns:
+                    out[key] = _number(value)  # keys we do not use are not parsed
+            elif _KEY.fullmatch(key):
+                out[key] = _number(value)
+            else:
+                raise MalformedLine(f"not a channel name: {key[:20]!r}")
         return out
 
     def _open(self) -> Any:
-        port = serial.Serial(
+        return serial.Serial(
             self.cfg.port,
             baudrate=self.cfg.baudrate,
             bytesize=self.cfg.bytesize,
@@ -97,18 +117,15 @@ class SerialLine(Source):
             timeout=READ_TIMEOUT_S,
             exclusive=True,  # a second reader would steal bytes from the middle of lines
         )
-        # Bytes queued before we opened carry no usable time stamp.
-        port.reset_input_buffer()
-        return port
 
     def _run(self, sink: ReadingSink) -> None:
         lost = False  # the port was open once and went away
         while not self._stop.is_set():
             try:
                 port = self._open()
-            except (serial.SerialException, OSError) as exc:
+            except PORT_ERRORS as exc:
                 self._throttle.warning(
-                    "open", "%s: cannot open %s: %s", self.name, self.cfg.port, exc
+                    "open", "%s: cannot open %s: %s", self.name, self.cfg.port, _why(exc)
                 )
                 self._stop.wait(self.cfg.reopen_s)
                 continue
@@ -117,18 +134,31 @@ class SerialLine(Source):
                 self.counters.reconnects += 1
             self.connected = True
             try:
+                # Bytes queued before we opened carry no usable time stamp. The adapter can
+                # vanish between the open and this flush: that is a lost port like any other.
+                port.reset_input_buffer()
                 self._read(port, sink)
-            except (serial.SerialException, OSError) as exc:
+            except PORT_ERRORS as exc:
                 lost = True
-                self.counters.poll_errors += 1
-                self._throttle.warning("lost", "%s: lost %s: %s", self.name, self.cfg.port, exc)
-                if self._seen:
-                    # Once per loss, so the sampler does not hold the last values as current.
-                    sink.put(self.name, dict.fromkeys(self._seen, math.nan), time.time())
+                self._lost(sink, exc)
             finally:
                 self.connected = False
-                port.close()
+                self._close(port)
             self._stop.wait(self.cfg.reopen_s)
+
+    def _lost(self, sink: ReadingSink, exc: Exception) -> None:
+        self.counters.poll_errors += 1
+        self._throttle.warning("lost", "%s: lost %s: %s", self.name, self.cfg.port, _why(exc))
+        if self._seen:
+            # Once per loss, so the sampler does not hold the last values as current.
+            sink.put(self.name, dict.fromkeys(self._seen, math.nan), time.time())
+
+    def _close(self, port: Any) -> None:
+        try:
+            port.close()
+        except PORT_ERRORS as exc:
+            # The port is gone either way; the loss itself was already counted and logged.
+            log.debug("%s: closing %s: %s", self.name, self.cfg.port, _why(exc))
 
     def _read(self, port: Any, sink: ReadingSink) -> None:
         buf = b""
@@ -145,7 +175,9 @@ class SerialLine(Source):
                 continue
             t = time.time()
             buf += chunk
-            *lines, buf = buf.split(b"\n")
+            # A "\r\n" split across two reads ends the line at "\r" and leaves an empty line,
+            # which is skipped like any blank one.
+            *lines, buf = _LINE_END.split(buf)
             for raw in lines:
                 if not synced or overflow:
                     if raw.strip() and not overflow:
@@ -177,3 +209,9 @@ class SerialLine(Source):
     def _bad(self, why: str) -> None:
         self.counters.malformed += 1
         self._throttle.warning("malformed", "%s: skipped a malformed line (%s)", self.name, why)
+
+
+def _why(exc: Exception) -> str:
+    """An exception for a log line: its type (termios.error says little by its text alone)
+    and message."""
+    return f"{type(exc).__name__}: {exc}"
