@@ -155,6 +155,21 @@ def start_synced(
     return src, sink
 
 
+def write_until_read(
+    pty: PtyPair, sink: FakeSink, line: bytes, channels: tuple[str, ...], want: tuple[float, ...]
+) -> None:
+    """Write ``line`` again and again until it is the latest reading: a port just (re)opened
+    may still drop the first line it sees as the fragment of an older one."""
+
+    def arrived() -> bool:
+        pty.write(line)
+        time.sleep(0.05)
+        got = sink.values(*channels)
+        return bool(got) and got[-1] == want
+
+    wait_for(arrived)
+
+
 def test_csv_values_arrive(pty: PtyPair, run_source: StartSource) -> None:
     src, sink = start_synced(run_source, pty, columns=["temp", "", "press"])
     assert src.channels == ["temp", "press"]
@@ -264,10 +279,5 @@ def test_lost_port_reconnects(pty: PtyPair, run_source: StartSource) -> None:
     wait_for(lambda: src.connected)
     assert src.counters.reconnects == 1
 
-    def got_new_data() -> bool:
-        pty.write(b"5,6\n")
-        time.sleep(0.05)
-        return sink.values("a", "b")[-1] == (5.0, 6.0)
-
-    wait_for(got_new_data)
+    write_until_read(pty, sink, b"5,6\n", ("a", "b"), (5.0, 6.0))
     assert src.counters.poll_errors == 1

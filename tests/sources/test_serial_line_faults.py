@@ -26,6 +26,7 @@ from test_serial_line import (  # the real pty pair and the sink, shared with th
     run_source,  # noqa: F401 (fixture)
     start_synced,
     wait_for,
+    write_until_read,
 )
 
 from edge_agent.service.supervisor import RestartPolicy
@@ -69,12 +70,7 @@ def test_adapter_vanishing_between_open_and_flush_is_a_lost_port(
     pty.start()  # plugged back in
     wait_for(lambda: src.connected)
 
-    def got_new_data() -> bool:
-        pty.write(b"5,6\n")
-        time.sleep(0.05)
-        return sink.values("a", "b")[-1] == (5.0, 6.0)
-
-    wait_for(got_new_data)
+    write_until_read(pty, sink, b"5,6\n", ("a", "b"), (5.0, 6.0))
     assert src.counters.reconnects == 1
     assert src.counters.poll_errors == 1
 
@@ -205,12 +201,7 @@ def test_a_crash_in_the_read_loop_is_restarted_by_the_supervisor(pty: PtyPair) -
         pty.write(b"\n1\n")
         wait_for(lambda: src.health.status()["crashes"] == 1)
 
-        def flowing() -> bool:
-            pty.write(b"2\n")
-            time.sleep(0.05)
-            return bool(sink.rows) and sink.values("a")[-1] == (2.0,)
-
-        wait_for(flowing)
+        write_until_read(pty, sink, b"2\n", ("a",), (2.0,))
         status = src.health.status()
         assert status["running"] is True
         assert status["crashes"] == 1
