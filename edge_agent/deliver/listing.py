@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from edge_agent.events import iso
@@ -24,8 +24,8 @@ COLUMN_GAP = "  "
 
 
 @dataclass(frozen=True)
-class StoredEvent:
-    """One event from the history, with what became of its delivery."""
+class EventRecord:
+    """What the outbox keeps of one event, on disk or in memory."""
 
     event_id: str
     kind: str
@@ -34,7 +34,19 @@ class StoredEvent:
     severity: int
     created: float  # epoch s
     payload: bytes  # the JSON that was (or will be) published
+
+
+@dataclass(frozen=True)
+class StoredEvent(EventRecord):
+    """One event from the history, with what became of its delivery."""
+
     delivery: DeliveryState
+
+    @classmethod
+    def of(cls, record: EventRecord, delivery: DeliveryState) -> StoredEvent:
+        """``record`` with its ``delivery`` state."""
+        common = {f.name: getattr(record, f.name) for f in fields(EventRecord)}
+        return cls(**common, delivery=delivery)
 
     @property
     def pending(self) -> bool:
