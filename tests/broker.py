@@ -4,7 +4,10 @@ Tests import it as ``from broker import Mosquitto, Subscriber`` (``tests/`` is o
 and get a started broker from the ``mosquitto`` fixture (re-exported by a conftest). Each
 broker runs from a generated config in its own directory on a free ephemeral port, with
 persistence on, so :meth:`Mosquitto.restart` on the same port keeps retained messages and
-the queued messages of persistent subscribers, as a production broker would.
+the queued messages of persistent subscribers, as a production broker would. An ``acl_file``
+(Mosquitto's format: ``topic`` lines before any ``user`` line apply to anonymous clients) is
+re-read by :meth:`Mosquitto.reload`, as ``systemctl reload mosquitto`` does. A
+``Subscriber(..., v5=True)`` also records each message's MQTT v5 properties.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessage, MQTTv5, MQTTv311
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -34,6 +38,7 @@ READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 READY_POLL_S = 0.02
 SUBSCRIBER_RETRY_S = 1  # paho's reconnect delay is whole seconds
+SUBSCRIBER_SESSION_EXPIRY_S = 3600  # a persistent v5 subscriber's session outlives a restart
 
 
 def mosquitto_binary() -> str | None:
@@ -68,7 +73,10 @@ class Mosquitto:
         *,
         password_file: Path | None = None,
         tls: BrokerTls | None = None,
+        acl_file: Path | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
+        """``extra``: more lines for mosquitto.conf's default listener (e.g. limits)."""
         binary = mosquitto_binary()
         if binary is None:
             pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
@@ -95,6 +103,9 @@ class Mosquitto:
             lines.append("user root")  # else mosquitto drops to a user that cannot write here
         if password_file is not None:
             lines.append(f"password_file {password_file}")
+        if acl_file is not None:
+            lines.append(f"acl_file {acl_file}")
+        lines += extra
         if tls is not None:
             lines += [
                 f"listener {self.tls_port} {LOCALHOST}",
@@ -145,6 +156,16 @@ class Mosquitto:
         self.stop()
         self.start()
 
+    def reload(self) -> None:
+        """Re-read the config, ACL and password files (SIGHUP); clients stay connected."""
+        assert self._proc is not None
+        mark = len(self.log())
+        self._proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while "Reloading config" not in self.log()[mark:]:
+            assert time.monotonic() < deadline, "mosquitto did not reload its config"
+            time.sleep(READY_POLL_S)
+
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): connections stay open but nothing is answered."""
         assert self._proc is not None
@@ -191,6 +212,9 @@ class Received:
     topic: str
     payload: bytes
     retain: bool
+    user_properties: tuple[tuple[str, str], ...] = ()  # v5 subscribers only
+    content_type: str | None = None
+    expiry_s: int | None = None  # v5 Message Expiry Interval left when it arrived
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -198,18 +222,23 @@ class Received:
 
 class Subscriber:
     """Collects the messages on ``topic``; ``persistent`` keeps a session (QoS 1 messages
-    are queued by the broker while it is away, even across a broker restart)."""
+    are queued by the broker while it is away, even across a broker restart); ``v5`` speaks
+    MQTT v5 and records the properties of what it receives."""
 
     def __init__(
-        self, port: int, topic: str, *, persistent: bool = False, client_id: str = ""
+        self, port: int, topic: str, *, persistent: bool = False, client_id: str = "",
+        v5: bool = False,
     ) -> None:
         self.topic = topic
         self.messages: list[Received] = []
         self._cond = threading.Condition()
+        self._v5 = v5
+        self._persistent = persistent
         self._client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or f"test-sub-{uuid.uuid4().hex[:12]}",
-            clean_session=not persistent,
+            clean_session=None if v5 else not persistent,
+            protocol=MQTTv5 if v5 else MQTTv311,
         )
         self._client.reconnect_delay_set(SUBSCRIBER_RETRY_S, SUBSCRIBER_RETRY_S)
         self._client.on_connect = self._on_connect
@@ -226,12 +255,25 @@ class Subscriber:
             client.subscribe(self.topic, qos=1)
 
     def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
+        props = msg.properties
+        got = Received(
+            msg.topic, bytes(msg.payload), bool(msg.retain),
+            tuple(getattr(props, "UserProperty", ())),
+            getattr(props, "ContentType", None), getattr(props, "MessageExpiryInterval", None),
+        )
         with self._cond:
-            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.messages.append(got)
             self._cond.notify_all()
 
     def start(self) -> Subscriber:
-        self._client.connect(LOCALHOST, self._port, keepalive=10)
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            if self._persistent:
+                props.SessionExpiryInterval = SUBSCRIBER_SESSION_EXPIRY_S
+            self._client.connect(LOCALHOST, self._port, keepalive=10,
+                                 clean_start=not self._persistent, properties=props)
+        else:
+            self._client.connect(LOCALHOST, self._port, keepalive=10)
         self._client.loop_start()
         if not self._subscribed.wait(READY_TIMEOUT_S):
             raise RuntimeError(f"subscriber could not subscribe to {self.topic}")
