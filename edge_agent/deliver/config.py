@@ -39,7 +39,9 @@ class TlsConfig(StrictModel):
 
     ca_file: Path | None = Field(default=None, description="CA bundle (default: system store)")
     certfile: Path | None = Field(default=None, description="Client certificate (PEM)")
-    keyfile: Path | None = Field(default=None, description="Client private key (PEM)")
+    keyfile: Path | None = Field(
+        default=None, description="Client private key (PEM); refused if other users can read it"
+    )
     insecure: bool = Field(
         default=False, description="Skip host name verification (test benches only)"
     )
@@ -49,6 +51,9 @@ class TlsConfig(StrictModel):
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile go together")
         return self
+
+
+MQTT_MAX_EXPIRY_S = 2**32 - 1  # the v5 Message Expiry Interval is a four-byte integer
 
 
 class MqttConfig(StrictModel):
@@ -62,7 +67,8 @@ class MqttConfig(StrictModel):
     username: str | None = Field(default=None, description="User name")
     password: SecretStr | None = Field(default=None, description="Password (prefer password_file)")
     password_file: Path | None = Field(
-        default=None, description="File holding the password (kept out of the config)"
+        default=None, description="File holding the password (kept out of the config); refused "
+        "if other users can read it"
     )
     tls: TlsConfig | None = Field(default=None, description="TLS settings; absent: plain TCP")
     topic_prefix: str = Field(
@@ -77,6 +83,15 @@ class MqttConfig(StrictModel):
     )
     backoff_initial_s: float = Field(default=1.0, gt=0, description="First reconnect wait in s")
     backoff_max_s: float = Field(default=60.0, gt=0, description="Cap of the reconnect wait in s")
+    ack_timeout_s: float = Field(
+        default=30.0, gt=0, description="Seconds to wait for the PUBACK of an event in flight; "
+        "beyond it the connection is dropped and the events are re-sent in order on a new one"
+    )
+    event_expiry_s: int | None = Field(
+        default=None, ge=1, le=MQTT_MAX_EXPIRY_S, description="MQTT v5 message expiry of "
+        "events in s: the broker discards an event no subscriber has taken within this time "
+        "(absent: events never expire)"
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> MqttConfig:

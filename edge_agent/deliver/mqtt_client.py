@@ -1,22 +1,29 @@
-"""Building a configured paho client for the uplink: TLS, credentials and the last will.
+"""Building a configured paho client for the uplink: MQTT v5, TLS, credentials, the last will.
 
-Used by ``edge_agent.deliver.mqtt``, which makes a fresh client for every connection attempt
+Used by ``edge_agent.deliver.link``, which makes a fresh client for every connection attempt
 (so no message paho queued for a dead connection is re-sent behind the uplink's back: the
-outbox alone decides what is sent, and in which order). Files are read once, at
-:func:`load_security` during the uplink's start, so a missing key or password file is a
-config error the operator sees at once, not a reconnect loop; the password is never logged
-nor shown in a repr.
+outbox alone decides what is sent, and in which order). The client speaks MQTT v5, whose
+PUBACK carries a reason code: a broker that refuses a publish (its ACL denies the topic)
+says so, where MQTT 3.1.1 acknowledged the publish and dropped it silently.
+
+Files are read once, at :func:`load_security` during the uplink's start, so a missing key or
+password file, or one other users can read, is a config error the operator sees at once,
+not a reconnect loop; the password is never logged nor shown in a repr.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from paho.mqtt.client import Client, MQTTv311
+from paho.mqtt.client import Client, MQTTv5
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from edge_agent.config.secrets import check_secret_file, read_secret_file
 from edge_agent.deliver.config import MqttConfig, TlsConfig
 from edge_agent.errors import ConfigError
 
@@ -24,6 +31,8 @@ CONNECT_TIMEOUT_S = 5.0  # TCP connect + TLS handshake; a dead host must not sta
 # Room beyond max_inflight so a status message (birth, heartbeat, offline) never waits in
 # paho's queue behind a full window of events.
 STATUS_INFLIGHT_SLOTS = 4
+JSON_CONTENT_TYPE = "application/json"
+UTF8_PAYLOAD = 1  # v5 Payload Format Indicator: the payload is UTF-8 text
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,8 @@ def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as err:
         raise ConfigError(f"mqtt.tls.ca_file {tls.ca_file}: cannot load the CA: {err}") from err
     if tls.certfile is not None:
+        if tls.keyfile is not None:
+            check_secret_file(tls.keyfile, "mqtt.tls.keyfile")
         try:
             ctx.load_cert_chain(str(tls.certfile), str(tls.keyfile) if tls.keyfile else None)
         except (OSError, ssl.SSLError) as err:
@@ -61,17 +72,38 @@ def load_security(cfg: MqttConfig) -> Security:
     if cfg.password is not None:
         password = cfg.password.get_secret_value()
     elif cfg.password_file is not None:
-        try:
-            # Only the line break an editor adds is stripped: spaces may be part of it.
-            password = cfg.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(
-                f"mqtt.password_file {cfg.password_file}: cannot read the password: {err}"
-            ) from err
+        password = read_secret_file(cfg.password_file, "mqtt.password_file")
     if password is not None and cfg.username is None:
-        raise ConfigError("mqtt: a password needs a username (MQTT 3.1.1 allows none without)")
+        raise ConfigError("mqtt: a password needs a username (mqtt.username)")
     ctx = _tls_context(cfg.tls) if cfg.tls is not None else None
     return Security(cfg.username, password, ctx)
+
+
+def is_loopback_host(host: str) -> bool:
+    """``host`` names this machine (``localhost`` or a loopback address). Names are not
+    resolved: start-up must not wait for DNS, and a name that happens to resolve to
+    127.0.0.1 here may not on the next network."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_password(cfg: MqttConfig) -> bool:
+    """A password would cross the network unencrypted: no TLS to a host off this machine."""
+    has_password = cfg.password is not None or cfg.password_file is not None
+    return has_password and cfg.tls is None and not is_loopback_host(cfg.host)
+
+
+def json_properties(packet: int = PacketTypes.PUBLISH) -> Properties:
+    """v5 properties saying the payload is JSON text (for consumers and broker rules)."""
+    props = Properties(packet)  # type: ignore[no-untyped-call]  # paho leaves it untyped
+    props.PayloadFormatIndicator = UTF8_PAYLOAD
+    props.ContentType = JSON_CONTENT_TYPE
+    return props
 
 
 def new_client(
@@ -83,17 +115,17 @@ def new_client(
     will: bytes,
     userdata: Any,
 ) -> Client:
-    """An unconnected client with credentials, TLS and the retained last will set.
+    """An unconnected MQTT v5 client with credentials, TLS and the retained last will set.
 
-    Clean session and no automatic reconnect: after a loss the uplink starts over from the
-    outbox with a new client, so paho must not keep or replay state of its own.
+    No automatic reconnect, and the link connects with ``clean_start`` and no session
+    expiry: after a loss the uplink starts over from the outbox with a new client, so
+    neither paho nor the broker may keep or replay state of their own.
     """
     client = Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        clean_session=True,
         userdata=userdata,
-        protocol=MQTTv311,
+        protocol=MQTTv5,
         reconnect_on_failure=False,
     )
     client.connect_timeout = CONNECT_TIMEOUT_S
@@ -102,5 +134,7 @@ def new_client(
         client.username_pw_set(security.username, security.password)
     if security.ssl_context is not None:
         client.tls_set_context(security.ssl_context)
-    client.will_set(will_topic, will, qos=1, retain=True)
+    client.will_set(
+        will_topic, will, qos=1, retain=True, properties=json_properties(PacketTypes.WILLMESSAGE)
+    )
     return client

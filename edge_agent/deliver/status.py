@@ -25,12 +25,25 @@ WILL_REASON = "connection lost"  # the broker publishes it: we cannot know the r
 SHUTDOWN_REASON = "shutdown"
 
 
+class Refusal(TypedDict):
+    """The latest publish the broker refused (a PUBACK reason code from 0x80)."""
+
+    topic: str
+    reason_code: int  # e.g. 135 (0x87, Not authorized: the broker's ACL denies the topic)
+    reason: str  # the code's name
+    time: str | None  # ISO 8601 UTC
+
+
 class UplinkStats(TypedDict):
     """Counters since start (for the heartbeat and metrics)."""
 
     connected: bool
     published: int  # event PUBLISH packets sent, re-sends included
-    acked: int  # events the broker acknowledged (and the outbox deleted)
+    acked: int  # events the broker accepted (and the outbox deleted)
+    publish_refused: int  # PUBACKs with a failure reason code; refused events stay queued
+    last_refusal: Refusal | None
+    ack_timeouts: int  # connections dropped because a PUBACK did not come in time
+    session_takeovers: int  # the broker said another client took our client id over
     connects: int
     reconnects: int  # connects after the first
     connect_failures: int
@@ -38,6 +51,7 @@ class UplinkStats(TypedDict):
     heartbeats: int
     inflight: int
     last_ack_latency_s: float | None  # PUBLISH to PUBACK of the latest acknowledged event
+    worker_crashes: int  # unexpected errors that restarted the uplink's thread
 
 
 def events_topic(cfg: MqttConfig, machine_id: str) -> str:

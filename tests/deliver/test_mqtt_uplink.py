@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broker import Mosquitto, Received, Subscriber
 from deliver_support import MACHINE, UplinkFactory, make_event, mqtt_config, wait_until
 
 from edge_agent.deliver.config import OutboxConfig
-from edge_agent.deliver.outbox import Outbox
+from edge_agent.deliver.outbox import Outbox, Pending
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("child_uplink.py")
@@ -311,3 +313,43 @@ def test_events_stay_local_without_delivery(tmp_path: Path) -> None:
     assert box.depth() == 0
     assert box.recent()[0].delivery == "local"
     box.close()
+
+
+class _FlakyOutbox(Outbox):
+    """A real outbox whose ``pending`` fails once, as SQLite can ("disk I/O error")."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.failed = False
+
+    def pending(self, limit: int, after_seq: int = 0) -> list[Pending]:
+        if not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().pending(limit, after_seq=after_seq)
+
+
+def test_an_unexpected_error_restarts_the_worker_and_loses_nothing(
+    mosquitto: Mosquitto, tmp_path: Path, start_uplink: UplinkFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    box = _FlakyOutbox(tmp_path / "events.db", OutboxConfig(), deliver=True)
+    try:
+        events = [make_event(n) for n in range(5)]
+        for e in events:
+            box.add(e)
+        with Subscriber(mosquitto.port, EVENTS) as sub:
+            uplink = start_uplink(mqtt_config(mosquitto.port), box)
+            msgs = sub.wait_for(len(events), DELIVERY_WAIT_S)
+            wait_until(lambda: box.depth() == 0, DELIVERY_WAIT_S, "an empty outbox")
+        assert box.failed
+        assert _ids(msgs) == [e.id for e in events]
+        health = uplink.health.status()
+        assert health["crashes"] == 1
+        assert health["running"] is True
+        assert health["last_error"] == "OperationalError: disk I/O error"
+        assert uplink.stats()["worker_crashes"] == 1
+        assert "thread mqtt uplink crashed" in caplog.text
+        uplink.stop(0.0)
+    finally:
+        box.close()
