@@ -4,6 +4,10 @@ Sits beside the pipeline, reading from it. Pipeline counters and the latency his
 updated in the main loop; per-source counters, outbox depth and broker state are read from
 their owners at scrape time (a custom collector), so no component needs to know about
 Prometheus. Rates (samples per second per source) are ``rate()`` of the ``_total`` counters.
+
+The endpoint itself is :class:`edge_agent.metrics_server.MetricsServer` (loopback by default,
+bounded connections, optional TLS and basic auth). Metrics are optional: a port that cannot be
+bound is a warning and the agent carries on without them.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from edge_agent.config.model import MetricsConfig
+from edge_agent.metrics_server import MetricsServer
 
 log = logging.getLogger("edge_agent.metrics")
 
@@ -90,19 +97,38 @@ class AgentMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.refused = Counter(
+            "edge_agent_metrics_refused",
+            "Connections to /metrics refused or dropped, by reason (busy, timeout, too_large, "
+            "tls, unauthorized)",
+            ["reason"],
+            registry=r,
+        )
         r.register(_Live(snapshot))
-        self._server: Any = None
+        self._server: MetricsServer | None = None
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, cfg: MetricsConfig) -> int | None:
+        """Start the endpoint; returns the bound port, or None (logged as a warning) when the
+        address cannot be bound: metrics are optional. Raises ConfigError for a key or
+        password file that is unsafe or unreadable. Serving again replaces the endpoint."""
+        self.close()
+        try:
+            server = MetricsServer(cfg, self.registry, self._count_refused)
+        except OSError as err:
+            log.warning(
+                "metrics: cannot listen on %s:%d (%s); carrying on without /metrics",
+                cfg.host, cfg.port, err.strerror or err,
+            )
+            return None
+        server.start()
         self._server = server
-        bound = int(server.server_address[1])
-        log.info("metrics on http://%s:%d/metrics", host, bound)
-        return bound
+        return server.port
+
+    def _count_refused(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
 
     def close(self) -> None:
+        """Stop the endpoint and join its threads."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None

@@ -74,14 +74,57 @@ class EventsConfig(StrictModel):
     )
 
 
+class MetricsTlsConfig(StrictModel):
+    """HTTPS for the metrics endpoint; with ``client_ca_file``, scrapers need a certificate."""
+
+    certfile: Path = Field(description="Server certificate chain (PEM)")
+    keyfile: Path = Field(
+        description="Server private key (PEM); must not be readable by other users"
+    )
+    client_ca_file: Path | None = Field(
+        default=None, description="CA bundle (PEM) scrapers' client certificates must chain "
+        "to; absent: no client certificate asked for"
+    )
+
+
 class MetricsConfig(StrictModel):
-    """The Prometheus endpoint (text exposition format over HTTP)."""
+    """The Prometheus endpoint (text exposition format over HTTP or HTTPS).
+
+    On loopback by default: a scraper on the gateway itself (or an SSH tunnel) needs nothing
+    more. To scrape across the network, set ``host`` and add ``[metrics.tls]`` and basic auth.
+    """
 
     enabled: bool = Field(default=True, description="Serve /metrics")
-    host: str = Field(default="127.0.0.1", description="Listen address")
+    host: str = Field(
+        default="127.0.0.1", min_length=1, description="Listen address (IP or host name); "
+        "127.0.0.1 keeps it on the gateway, any other wants tls and basic auth too"
+    )
     port: int = Field(
         default=DEFAULT_METRICS_PORT, ge=0, le=65535, description="Listen port (0: any free one)"
     )
+    max_connections: int = Field(
+        default=8, ge=1, le=256, description="Connections served at once; one more is "
+        "answered 503 (or closed, over TLS) at once"
+    )
+    read_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds a client has to send its whole "
+        "request (TLS handshake included), and again to take the response"
+    )
+    tls: MetricsTlsConfig | None = Field(default=None, description="HTTPS; absent: plain HTTP")
+    username: str | None = Field(
+        default=None, min_length=1, description="Basic-auth user name scrapers must send"
+    )
+    password_file: Path | None = Field(
+        default=None, description="File holding the basic-auth password (mode 0600 or 0640)"
+    )
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> MetricsConfig:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("basic auth needs both username and password_file")
+        if self.username is not None and ":" in self.username:
+            raise ValueError("username may not contain ':' (basic auth separates on it)")
+        return self
 
 
 class LogConfig(StrictModel):
