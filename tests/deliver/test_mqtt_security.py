@@ -1,31 +1,26 @@
 """The uplink's TLS, client certificates and passwords against a real Mosquitto.
 
-Certificates are made here with ``cryptography`` (a CA, a broker certificate for
-``localhost``, a client certificate, and a rogue CA the broker does not trust); the broker
-requires a client certificate on its TLS listener. A refused connection must leave the event
-in the outbox, count a failure, be logged, and never log the password. Secret files (password,
+Certificates come from ``tests/pki.py`` (a CA, a broker certificate for ``localhost``, a
+client certificate, and one from a rogue CA the broker does not trust); the broker requires a
+client certificate on its TLS listener. A refused connection must leave the event in the
+outbox, count a failure, be logged, and never log the password. Secret files (password,
 client key) are refused when other users can read them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from broker import BrokerTls, Mosquitto, Subscriber, free_port
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from deliver_support import MACHINE, UplinkFactory, make_event, mqtt_config, wait_until
+from pki import Pki, write_pki, write_secret
 
 from edge_agent.deliver.config import MqttConfig, TlsConfig
 from edge_agent.deliver.mqtt import MqttUplink
@@ -35,100 +30,14 @@ from edge_agent.errors import ConfigError
 EVENTS = f"edge/{MACHINE}/events"
 DELIVERY_WAIT_S = 15.0
 REFUSAL_WAIT_S = 1.0  # several fast-backoff attempts
-CERT_DAYS = 2
 USER, PASSWORD = "gateway-7", "s3cret-Pa55word"
-SECRET_MODE = 0o600
 SHARED_MODE = 0o644  # what an editor or `cp` leaves by default: every user can read it
 UNROUTABLE = "192.0.2.1"  # TEST-NET-1: only used to pick this machine's outgoing interface
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    rogue_cert: Path  # a client certificate from a CA the broker does not know
-    rogue_key: Path
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
-    path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
-    path.chmod(SECRET_MODE)
-    return path
-
-
-def _secret(path: Path, text: str, mode: int = SECRET_MODE) -> Path:
-    path.write_text(text)
-    path.chmod(mode)
-    return path
-
-
-def _issue(
-    cn: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False, server: bool = False,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                          content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False), critical=True,
-        ).add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
-    else:
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        if issuer is not None:
-            builder = builder.add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                critical=False,
-            )
-    if server:
-        # Only the name: connecting by IP address must fail the host name check.
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    pem = serialization.Encoding.PEM
-    ca_key, rogue_ca_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-        ec.SECP256R1()
-    )
-    ca = _issue("test CA", ca_key, None, ca_key, ca=True)
-    rogue_ca = _issue("rogue CA", rogue_ca_key, None, rogue_ca_key, ca=True)
-    files = {}
-    for name, issuer, issuer_key, server in (
-        ("server", ca, ca_key, True), ("client", ca, ca_key, False),
-        ("rogue", rogue_ca, rogue_ca_key, False),
-    ):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(f"{name}.test", key, issuer, issuer_key, server=server)
-        (d / f"{name}.crt").write_bytes(cert.public_bytes(pem))
-        files[name] = (d / f"{name}.crt", _write_key(key, d / f"{name}.key"))
-    (d / "ca.crt").write_bytes(ca.public_bytes(pem))
-    return Pki(d / "ca.crt", *files["server"], *files["client"], *files["rogue"])
+    return write_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -228,7 +137,7 @@ def password_broker(tmp_path: Path) -> Iterator[Mosquitto]:
 def test_password_file_authenticates(
     password_broker: Mosquitto, tmp_path: Path, outbox: Outbox, start_uplink: UplinkFactory
 ) -> None:
-    secret = _secret(tmp_path / "mqtt.pass", PASSWORD + "\n")  # as an editor saves it
+    secret = write_secret(tmp_path / "mqtt.pass", PASSWORD + "\n")  # as an editor saves it
     outbox.add(make_event(1))
     uplink = start_uplink(
         mqtt_config(password_broker.port, username=USER, password_file=secret), outbox
@@ -277,12 +186,10 @@ def test_secret_files_other_users_can_read_are_refused(
     which: str, tmp_path: Path, pki: Pki, outbox: Outbox
 ) -> None:
     if which == "password_file":
-        secret = _secret(tmp_path / "mqtt.pass", PASSWORD, SHARED_MODE)
+        secret = write_secret(tmp_path / "mqtt.pass", PASSWORD, SHARED_MODE)
         cfg = mqtt_config(1883, username=USER, password_file=secret)
     else:
-        secret = tmp_path / "client.key"
-        secret.write_bytes(pki.client_key.read_bytes())
-        secret.chmod(SHARED_MODE)
+        secret = write_secret(tmp_path / "client.key", pki.client_key.read_bytes(), SHARED_MODE)
         cfg = mqtt_config(8883, tls=TlsConfig(
             ca_file=pki.ca, certfile=pki.client_cert, keyfile=secret,
         ))
@@ -312,7 +219,7 @@ def test_password_over_plain_tcp_to_another_host_is_warned_about(
     host = _this_machines_address()
     if host is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    secret = _secret(tmp_path / "mqtt.pass", PASSWORD)
+    secret = write_secret(tmp_path / "mqtt.pass", PASSWORD)
     extra = {"tls": TlsConfig(ca_file=pki.ca)} if tls else {}
     # A closed port on this machine's own address: refused at once, never reaches a broker.
     cfg = mqtt_config(free_port(), username=USER, password_file=secret, **extra)
