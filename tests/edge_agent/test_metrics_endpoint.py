@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from metrics_support import sample_snapshot
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_for
@@ -48,19 +49,14 @@ EXPORTED = {
     "edge_agent_source_polls", "edge_agent_source_poll_errors", "edge_agent_source_reconnects",
     "edge_agent_source_malformed", "edge_agent_outbox_depth", "edge_agent_outbox_dropped",
     "edge_agent_mqtt_connected", "edge_agent_channel_faulty", "edge_agent_model_info",
-    "edge_agent_metrics_refused",
+    "edge_agent_metrics_refused", "edge_agent_windows_skipped", "edge_agent_loop_errors",
+    "edge_agent_clock_steps", "edge_agent_thread_up", "edge_agent_thread_crashes",
+    "edge_agent_thread_down_seconds", "edge_agent_outbox_degraded", "edge_agent_outbox_held",
+    "edge_agent_outbox_store_errors", "edge_agent_outbox_memory_dropped",
+    "edge_agent_outbox_quarantined", "edge_agent_mqtt_publish_refused",
+    "edge_agent_mqtt_ack_timeouts", "edge_agent_mqtt_session_takeovers",
+    "edge_agent_mqtt_connection_losses",
 }
-
-
-def _snapshot() -> dict[str, Any]:
-    return {
-        "sources": {"plc": {"samples": 40, "polls": 8, "poll_errors": 1}},
-        "outbox_depth": 3,
-        "mqtt_connected": True,
-        "channels": ["pressure_bar", "oil_temp_c"],
-        "faulty_channels": ["oil_temp_c"],
-        "model_version": "m-1",
-    }
 
 
 @dataclass
@@ -90,7 +86,7 @@ def serving() -> Iterator[Serve]:
     made: list[AgentMetrics] = []
 
     def start(**fields: Any) -> Served:
-        metrics = AgentMetrics(_snapshot)
+        metrics = AgentMetrics(sample_snapshot)
         made.append(metrics)
         port = metrics.serve(MetricsConfig(**{"port": 0, **fields}))
         assert port is not None
@@ -208,7 +204,7 @@ def test_port_in_use_is_a_warning_and_the_agent_carries_on(
 ) -> None:
     holder = socket.create_server((LOCALHOST, 0))
     port = holder.getsockname()[1]
-    metrics = AgentMetrics(_snapshot)
+    metrics = AgentMetrics(sample_snapshot)
     try:
         with caplog.at_level(logging.WARNING, logger="edge_agent.metrics"):
             assert metrics.serve(MetricsConfig(port=port)) is None
@@ -224,7 +220,7 @@ def test_port_in_use_is_a_warning_and_the_agent_carries_on(
 
 
 def test_address_not_on_this_machine_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    metrics = AgentMetrics(_snapshot)
+    metrics = AgentMetrics(sample_snapshot)
     with caplog.at_level(logging.WARNING, logger="edge_agent.metrics"):
         # 192.0.2.1 is TEST-NET-1: never assigned to a host, so never ours to bind.
         assert metrics.serve(MetricsConfig(host="192.0.2.1", port=0)) is None
@@ -373,7 +369,7 @@ def test_oversized_request_head_is_refused(serve: Serve) -> None:
 
 
 def test_close_cuts_open_connections_and_joins_their_threads() -> None:
-    metrics = AgentMetrics(_snapshot)
+    metrics = AgentMetrics(sample_snapshot)
     port = metrics.serve(MetricsConfig(port=0, read_timeout_s=60))
     assert port is not None
     with socket.create_connection((LOCALHOST, port)) as idle:

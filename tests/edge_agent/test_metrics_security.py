@@ -1,7 +1,7 @@
 """Scraping /metrics across a network safely: basic auth, HTTPS, client certificates, the
 secret-file checks on the password and key, and the warning for an unprotected exposure.
 
-Certificates are made here with ``cryptography``: a CA, the gateway's server certificate for
+Certificates come from ``tests/pki.py``: a CA, the gateway's server certificate for
 ``localhost``, a scraper's client certificate, and one from a rogue CA. Everything runs over
 real sockets and real TLS.
 """
@@ -9,20 +9,16 @@ real sockets and real TLS.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import http.client
 import logging
 import socket
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from metrics_support import sample_snapshot
+from pki import Pki, write_pki, write_secret
 from pydantic import ValidationError
 from test_metrics_endpoint import LOCALHOST, Serve, scrape, serving
 from waiting import wait_for
@@ -32,8 +28,6 @@ from edge_agent.errors import ConfigError
 from edge_agent.metrics import AgentMetrics
 
 USER, PASSWORD = "prometheus", "s3cret Pa55:word"  # a space and a colon: both legal
-CERT_VALID_DAYS = 2
-SECRET_MODE = 0o600
 SHARED_MODE = 0o644  # readable by every user of the gateway
 COUNT_WAIT_S = 2.0
 
@@ -51,10 +45,7 @@ def serve() -> Iterator[Serve]:
 
 @pytest.fixture
 def password_file(tmp_path: Path) -> Path:
-    path = tmp_path / "metrics.password"
-    path.write_text(PASSWORD + "\n")  # as an editor saves it
-    path.chmod(SECRET_MODE)
-    return path
+    return write_secret(tmp_path / "metrics.password", PASSWORD + "\n")  # as an editor saves it
 
 
 # --- basic auth -------------------------------------------------------------------------------
@@ -79,7 +70,7 @@ def test_basic_auth_refuses_missing_and_wrong_credentials(
 
 def test_a_password_file_others_can_read_is_refused(password_file: Path) -> None:
     password_file.chmod(SHARED_MODE)
-    metrics = AgentMetrics(dict)
+    metrics = AgentMetrics(sample_snapshot)
     with pytest.raises(ConfigError, match=r"metrics\.password_file .*0644") as err:
         metrics.serve(MetricsConfig(port=0, username=USER, password_file=password_file))
     assert PASSWORD not in str(err.value)
@@ -88,7 +79,7 @@ def test_a_password_file_others_can_read_is_refused(password_file: Path) -> None
 
 def test_an_empty_password_file_is_refused(password_file: Path) -> None:
     password_file.write_text("\n")
-    metrics = AgentMetrics(dict)
+    metrics = AgentMetrics(sample_snapshot)
     with pytest.raises(ConfigError, match=r"metrics\.password_file .*empty"):
         metrics.serve(MetricsConfig(port=0, username=USER, password_file=password_file))
     metrics.close()
@@ -109,92 +100,9 @@ def test_config_validation(fields: dict[str, object], message: str) -> None:
 
 
 # --- TLS --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    rogue_cert: Path  # a client certificate from a CA the gateway does not trust
-    rogue_key: Path
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _sign(
-    builder: x509.CertificateBuilder, subject: str, key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name, issuer_key: ec.EllipticCurvePrivateKey,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    return (
-        builder.subject_name(_name(subject)).issuer_name(issuer).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_VALID_DAYS))
-        .sign(issuer_key, hashes.SHA256())
-    )
-
-
-def _ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    usage = x509.KeyUsage(
-        digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-        key_encipherment=False, data_encipherment=False, key_agreement=False,
-        encipher_only=False, decipher_only=False,
-    )
-    builder = (
-        x509.CertificateBuilder()
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    return _sign(builder, cn, key, _name(cn), key), key
-
-
-def _leaf(
-    d: Path, name: str, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], *, server: bool
-) -> tuple[Path, Path]:
-    """A certificate (for ``localhost`` when ``server``) and its key, as PEM files; the key
-    is private to its owner, as the agent's secret-file check requires."""
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (
-        x509.CertificateBuilder()
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-        )
-    cert = _sign(builder, f"{name}.test", key, ca_cert.subject, ca_key)
-    cert_path, key_path = d / f"{name}.crt", d / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
-    key_path.chmod(SECRET_MODE)
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ca, rogue_ca = _ca("test CA"), _ca("rogue CA")
-    (d / "ca.crt").write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
-    return Pki(
-        d / "ca.crt", *_leaf(d, "server", ca, server=True), *_leaf(d, "client", ca, server=False),
-        *_leaf(d, "rogue", rogue_ca, server=False),
-    )
+    return write_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _client(pki: Pki, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
@@ -250,17 +158,15 @@ def test_a_stalled_tls_handshake_neither_blocks_others_nor_stays(serve: Serve, p
 
 
 def test_a_server_key_others_can_read_is_refused(pki: Pki, tmp_path: Path) -> None:
-    key = tmp_path / "server.key"
-    key.write_bytes(pki.server_key.read_bytes())
-    key.chmod(SHARED_MODE)
-    metrics = AgentMetrics(dict)
+    key = write_secret(tmp_path / "server.key", pki.server_key.read_bytes(), SHARED_MODE)
+    metrics = AgentMetrics(sample_snapshot)
     with pytest.raises(ConfigError, match=r"metrics\.tls\.keyfile"):
         metrics.serve(MetricsConfig(port=0, tls={"certfile": pki.server_cert, "keyfile": key}))
     metrics.close()
 
 
 def test_a_certificate_that_does_not_load_is_a_config_error(pki: Pki) -> None:
-    metrics = AgentMetrics(dict)
+    metrics = AgentMetrics(sample_snapshot)
     with pytest.raises(ConfigError, match=r"metrics\.tls\.certfile .*cannot load"):
         # The CA's certificate does not match the server's key.
         metrics.serve(MetricsConfig(port=0, tls={"certfile": pki.ca, "keyfile": pki.server_key}))
