@@ -12,11 +12,10 @@ outbox on SIGTERM and reloads its config on SIGHUP.
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,20 +24,24 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.bundle.verify import verify_bundle
+from edge_agent.clock import SYSTEM_CLOCK, Clock, Ticker
 from edge_agent.config.load import load_config
 from edge_agent.config.model import AgentConfig
 from edge_agent.data.quality import QualityMonitor
+from edge_agent.deliver.mqtt import STOP_GRACE_S as UPLINK_STOP_GRACE_S
 from edge_agent.deliver.mqtt import MqttUplink
 from edge_agent.deliver.outbox import Outbox
-from edge_agent.detect.cascade import STAGE_AUTOENCODER, Cascade
+from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SKIPPED, Cascade
 from edge_agent.detect.episodes import EpisodeTracker
 from edge_agent.errors import ConfigError, EdgeAnomalyError
 from edge_agent.events import SEVERITY_CRITICAL, Event
-from edge_agent.logs import setup_logging
+from edge_agent.health import AgentHealth, AgentSnapshot, LoopCounts, new_counts
+from edge_agent.logs import Throttle, setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.pipeline import StreamingPipeline
 from edge_agent.sampler import Sampler
 from edge_agent.service import notify
+from edge_agent.service.supervisor import TaskHealth, stalled
 from edge_agent.sources.base import Source
 from edge_agent.sources.config import ReplaySource
 from edge_agent.sources.registry import build_source
@@ -46,11 +49,17 @@ from edge_agent.sources.registry import build_source
 log = logging.getLogger("edge_agent.agent")
 
 EVENTS_DB = "events.db"
-DRAIN_TIMEOUT_S = 20.0  # SIGTERM: time given to deliver what is queued (unit: TimeoutStopSec 30)
+# SIGTERM: everything (sources, drain, `offline`) must fit in the unit's TimeoutStopSec=30.
+STOP_BUDGET_S = 25.0
+SOURCE_STOP_S = 3.0  # of which the source threads get at most this (they stop in parallel)
 FIRST_READING_WAIT_S = 10.0  # start-up waits this long for the first reading before READY
 REPLAY_CHUNK_ROWS = 4096  # rows pushed per call when a replay source feeds recorded data
 WATCHDOG_FALLBACK_S = 10.0
 WARM_UP_ALLOWANCE_S = 600.0  # start-up time asked of systemd for a cold-cache JIT compile
+# A supervised thread crash-looping this long means the agent cannot do its job: the watchdog
+# pings stop and systemd restarts the whole process.
+THREAD_DOWN_LIMIT_S = 300.0
+LOG_EVERY_S = 300.0  # repeated loop errors and skipped windows: one log line per 5 min
 
 
 class _Model:
@@ -69,6 +78,12 @@ class _Model:
     def channels(self) -> list[str]:
         return self.manifest.channel_names
 
+    @property
+    def training_stats(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Per-channel training (mean, scale), for data quality's plausibility bound."""
+        chans = self.manifest.channels
+        return np.array([c.mean for c in chans]), np.array([c.scale for c in chans])
+
     def warm_up(self) -> None:
         """Compile and run every kernel once on a throw-away pipeline, so the first real
         window is not delayed by JIT compilation (Numba caches the machine code on disk)."""
@@ -82,20 +97,30 @@ class _Model:
 
 
 class Agent:
-    def __init__(self, config_path: Path | None, cfg: AgentConfig, overrides: Sequence[str] = ()):
+    def __init__(
+        self, config_path: Path | None, cfg: AgentConfig, overrides: Sequence[str] = (), *,
+        clock: Clock = SYSTEM_CLOCK, thread_down_limit_s: float = THREAD_DOWN_LIMIT_S,
+    ) -> None:
         self.config_path = config_path
         self.overrides = list(overrides)
         self.cfg = cfg
+        self.clock = clock
+        self.thread_down_limit_s = thread_down_limit_s
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
+        self._wake = threading.Event()  # set by signals: the loop looks at the flags at once
         self.started_at = time.time()
         self.first_poll_s: float | None = None
-        self.counts = {"rows": 0, "windows": 0, "stage2": 0, "events": 0}
+        self.counts = new_counts()
+        self._throttle = Throttle(log, LOG_EVERY_S)
         self.model = _Model(cfg)
         self._check_channels(cfg, self.model)
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"state_dir {cfg.state_dir}: cannot create it: {err}") from err
         self.outbox = Outbox(cfg.state_dir / EVENTS_DB, cfg.outbox, deliver=cfg.mqtt is not None)
-        self.sampler = Sampler(self.model.channels)
+        self.sampler = Sampler(self.model.channels, clock=clock.mono)
         self.quality = self._quality(cfg)
         self.sources: list[Source] = self._sources(cfg)
         self.uplink: MqttUplink | None = None
@@ -123,7 +148,10 @@ class Agent:
         return [build_source(s, self.model.channels, repeat_every_s=every) for s in cfg.sources]
 
     def _quality(self, cfg: AgentConfig) -> QualityMonitor:
-        return QualityMonitor(self.model.channels, cfg.channels, cfg.quality, cfg.machine_id)
+        return QualityMonitor(
+            self.model.channels, cfg.channels, cfg.quality, cfg.machine_id,
+            training=self.model.training_stats,
+        )
 
     @property
     def replaying(self) -> bool:
@@ -145,7 +173,7 @@ class Agent:
             self.model.manifest.sampling.period_s,
         )
         if self.cfg.metrics.enabled:
-            self.metrics_port = self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
+            self.metrics_port = self.metrics.serve(self.cfg.metrics)
         self._start_uplink()
         for s in self.sources:
             s.start(self.sampler)
@@ -176,22 +204,41 @@ class Agent:
         log.warning("no reading within %.0f s of start; carrying on", FIRST_READING_WAIT_S)
 
     def stop(self) -> None:
+        """Stop within :data:`STOP_BUDGET_S`: sources in parallel, then drain the outbox and
+        say `offline` with what is left of the budget (the rest waits in the outbox)."""
         notify.stopping()
-        for s in self.sources:
-            s.stop()
+        deadline = time.monotonic() + STOP_BUDGET_S
+        self._stop_sources(SOURCE_STOP_S)
         if self.uplink is not None:
-            self.uplink.stop(drain_timeout_s=DRAIN_TIMEOUT_S)
+            drain = deadline - time.monotonic() - UPLINK_STOP_GRACE_S
+            self.uplink.stop(drain_timeout_s=max(0.0, drain))
         self.metrics.close()
         self.outbox.close()
         log.info("stopped: %s", self._summary())
 
+    def _stop_sources(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for s in self.sources:
+            s.request_stop()
+        for s in self.sources:
+            s.stop(timeout_s=max(0.0, deadline - time.monotonic()))
+
+    def request_stop(self) -> None:
+        """Leave the main loop at its next turn (SIGTERM, SIGINT; thread-safe)."""
+        self.stop_requested.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        """Reload the config at the loop's next turn, unless a stop is asked for too."""
+        self.reload_requested.set()
+        self._wake.set()
+
     def install_signal_handlers(self) -> None:
-        def on_term(signum: int, _frame: FrameType | None) -> None:
-            self.stop_requested.set()
+        def on_term(_signum: int, _frame: FrameType | None) -> None:
+            self.request_stop()
 
         def on_hup(_signum: int, _frame: FrameType | None) -> None:
-            self.reload_requested.set()
-            self.stop_requested.set()  # wakes the loop; cleared again after the reload
+            self.request_reload()
 
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
@@ -199,45 +246,89 @@ class Agent:
 
     # --- main loop ----------------------------------------------------------------------------
     def run(self, *, max_rows: int | None = None) -> None:
-        """Run until SIGTERM/SIGINT (or ``max_rows`` rows, or the end of a non-looping replay)."""
+        """Run until SIGTERM/SIGINT (or ``max_rows`` rows, or the end of a non-looping replay).
+
+        A stop always wins over a reload that arrives with it."""
         interval = notify.watchdog_interval_s() or WATCHDOG_FALLBACK_S
         next_ping = 0.0
-        period = self.model.manifest.sampling.period_s
-        next_tick = math.ceil(time.time() / period) * period
+        ticker = Ticker(self.model.manifest.sampling.period_s, self.clock)
         while True:
             mono = time.monotonic()
             if mono >= next_ping:  # also while waiting: a slow model period must not starve it
-                notify.watchdog_ping()
+                self._watchdog()
                 next_ping = mono + interval
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.stop_requested.clear()
-                self.reload()
-                period = self.model.manifest.sampling.period_s
-                next_tick = math.ceil(time.time() / period) * period
+            self._wake.clear()
             if self.stop_requested.is_set():
                 return
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+                ticker = Ticker(self.model.manifest.sampling.period_s, self.clock)
+                continue
+            self.outbox.maintain()
             if self.replaying:
                 ts, rows = self.sampler.take_rows(REPLAY_CHUNK_ROWS, wait_s=0.2)
                 if ts.size:
-                    self._push_rows(ts, rows)
+                    self._guarded(self._push_rows, ts, rows)
                 elif all(getattr(s, "finished", False) for s in self.sources):
                     return
             else:
-                wait = next_tick - time.time()
+                step = ticker.check_step()
+                if step is not None:
+                    self._clock_stepped(step)
+                wait = ticker.due_in()
                 if wait > 0:
-                    self.stop_requested.wait(min(wait, interval))
+                    self._wake.wait(min(wait, interval))
                     continue
-                now = time.time()
-                if now - next_tick > period:  # fell behind (suspend, overload): skip, don't burst
-                    next_tick = math.floor(now / period) * period
-                self._tick(next_tick)
-                next_tick += period
+                self._guarded(self._tick, ticker.take())
             if max_rows is not None and self.counts["rows"] >= max_rows:
                 return
 
+    def _watchdog(self) -> None:
+        """Ping systemd's watchdog unless a thread the agent needs has been down too long."""
+        down = stalled(self.tasks(), self.thread_down_limit_s)
+        if not down:
+            notify.watchdog_ping()
+            return
+        self._throttle.log(
+            logging.CRITICAL, "stalled",
+            "thread(s) %s crash-looping for over %.0f s: watchdog pings stopped so that "
+            "systemd restarts the agent", ", ".join(down), self.thread_down_limit_s,
+        )
+
+    def tasks(self) -> list[TaskHealth]:
+        """Every supervised thread: one per source, plus the uplink."""
+        out = [s.health for s in self.sources]
+        if self.uplink is not None:
+            out.append(self.uplink.health)
+        return out
+
+    def _clock_stepped(self, step: float) -> None:
+        self.counts["clock_steps"] += 1
+        log.warning(
+            "wall clock stepped %s by %.3f s (NTP or a manual change): rows are stamped on the "
+            "new time from now on; windows restart after the step (%d step(s) so far)",
+            "forward" if step > 0 else "back", abs(step), self.counts["clock_steps"],
+        )
+        self.model.pipeline.break_segment()
+        self.quality.shift_time(step)
+
+    def _guarded(self, push: Callable[..., None], *args: Any) -> None:
+        """Score one tick or chunk; an unexpected error costs those rows, never the agent."""
+        try:
+            push(*args)
+        except Exception as err:
+            self.counts["loop_errors"] += 1
+            self._throttle.log(
+                logging.ERROR, "loop",
+                "scoring failed, rows skipped and the window buffer restarted (%d error(s) so "
+                "far): %r", self.counts["loop_errors"], err, exc_info=True,
+            )
+            # The pipeline may hold half-updated state: start a fresh segment on the next row.
+            self.model.pipeline.break_segment()
+
     def _tick(self, t: float) -> None:
-        values, age, fresh = self.sampler.take(t)
+        values, age, fresh = self.sampler.take(self.clock.mono())
         clean, faults = self.quality.check(t, values, age, fresh)
         self._push(np.array([t]), clean[None, :], faults)
 
@@ -259,7 +350,7 @@ class Agent:
         n = len(batch.stage)
         if n:
             self.metrics.latency.observe(time.perf_counter() - t0)
-        events = self.model.episodes.update(batch, time.time())
+        events = self.model.episodes.update(batch, self.clock.wall())
         self.counts["rows"] += ts.shape[0]
         self.counts["windows"] += n
         s2 = int(np.count_nonzero(batch.stage == STAGE_AUTOENCODER))
@@ -267,6 +358,13 @@ class Agent:
         self.metrics.rows.inc(ts.shape[0])
         self.metrics.windows.inc(n)
         self.metrics.stage2.inc(s2)
+        skipped = int(np.count_nonzero(batch.stage == STAGE_SKIPPED))
+        if skipped:
+            self.counts["windows_skipped"] += skipped
+            self._throttle.warning(
+                "skipped", "%d window(s) not scorable (non-finite values reached them); "
+                "skipped, %d so far", skipped, self.counts["windows_skipped"],
+            )
         for e in [*faults, *events]:
             self._emit(e)
 
@@ -294,15 +392,14 @@ class Agent:
             log.error("reload refused, keeping the running config: %s", exc)
             notify.ready("reload refused; running the previous config")
             return
-        for s in self.sources:
-            s.stop()
+        self._stop_sources(SOURCE_STOP_S)
         if model is not self.model:
             model.warm_up()
             self.model = model
             log.info("model %s loaded", model.manifest.model_version)
         old = self.cfg
         self.cfg = new
-        self.sampler = Sampler(self.model.channels)
+        self.sampler = Sampler(self.model.channels, clock=self.clock.mono)
         self.quality = self._quality(new)
         self.sources = self._sources(new)
         if new.mqtt != old.mqtt or new.machine_id != old.machine_id:
@@ -316,23 +413,28 @@ class Agent:
         log.info("config reloaded from %s", self.config_path)
 
     # --- health -------------------------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
-        return {
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "first_reading_s": self.first_poll_s,
-            "model_version": self.model.manifest.model_version,
-            **self.counts,
-            "outbox_depth": self.outbox.depth(),
-            "outbox_dropped": self.outbox.dropped(),
-            "faulty_channels": self.quality.faulty(),
-            "sources": {s.name: s.counters.snapshot() for s in self.sources},
-        }
+    def health(self) -> AgentHealth:
+        return AgentHealth(
+            uptime_s=round(time.time() - self.started_at, 1),
+            first_reading_s=self.first_poll_s,
+            model_version=self.model.manifest.model_version,
+            counts=LoopCounts(**self.counts),
+            outbox_depth=self.outbox.depth(),
+            outbox_dropped=self.outbox.dropped(),
+            outbox=self.outbox.health(),
+            faulty_channels=self.quality.faulty(),
+            sources={s.name: s.counters.snapshot() for s in self.sources},
+            threads={t.name: t.status() for t in self.tasks()},
+        )
 
-    def snapshot(self) -> dict[str, Any]:
-        h = self.health()
-        h["channels"] = self.model.channels
-        h["mqtt_connected"] = self.uplink is not None and self.uplink.connected
-        return h
+    def snapshot(self) -> AgentSnapshot:
+        uplink = self.uplink
+        return AgentSnapshot(
+            **self.health(),
+            channels=self.model.channels,
+            mqtt_connected=uplink is not None and uplink.connected,
+            mqtt=None if uplink is None else uplink.stats(),
+        )
 
     def _summary(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.counts.items())

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from edge_agent.config.model import MetricsConfig
+from edge_agent.health import AgentSnapshot
 from edge_agent.metrics_server import MetricsServer
 
 log = logging.getLogger("edge_agent.metrics")
@@ -28,7 +28,44 @@ log = logging.getLogger("edge_agent.metrics")
 # Window scoring takes tens of microseconds to a few milliseconds on a Pi; buckets in seconds.
 LATENCY_BUCKETS_S = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.25, 1.0)
 
-Snapshot = Callable[[], dict[str, Any]]
+Snapshot = Callable[[], AgentSnapshot]
+
+PER_SOURCE = {
+    "samples": "Channel values delivered by the source",
+    "polls": "Requests or lines attempted",
+    "poll_errors": "Failed requests (after retries) or unusable reads",
+    "reconnects": "Links re-opened",
+    "malformed": "Frames or lines that did not parse",
+}
+LOOP_COUNTERS = {
+    "windows_skipped": "Windows not scorable (non-finite values reached them), skipped",
+    "loop_errors": "Ticks whose scoring failed unexpectedly (their rows were skipped)",
+    "clock_steps": "Wall-clock steps detected (NTP or manual); windows restart after each",
+}
+OUTBOX_COUNTERS = {
+    "store_errors": "Outbox reads, writes and opens the disk refused",
+    "memory_dropped": "Undelivered events dropped because the disk refused them and memory "
+    "was full (each logged with its content)",
+    "quarantined": "Corrupt outbox files moved aside at run time",
+}
+MQTT_COUNTERS = {
+    "publish_refused": "Publishes the broker refused (PUBACK failure reason); events kept",
+    "ack_timeouts": "Connections dropped because a PUBACK did not come in time",
+    "session_takeovers": "Times another client took over this gateway's client id",
+    "connection_losses": "Broker connections lost",
+}
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc)
+    g.add_metric([], value)
+    return g
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc)
+    c.add_metric([], value)
+    return c
 
 
 class _Live(Collector):
@@ -39,40 +76,67 @@ class _Live(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.snapshot()
-        per_source = {
-            "samples": "Channel values delivered by the source",
-            "polls": "Requests or lines attempted",
-            "poll_errors": "Failed requests (after retries) or unusable reads",
-            "reconnects": "Links re-opened",
-            "malformed": "Frames or lines that did not parse",
-        }
-        for key, doc in per_source.items():
+        for key, doc in PER_SOURCE.items():
             fam = CounterMetricFamily(f"edge_agent_source_{key}", doc, labels=["source"])
-            for name, counters in s.get("sources", {}).items():
+            for name, counters in s["sources"].items():
                 fam.add_metric([name], float(counters.get(key, 0)))
             yield fam
-        g = GaugeMetricFamily("edge_agent_outbox_depth", "Events waiting for a broker PUBACK")
-        g.add_metric([], float(s.get("outbox_depth", 0)))
-        yield g
-        c = CounterMetricFamily(
-            "edge_agent_outbox_dropped", "Undelivered events dropped by the size cap"
-        )
-        c.add_metric([], float(s.get("outbox_dropped", 0)))
-        yield c
-        g = GaugeMetricFamily("edge_agent_mqtt_connected", "1 while connected to the broker")
-        g.add_metric([], 1.0 if s.get("mqtt_connected") else 0.0)
-        yield g
+        for key, doc in LOOP_COUNTERS.items():
+            yield _counter(f"edge_agent_{key}", doc, float(s["counts"][key]))  # type: ignore[literal-required]
+        yield from self._threads(s)
+        yield from self._delivery(s)
         g = GaugeMetricFamily(
             "edge_agent_channel_faulty", "1 while a channel has an open sensor fault",
             labels=["channel"],
         )
-        faulty = set(s.get("faulty_channels", []))
-        for ch in s.get("channels", []):
+        faulty = set(s["faulty_channels"])
+        for ch in s["channels"]:
             g.add_metric([ch], 1.0 if ch in faulty else 0.0)
         yield g
         g = GaugeMetricFamily("edge_agent_model_info", "The running model", labels=["version"])
-        g.add_metric([str(s.get("model_version", ""))], 1.0)
+        g.add_metric([s["model_version"]], 1.0)
         yield g
+
+    @staticmethod
+    def _threads(s: AgentSnapshot) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "edge_agent_thread_up", "1 while a supervised thread runs and is not crash-looping",
+            labels=["thread"],
+        )
+        crashes = CounterMetricFamily(
+            "edge_agent_thread_crashes", "Unexpected exceptions that restarted a thread",
+            labels=["thread"],
+        )
+        down = GaugeMetricFamily(
+            "edge_agent_thread_down_seconds", "Seconds a thread has been crash-looping",
+            labels=["thread"],
+        )
+        for name, st in s["threads"].items():
+            up.add_metric([name], 1.0 if st["running"] and st["down_s"] == 0 else 0.0)
+            crashes.add_metric([name], float(st["crashes"]))
+            down.add_metric([name], float(st["down_s"]))
+        yield from (up, crashes, down)
+
+    @staticmethod
+    def _delivery(s: AgentSnapshot) -> Iterator[Metric]:
+        yield _gauge("edge_agent_outbox_depth", "Events waiting for a broker PUBACK",
+                     float(s["outbox_depth"]))
+        yield _counter("edge_agent_outbox_dropped", "Undelivered events dropped by the size cap",
+                       float(s["outbox_dropped"]))
+        box = s["outbox"]
+        yield _gauge("edge_agent_outbox_degraded",
+                     "1 while the outbox holds events in memory because the disk refuses them",
+                     1.0 if box["degraded"] else 0.0)
+        yield _gauge("edge_agent_outbox_held", "Events held in memory, not yet on disk",
+                     float(box["held"]))
+        for key, doc in OUTBOX_COUNTERS.items():
+            yield _counter(f"edge_agent_outbox_{key}", doc, float(box[key]))  # type: ignore[literal-required]
+        yield _gauge("edge_agent_mqtt_connected", "1 while connected to the broker",
+                     1.0 if s["mqtt_connected"] else 0.0)
+        mqtt = s["mqtt"]
+        for key, doc in MQTT_COUNTERS.items():
+            value = 0.0 if mqtt is None else float(mqtt[key])  # type: ignore[literal-required]
+            yield _counter(f"edge_agent_mqtt_{key}", doc, value)
 
 
 class AgentMetrics:

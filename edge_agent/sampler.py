@@ -3,8 +3,10 @@
 Sits between the sources (threads that call :meth:`Sampler.put`) and the pipeline (the main
 loop calls :meth:`Sampler.take` once per model sample period). It keeps each channel's latest
 reading, its age and whether it is fresh since the last row, which is what data quality needs
-to tell a stale sensor from a slow one. Recorded rows (the replay source) keep their own
-timestamps and go through a bounded queue instead, so a fast file never outruns scoring.
+to tell a stale sensor from a slow one. Ages are measured on the monotonic clock, at arrival: a
+wall-clock step (NTP correcting a Pi without RTC) must not make every channel look stale.
+Recorded rows (the replay source) keep their own timestamps and go through a bounded queue
+instead, so a fast file never outruns scoring.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -25,8 +28,11 @@ ROW_PUT_WAIT_S = 0.2
 class Sampler:
     """Thread-safe latest-value table over the model's channels (a :class:`ReadingSink`)."""
 
-    def __init__(self, channels: Sequence[str]) -> None:
+    def __init__(
+        self, channels: Sequence[str], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.channels = list(channels)
+        self._clock = clock
         self._index = {ch: i for i, ch in enumerate(self.channels)}
         c = len(self.channels)
         self._lock = threading.Lock()
@@ -39,6 +45,9 @@ class Sampler:
         self.ignored: dict[str, int] = {}  # readings of channels the model does not use
 
     def put(self, source: str, readings: Mapping[str, float], t: float) -> None:
+        """Latest readings of ``source``; ``t`` is their wall time (ages use arrival on the
+        monotonic clock instead)."""
+        arrived = self._clock()
         with self._lock:
             for ch, v in readings.items():
                 i = self._index.get(ch)
@@ -46,7 +55,7 @@ class Sampler:
                     self.ignored[ch] = self.ignored.get(ch, 0) + 1
                     continue
                 self._value[i] = v
-                self._t_read[i] = t
+                self._t_read[i] = arrived
                 self._fresh[i] = True
 
     def put_row(
@@ -70,7 +79,8 @@ class Sampler:
     def take(
         self, now: float
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-        """Latest values, their ages in s at ``now``, and which are fresh since the last take."""
+        """Latest values, their ages in s at ``now`` (the sampler's monotonic clock), and
+        which are fresh since the last take."""
         with self._lock:
             values = self._value.copy()
             age = now - self._t_read

@@ -44,6 +44,10 @@ _PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("mqtt", "tls", "ca_file"),
     ("mqtt", "tls", "certfile"),
     ("mqtt", "tls", "keyfile"),
+    ("metrics", "password_file"),
+    ("metrics", "tls", "certfile"),
+    ("metrics", "tls", "keyfile"),
+    ("metrics", "tls", "client_ca_file"),
 )
 
 Loc = tuple[str | int, ...]

@@ -28,7 +28,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -38,7 +38,6 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.deliver.config import MqttConfig
 from edge_agent.deliver.link import (
-    CONNACK_TIMEOUT_S,
     DISCONNECT_TIMEOUT_S,
     GOODBYE_ACK_TIMEOUT_S,
     QOS_AT_LEAST_ONCE,
@@ -47,7 +46,6 @@ from edge_agent.deliver.link import (
     Puback,
 )
 from edge_agent.deliver.mqtt_client import (
-    CONNECT_TIMEOUT_S,
     STATUS_INFLIGHT_SLOTS,
     json_properties,
     load_security,
@@ -71,9 +69,10 @@ from edge_agent.service.supervisor import RestartPolicy, TaskHealth, start_super
 log = logging.getLogger("edge_agent.deliver.mqtt")
 
 THREAD_NAME = "edge-mqtt-uplink"
-STOP_GRACE_S = (
-    CONNECT_TIMEOUT_S + CONNACK_TIMEOUT_S + GOODBYE_ACK_TIMEOUT_S + DISCONNECT_TIMEOUT_S
-)
+# After the drain, the time a stop gives the worker to say `offline` and disconnect. A worker
+# still connecting then (broker unreachable) is not waited for: the process exits and the
+# broker publishes the last will, so a stop always fits systemd's TimeoutStopSec.
+STOP_GRACE_S = GOODBYE_ACK_TIMEOUT_S + DISCONNECT_TIMEOUT_S
 LOG_EVERY_S = 300.0
 BACKOFF_FACTOR = 2.0
 BACKOFF_JITTER = 0.1  # +-10 %: a fleet that lost the same broker does not return in lockstep
@@ -88,7 +87,7 @@ EVENT_PROPERTY_FIELDS = ("kind", "schema", "state", "severity")
 # X509 verify codes of a certificate that is valid but issued for another name
 HOST_MISMATCH_CODES = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
 
-Health = Callable[[], dict[str, object]]
+Health = Callable[[], Mapping[str, object]]
 OnAck = Callable[[str, float], None]
 
 

@@ -3,6 +3,8 @@ wall-clock steps (NTP on a Pi without RTC) detected instead of stalling or burst
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from edge_agent.clock import CLOCK_STEP_MIN_S, Clock, Ticker
@@ -39,7 +41,7 @@ def test_rows_fall_on_whole_periods_of_wall_time() -> None:
     rows = run_for(Ticker(PERIOD_S, c.clock()), c, 5.0)
     assert len(rows) == 5
     assert all(t == int(t) for t in rows)
-    assert [b - a for a, b in zip(rows, rows[1:], strict=False)] == [PERIOD_S] * 4
+    assert [b - a for a, b in itertools.pairwise(rows)] == [PERIOD_S] * 4
 
 
 @pytest.mark.parametrize("step", [-HOUR_S, -2.0, HOUR_S, 2.0])
@@ -56,7 +58,7 @@ def test_a_step_is_detected_and_rows_keep_coming_at_the_same_pace(step: float) -
     after = run_for(ticker, c, 5.0)
     assert 4 <= len(after) <= 6
     assert after[0] == pytest.approx(before[-1] + step, abs=2 * PERIOD_S)
-    assert [b - a for a, b in zip(after, after[1:], strict=False)] == [PERIOD_S] * (len(after) - 1)
+    assert [b - a for a, b in itertools.pairwise(after)] == [PERIOD_S] * (len(after) - 1)
 
 
 def test_slewing_and_jitter_are_not_steps() -> None:

@@ -243,7 +243,8 @@ def test_implausible_value_is_a_range_fault_without_min_max(bad: float) -> None:
     )
     fresh = np.array([True])
     ok, events = mon.check(1.0, np.array([12.3]), np.array([0.1]), fresh)
-    assert ok[0] == 12.3 and not events
+    assert ok[0] == 12.3
+    assert not events
     out, events = mon.check(2.0, np.array([bad]), np.array([0.1]), fresh)
     assert np.isnan(out[0])
     assert [(e.state, e.reason) for e in events] == [("open", "range")]
@@ -257,4 +258,5 @@ def test_plausibility_bound_leaves_real_excursions_alone() -> None:
         ["flow"], {}, QualityDefaults(), "pump-3", training=(np.array([12.0]), np.array([0.5]))
     )
     out, events = mon.check(1.0, np.array([12.0 + 1000 * 0.5]), np.array([0.1]), np.array([True]))
-    assert out[0] == 512.0 and not events
+    assert out[0] == 512.0
+    assert not events

@@ -261,4 +261,5 @@ def test_a_window_the_model_cannot_take_is_skipped_not_fatal(
     assert not batch.alert[skipped].any()
     assert (batch.stage[~skipped] >= STAGE_SCREEN).all()
     after = pipe.push(ts[n : 2 * n], vals[n : 2 * n])
-    assert after.size and (after.stage >= STAGE_SCREEN).all()
+    assert after.size
+    assert (after.stage >= STAGE_SCREEN).all()
