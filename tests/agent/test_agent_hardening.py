@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from agent_support import AgentProcess, replay_source, write_config
+from broker import Mosquitto
 from waiting import wait_for
 
-from edge_agent.agent import Agent
+from edge_agent.agent import STOP_BUDGET_S, Agent
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.clock import Clock
 from edge_agent.config.load import load_config
+from edge_agent.deliver.outbox import read_recent
 from edge_agent.service.supervisor import RestartPolicy
 from edge_agent.simulate.ptys import PtyPair
 from edge_agent.sources.serial_line import SerialLine
@@ -260,3 +262,60 @@ def test_a_reload_right_after_a_stop_does_not_cancel_the_stop(
     finally:
         proc.close()
 
+
+
+UNIT_STOP_TIMEOUT_S = 30.0  # systemd/edge-agent.service: TimeoutStopSec=30
+EXIT_SLACK_S = 2.0
+STALE_AFTER_READY_S = 15.0  # READY comes 10 s after start when no source ever answers
+
+
+def test_a_stop_fits_the_units_stop_timeout_whatever_hangs(
+    tmp_path: Path, bundle: Path, keys: Path, mosquitto: Mosquitto
+) -> None:
+    """Three Modbus links whose devices never answer (each request blocks for its timeout
+    and retries) and a frozen broker holding unacknowledged events: the sources used to stop
+    one after another and the drain took its full 20 s on top, past TimeoutStopSec, so
+    systemd killed the agent before it could say `offline`."""
+    manifest = verify_bundle(bundle, keys / "signing.pub").manifest
+    channels = manifest.channel_names
+    silent = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]  # accept, never answer
+    try:
+        sources = ""
+        for i, server in enumerate(silent):
+            points = ", ".join(
+                f'{{ channel = "{ch}", address = {2 * j}, type = "float32" }}'
+                for j, ch in enumerate(channels) if j % len(silent) == i
+            )
+            sources += (
+                f'[[sources]]\ntype = "modbus_tcp"\nname = "plc{i}"\nhost = "127.0.0.1"\n'
+                f"port = {server.getsockname()[1]}\ntimeout_s = 3.0\nretries = 2\n"
+                f'[[sources.devices]]\nname = "d{i}"\nunit_id = 1\npoll_period_s = 1.0\n'
+                f"points = [{points}]\n"
+            )
+        cfg = write_config(
+            tmp_path / "agent.toml", bundle=bundle, keys=keys, sources=sources,
+            mqtt_port=mosquitto.port, extra=f"[quality]\nstale_s = {STALE_AFTER_READY_S}\n",
+        )
+        proc = AgentProcess(cfg)
+        try:
+            proc.read_notify("READY=1", timeout=120)
+            # Freeze the broker, then let the sensor faults (every channel goes stale) be
+            # committed: they wait for a PUBACK that never comes.
+            mosquitto.pause()
+            state = tmp_path / "state" / "events.db"
+            assert wait_for(lambda: state.exists() and len(read_recent(state)) >= 1, 60)
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            proc.proc.send_signal(signal.SIGTERM)
+            code = proc.proc.wait(UNIT_STOP_TIMEOUT_S + 15)
+            took = time.monotonic() - t0
+        finally:
+            mosquitto.resume()
+            proc.close()
+        assert code == 0, proc.log()
+        # Within the agent's budget plus interpreter exit: what was left before the fix was
+        # under 1 s of TimeoutStopSec here, and none with more or slower links.
+        assert took < STOP_BUDGET_S + EXIT_SLACK_S < UNIT_STOP_TIMEOUT_S, f"stop took {took:.1f} s"
+    finally:
+        for server in silent:
+            server.close()
