@@ -19,6 +19,7 @@ def _load(name: str) -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up by name
     spec.loader.exec_module(mod)
     return mod
 
@@ -47,3 +48,20 @@ def test_agent_resources_bench_smoke(tmp_path: Path, bundle: Path, keys: Path) -
     assert saved["soak"]["exit_code"] == 0
     assert saved["soak"]["rows_processed"] > 0
     assert saved["jit"]["plus_numba_import_rss_mb"] > 0
+
+
+def test_fault_soak_bench_smoke(tmp_path: Path, bundle: Path, keys: Path) -> None:
+    out = tmp_path / "soak.json"
+    _load("fault_soak").main(
+        ["--minutes", "1.2", "--fault-s", "5", "--bundle", str(bundle),
+         "--trust", str(keys / "signing.pub"), "--out", str(out)]
+    )
+    saved = json.loads(out.read_text())
+    assert [f["name"] for f in saved["faults"]] == [
+        "disk_full", "broker_down", "clock_back", "clock_forward", "source_crash",
+        "device_gone", "disk_full+device_gone",
+    ]
+    assert saved["rows"] > 0
+    assert saved["events_emitted"] >= 0
+    assert "events_lost" in saved
+    assert saved["per_10s"]
