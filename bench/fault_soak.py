@@ -46,12 +46,12 @@ from common import ROOT, add_bundle_args, bundle_from_args, machine
 
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' real-broker helpers
 from broker import Mosquitto, Subscriber, free_port
+from disk import fill, mount_tmpfs, unmount
 
 SAMPLE_EVERY_S = 1.0
 BUCKET_S = 10.0
 TMPFS_MB = 16
 HOUR_S = 3600.0
-FILLER_CHUNK = 1 << 20
 DRAIN_WAIT_S = 60.0
 # One after the other; the last pair together, so that events (the device's sensor faults)
 # arrive while the disk refuses them.
@@ -115,39 +115,12 @@ class World:
 @contextlib.contextmanager
 def tmpfs(path: Path) -> Iterator[bool]:
     """A small tmpfs at ``path`` when this process may mount one (root), else a plain dir."""
-    path.mkdir(parents=True, exist_ok=True)
-    ok = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs", str(path)],
-        capture_output=True, check=False,
-    ).returncode == 0
+    ok = mount_tmpfs(path, TMPFS_MB << 20) is None
     try:
         yield ok
     finally:
         if ok:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
-
-
-def fill(path: Path) -> int:
-    """Write a filler file until the disk refuses; returns the bytes written."""
-    written = 0
-    with (path / "filler").open("wb") as fh:
-        chunk = b"\0" * FILLER_CHUNK
-        while True:
-            try:
-                fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-                written += len(chunk)
-            except OSError:
-                break
-    # Fill the last partial chunk too, byte-exactly.
-    with contextlib.suppress(OSError), (path / "filler2").open("wb") as fh:
-        while True:
-            fh.write(b"\0" * 4096)
-            fh.flush()
-            os.fsync(fh.fileno())
-            written += 4096
-    return written
+            unmount(path)
 
 
 def inject(world: World, name: str, *, begin: bool) -> str:
@@ -155,8 +128,8 @@ def inject(world: World, name: str, *, begin: bool) -> str:
     if name == "disk_full" and not world.tmpfs:
         return "skipped: tmpfs mount not permitted here"
     actions: dict[str, tuple[Callable[[], str], Callable[[], str]]] = {
-        "disk_full": (lambda: f"filled {fill(world.state) / 2**20:.1f} MiB",
-                      lambda: _unlink(world.state / "filler", world.state / "filler2")),
+        "disk_full": (lambda: f"filled {fill(world.state).stat().st_size / 2**20:.1f} MiB",
+                      lambda: _unlink(world.state / "filler")),
         "broker_down": (lambda: _do(world.broker.stop), lambda: _do(world.broker.start)),
         "clock_back": (lambda: world.step_clock(-HOUR_S), lambda: ""),
         "clock_forward": (lambda: world.step_clock(HOUR_S), lambda: ""),

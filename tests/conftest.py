@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from broker import mosquitto  # noqa: F401 (a real broker on an ephemeral port, any test)
+from disk import small_disk  # noqa: F401 (a small tmpfs to fill up, any test)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -319,3 +319,25 @@ def test_a_stop_fits_the_units_stop_timeout_whatever_hangs(
     finally:
         for server in silent:
             server.close()
+
+
+def test_an_exception_in_the_main_loop_costs_rows_not_the_agent(
+    live: Callable[..., LiveAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = live()
+    a.thread.start()
+    assert wait_for(lambda: a.agent.counts["rows"] >= 2, 30), a.error
+    pipeline = a.agent.model.pipeline
+    real_push = pipeline.push
+    failures = [RuntimeError("injected: a bug in the pipeline")] * 3
+
+    def push(ts: np.ndarray, values: np.ndarray) -> object:
+        if failures:
+            raise failures.pop()
+        return real_push(ts, values)
+
+    monkeypatch.setattr(pipeline, "push", push)
+    assert wait_for(lambda: a.agent.counts["loop_errors"] == 3, 10)
+    assert a.rows_within(3.0) >= 2  # scoring goes on after the failures
+    assert a.thread.is_alive()
+    assert a.error is None

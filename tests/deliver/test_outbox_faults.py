@@ -7,7 +7,6 @@ mount and a directory the agent's user may not write.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
@@ -22,14 +21,13 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto, Subscriber
 from deliver_support import MACHINE, UplinkFactory, make_event, mqtt_config, wait_until
+from disk import fill
 
 from edge_agent.deliver import store
 from edge_agent.deliver.config import OutboxConfig
 from edge_agent.deliver.outbox import Outbox, OutboxError, Pending
 from edge_agent.events import SEVERITY_CRITICAL, SEVERITY_INFO, SEVERITY_WARNING, Event
 
-DISK_BYTES = 4 << 20  # the small "SD card": room for the outbox, then filled up
-FILL_CHUNK_BYTES = 64 << 10
 RETRY_S = 0.2  # cfg.retry_s in these tests: seconds, not the default 5
 BUSY_S = 0.05  # store.BUSY_TIMEOUT_S in these tests: a held lock fails the write quickly
 MAX_ADDS_TO_FAIL = 200  # a full disk must refuse a write long before this
@@ -37,45 +35,6 @@ PAGE_BYTES = 4096  # SQLite's default page size
 NOBODY = 65534  # the unprivileged user the permission test runs as when we are root
 EVENTS = f"edge/{MACHINE}/events"
 DELIVERY_WAIT_S = 15.0
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A freshly mounted tmpfs of DISK_BYTES, unmounted afterwards."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mnt)],
-            capture_output=True, text=True, check=False,
-        )
-    except FileNotFoundError:
-        pytest.skip("no `mount` command: cannot make a small disk to fill up")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill up (needs root or CAP_SYS_ADMIN): "
-                    f"{done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)  # never leave it mounted
-            pytest.fail(f"{mnt} was still busy at the end of the test (an open outbox?)")
-
-
-def fill(directory: Path) -> Path:
-    """Write a filler file until the file system has not one byte left."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    chunk = b"\0" * FILL_CHUNK_BYTES
-    try:
-        while True:
-            os.write(fd, chunk)  # a short write first, then ENOSPC
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
-    return filler
 
 
 def stored(path: Path) -> tuple[list[str], list[str]]:
