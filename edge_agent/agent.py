@@ -350,6 +350,7 @@ class Agent:
         n = len(batch.stage)
         if n:
             self.metrics.latency.observe(time.perf_counter() - t0)
+            self.metrics.record_window(batch, self.model.cascade.threshold.alert_threshold)
         events = self.model.episodes.update(batch, self.clock.wall())
         self.counts["rows"] += ts.shape[0]
         self.counts["windows"] += n

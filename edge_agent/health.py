@@ -7,7 +7,7 @@ and by the MQTT uplink for the retained heartbeat, so both always show the same 
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 from edge_agent.deliver.outbox import OutboxHealth
 from edge_agent.deliver.status import UplinkStats
@@ -47,6 +47,20 @@ class AgentSnapshot(AgentHealth):
     channels: list[str]
     mqtt_connected: bool
     mqtt: UplinkStats | None
+
+
+class LatestWindow(NamedTuple):
+    """The newest scored window, for the live view's gauges (``edge_agent watch``).
+
+    Replaced whole by the main loop on every push that completes a window, so a scrape in
+    another thread reads one consistent record."""
+
+    score_ratio: float  # stage-2 error / alert threshold; 0 when the screen passed the window
+    alert: bool  # hysteresis state after it
+    shares: tuple[float, ...]  # each channel's share of the latest stage-2 window's error
+
+
+NO_WINDOW = LatestWindow(score_ratio=0.0, alert=False, shares=())
 
 
 def new_counts() -> LoopCounts:

@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from edge_agent.config.model import MetricsConfig
-from edge_agent.health import AgentSnapshot
+from edge_agent.detect.cascade import STAGE_AUTOENCODER
+from edge_agent.health import NO_WINDOW, AgentSnapshot, LatestWindow
 from edge_agent.metrics_server import MetricsServer
+
+if TYPE_CHECKING:
+    from edge_agent.pipeline import WindowBatch
 
 log = logging.getLogger("edge_agent.metrics")
 
@@ -29,6 +35,7 @@ log = logging.getLogger("edge_agent.metrics")
 LATENCY_BUCKETS_S = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.25, 1.0)
 
 Snapshot = Callable[[], AgentSnapshot]
+Latest = Callable[[], LatestWindow]
 
 PER_SOURCE = {
     "samples": "Channel values delivered by the source",
@@ -71,8 +78,9 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 class _Live(Collector):
     """Reads the agent's live state at scrape time."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, latest: Latest) -> None:
         self.snapshot = snapshot
+        self.latest = latest
 
     def collect(self) -> Iterator[Metric]:
         s = self.snapshot()
@@ -95,6 +103,24 @@ class _Live(Collector):
         yield g
         g = GaugeMetricFamily("edge_agent_model_info", "The running model", labels=["version"])
         g.add_metric([s["model_version"]], 1.0)
+        yield g
+        yield from self._window(s["channels"], self.latest())
+
+    @staticmethod
+    def _window(channels: list[str], w: LatestWindow) -> Iterator[Metric]:
+        yield _gauge("edge_agent_score_ratio", "Latest window's stage-2 reconstruction error / "
+                     "alert threshold (0 when the forest screen passed it)", w.score_ratio)
+        yield _gauge("edge_agent_alert", "Alert hysteresis state after the latest window (0/1)",
+                     1.0 if w.alert else 0.0)
+        g = GaugeMetricFamily(
+            "edge_agent_channel_error_share",
+            "Each channel's share of the latest stage-2 window's reconstruction error",
+            labels=["channel"],
+        )
+        # After a reload to a model with other channels, the old shares no longer apply.
+        shares = w.shares if len(w.shares) == len(channels) else (0.0,) * len(channels)
+        for ch, share in zip(channels, shares, strict=True):
+            g.add_metric([ch], share)
         yield g
 
     @staticmethod
@@ -168,8 +194,27 @@ class AgentMetrics:
             ["reason"],
             registry=r,
         )
-        r.register(_Live(snapshot))
+        self.latest = NO_WINDOW
+        r.register(_Live(snapshot, lambda: self.latest))
         self._server: MetricsServer | None = None
+
+    def record_window(self, batch: WindowBatch, alert_threshold: float) -> None:
+        """Keep the newest window's score ratio, alert state and (from the newest stage-2
+        window) per-channel error shares for the gauges. Called by the main loop on every
+        push; cheap for the daemon's one window per push."""
+        last = batch.size - 1
+        if last < 0:
+            return
+        stage2 = batch.stage == STAGE_AUTOENCODER
+        ratio = float(batch.error[last]) / alert_threshold if stage2[last] else 0.0
+        shares = self.latest.shares
+        if stage2[last]:
+            shares = tuple(batch.contributions[last].tolist())
+        elif last:
+            found = np.flatnonzero(stage2)
+            if found.size:
+                shares = tuple(batch.contributions[found[-1]].tolist())
+        self.latest = LatestWindow(ratio, bool(batch.alert[last]), shares)
 
     def serve(self, cfg: MetricsConfig) -> int | None:
         """Start the endpoint; returns the bound port, or None (logged as a warning) when the

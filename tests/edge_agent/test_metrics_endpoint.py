@@ -55,7 +55,8 @@ EXPORTED = {
     "edge_agent_outbox_store_errors", "edge_agent_outbox_memory_dropped",
     "edge_agent_outbox_quarantined", "edge_agent_mqtt_publish_refused",
     "edge_agent_mqtt_ack_timeouts", "edge_agent_mqtt_session_takeovers",
-    "edge_agent_mqtt_connection_losses",
+    "edge_agent_mqtt_connection_losses", "edge_agent_score_ratio", "edge_agent_alert",
+    "edge_agent_channel_error_share",
 }
 
 
