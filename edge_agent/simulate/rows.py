@@ -2,7 +2,8 @@
 
 Part of the simulator that stands in for a plant: each tick the servers publish one row of
 channel values. Without data the rows come from :class:`PlantStream` (an endless stream of
-the compressor with labelled faults); with ``--data`` they come from a history CSV, which
+the compressor with labelled faults), or with ``--demo`` from :class:`DemoStream` (every fault
+kind in turn, the first within a minute); with ``--data`` they come from a history CSV, which
 starts over at its end.
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from edge_agent.data.table import read_table
 from edge_agent.errors import ConfigError
+from edge_agent.simulator.demo import DemoStream
+from edge_agent.simulator.faults import FaultEpisode
 from edge_agent.simulator.plant import CHANNELS, PlantStream
 
 # One simulated chunk is an hour at one row per second; a short warm-up keeps faults coming
@@ -34,23 +37,34 @@ class RowFeed:
         seed: int = 0,
         fault_fraction: float = 0.08,
         all_channels: bool = False,
+        demo: bool = False,
     ) -> None:
         """``channels`` must all be in the data; ``all_channels`` adds the data's others (for
-        a ``kv`` serial line that names no keys and so sends everything)."""
+        a ``kv`` serial line that names no keys and so sends everything). ``demo`` serves the
+        demo schedule (``fault_fraction`` does not apply); it needs the simulated plant."""
         self.channels = tuple(dict.fromkeys(channels))
         self._stream: PlantStream | None = None
         self._row = 0
+        if demo and data is not None:
+            raise ConfigError(
+                f"simulate: --demo serves the simulated plant's fault schedule and cannot serve "
+                f"--data {str(data)!r}; drop one of them"
+            )
         if data is None:
             _require(self.channels, CHANNELS, "the simulated plant")
             if all_channels:
                 self.channels = tuple(dict.fromkeys([*self.channels, *CHANNELS]))
             try:
-                self._stream = PlantStream(
-                    chunk_rows=CHUNK_ROWS,
-                    warmup_fraction=WARMUP_FRACTION,
-                    anomaly_fraction=fault_fraction,
-                    seed=seed,
-                    period_s=ROW_PERIOD_S,
+                self._stream = (
+                    DemoStream(seed=seed, period_s=ROW_PERIOD_S)
+                    if demo
+                    else PlantStream(
+                        chunk_rows=CHUNK_ROWS,
+                        warmup_fraction=WARMUP_FRACTION,
+                        anomaly_fraction=fault_fraction,
+                        seed=seed,
+                        period_s=ROW_PERIOD_S,
+                    )
                 )
             except ValueError as exc:
                 raise ConfigError(f"simulate: {exc}") from None
@@ -75,6 +89,22 @@ class RowFeed:
     def fault_kind(self) -> str:
         """Ground truth of the last simulated row (``normal`` for CSV data)."""
         return self._stream.last_fault_kind if self._stream is not None else "normal"
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the rows come from the simulator, which knows its faults (not a CSV)."""
+        return self._stream is not None
+
+    @property
+    def episode(self) -> tuple[FaultEpisode, int] | None:
+        """The fault episode of the last simulated row and the row's place in it (0 for its
+        first row, ``length - 1`` for its last); ``None`` for a normal row or CSV data."""
+        if self._stream is None:
+            return None
+        episode = self._stream.last_episode
+        if episode is None:
+            return None
+        return episode, self._stream.last_row - episode.start
 
 
 def _require(wanted: Sequence[str], available: Sequence[str], where: str) -> None:

@@ -304,9 +304,17 @@ def simulate_plant(
         specs=FAULT_SPECS,
         rng=fault_rng,
     )
-    injected = inject_faults(
-        process.values, process.counterfactual, episodes, FAULT_SPECS, fault_rng
-    )
+    return faulty_plant(process, episodes, fault_rng, period_s)
+
+
+def faulty_plant(
+    process: NormalProcess,
+    episodes: Sequence[FaultEpisode],
+    rng: np.random.Generator,
+    period_s: float,
+) -> SimulatedPlant:
+    """``process`` with ``episodes`` injected (magnitudes drawn from ``rng``), read-only."""
+    injected = inject_faults(process.values, process.counterfactual, episodes, FAULT_SPECS, rng)
     arrays = (process.timestamps, injected.values, injected.labels, injected.fault_kind)
     for array in arrays:
         array.setflags(write=False)
@@ -586,6 +594,20 @@ class PlantStream:
             return "normal"
         code = int(self._plant.fault_kind[self._last_row])
         return "normal" if code == 0 else FAULT_KINDS[code - 1]
+
+    @property
+    def last_row(self) -> int:
+        """Row of the last sample returned within :attr:`plant` (-1 before the first)."""
+        return self._last_row
+
+    @property
+    def last_episode(self) -> FaultEpisode | None:
+        """The fault episode of :attr:`plant` the last sample returned is in, if any; its rows
+        count within :attr:`plant`, as :attr:`last_row` does."""
+        row = self._last_row
+        if row < 0 or self._plant.fault_kind[row] == 0:
+            return None
+        return next(e for e in self._plant.episodes if e.start <= row < e.stop)
 
     def next_sample(self) -> tuple[float, npt.NDArray[np.float64]]:
         """Return ``(timestamp, values)`` of the next row; values follow ``CHANNELS``."""
