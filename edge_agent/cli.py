@@ -96,6 +96,18 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--speed", type=float, default=1.0, help="rows per second of wall time (default 1)"
     )
+    sim.add_argument(
+        "--demo",
+        action="store_true",
+        help="demo schedule: the first fault within a minute, then every fault kind in turn "
+        "with normal stretches between, cycling (--fault-fraction does not apply)",
+    )
+    sim.add_argument(
+        "--truth",
+        type=Path,
+        help="append a JSON line as each injected fault episode starts and ends "
+        "(kind, channel, start, end in epoch s)",
+    )
     return p
 
 
@@ -134,6 +146,8 @@ def _command(args: argparse.Namespace) -> int:
             seed=args.seed,
             fault_fraction=args.fault_fraction,
             speed=args.speed,
+            demo=args.demo,
+            truth=args.truth,
         )
         return 0
     return 1  # pragma: no cover - argparse enforces a known command
