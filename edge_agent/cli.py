@@ -1,9 +1,10 @@
 """``python -m edge_agent``: the gateway's command line.
 
 Subcommands: ``run`` (the daemon), ``validate`` (check a config), ``events`` (recent events
-from the local store), ``simulate`` (the plant simulator behind real Modbus/serial endpoints),
-``replay`` (the device pipeline over a file) and ``version``. Errors in input (data, bundle,
-config) print one clear message and exit with code 2.
+from the local store), ``watch`` (a live view of a running agent), ``simulate`` (the plant
+simulator behind real Modbus/serial endpoints), ``replay`` (the device pipeline over a file)
+and ``version``. Errors in input (data, bundle, config) print one clear message and exit with
+code 2.
 """
 
 from __future__ import annotations
@@ -108,6 +109,17 @@ def _parser() -> argparse.ArgumentParser:
         help="append a JSON line as each injected fault episode starts and ends "
         "(kind, channel, start, end in epoch s)",
     )
+    w = with_config(
+        "watch",
+        "live view of a running agent",
+        "Show what a running agent is doing (its /metrics, and its events and retained "
+        "status over MQTT as an upstream consumer sees them, or from the local store without "
+        "[mqtt]): in place on a terminal, as plain lines otherwise. At the end (--minutes, "
+        "Ctrl-C or SIGTERM) print injected faults (--truth) against detected episodes.",
+    )
+    w.add_argument("--truth", type=Path, help="truth file of `simulate --truth` (JSON lines)")
+    w.add_argument("--minutes", type=float, help="stop after this many minutes (default: never)")
+    w.add_argument("--record", type=Path, help="write the per-second timeline (JSON lines)")
     return p
 
 
@@ -150,7 +162,13 @@ def _command(args: argparse.Namespace) -> int:
             truth=args.truth,
         )
         return 0
-    return 1  # pragma: no cover - argparse enforces a known command
+    assert args.command == "watch", args.command  # argparse enforces a known command
+    from edge_agent.watch import run_watch
+
+    return run_watch(
+        cfg, out=sys.stdout, tty=sys.stdout.isatty(), truth=args.truth,
+        minutes=args.minutes, record=args.record,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
