@@ -2,7 +2,7 @@
 
 Subcommands: ``fit`` (history → run directory), ``evaluate`` (labelled data → metrics.json and
 an HTML report), ``simulate`` (write plant-simulator history with labelled faults), ``demo``
-(simulate → fit → bundle → replay, end to end).
+(simulate → fit → bundle → replay, end to end), ``demo-plot`` (a live demo run as a PNG).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent.errors import EdgeAnomalyError
+from trainer.demo_plot import add_arguments as add_demo_plot_arguments
 
 EXIT_INPUT_ERROR = 2
 
@@ -83,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--out", type=Path, default=Path("demo_out"), help="working directory")
     d.add_argument("--epochs", type=int, help="autoencoder epochs (default: the built-in)")
+    add_demo_plot_arguments(
+        sub.add_parser(
+            "demo-plot",
+            help="draw a live demo run: score vs threshold, injected faults, alerts",
+            description="PNG of a `watch --record` timeline with the simulator's truth file.",
+        )
+    )
     return p
 
 
@@ -118,6 +126,10 @@ def _run(args: argparse.Namespace) -> int:
             f"{len(plant.episodes)} fault episodes to {args.out}"
         )
         return 0
+    if args.command == "demo-plot":
+        from trainer.demo_plot import run as demo_plot
+
+        return demo_plot(args)
     if args.command == "demo":
         from trainer.demo import run_demo
 
