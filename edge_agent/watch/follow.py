@@ -120,6 +120,7 @@ class MqttFeed:
         self._status: SeenStatus | None = None
         self._connected = False
         self._problem: str | None = None
+        self._stopping = False
         self.dropped = 0
         self.malformed = 0
         security = load_security(cfg)
@@ -171,6 +172,8 @@ class MqttFeed:
         self._client.loop_start()
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -205,7 +208,10 @@ class MqttFeed:
         self, _client: Client, _userdata: Any, _flags: DisconnectFlags, reason: ReasonCode,
         _props: Properties | None,
     ) -> None:
-        self._set(connected=False, problem=f"disconnected: {reason} (retrying)")
+        with self._lock:
+            self._connected = False
+            if not self._stopping:  # our own goodbye is no problem to show
+                self._problem = f"disconnected: {reason} (retrying)"
 
     def _on_subscribe(
         self, _client: Client, _userdata: Any, _mid: int, reasons: list[ReasonCode],
