@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent.errors import EdgeAnomalyError
 from export.errors import ExportError
+from trainer.quiet import quiet_unless
 
 EXIT_INPUT_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug messages and show TensorFlow's own start-up output",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     k = sub.add_parser("keygen", help="write KEYDIR/signing.key (0600) and KEYDIR/signing.pub")
     k.add_argument("--out", type=Path, required=True, help="directory for the key pair")
@@ -58,7 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_unless(args.verbose):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "keygen":
             from export.keys import keygen
