@@ -10,20 +10,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent.errors import EdgeAnomalyError
+from trainer.demo import HISTORY_ROWS, LIVE_ROWS
 from trainer.demo_plot import add_arguments as add_demo_plot_arguments
+from trainer.quiet import quiet_unless
 
 EXIT_INPUT_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trainer", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug messages and show TensorFlow's own start-up output",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser(
@@ -83,7 +89,19 @@ def _parser() -> argparse.ArgumentParser:
         description="The whole desk-to-device path on the plant simulator.",
     )
     d.add_argument("--out", type=Path, default=Path("demo_out"), help="working directory")
-    d.add_argument("--epochs", type=int, help="autoencoder epochs (default: the built-in)")
+    d.add_argument("--epochs", type=int, help="autoencoder epochs (default: the demo's 80)")
+    d.add_argument(
+        "--history-rows",
+        type=int,
+        default=HISTORY_ROWS,
+        help=f"rows (1 s each) of simulated training history (default {HISTORY_ROWS}: a day)",
+    )
+    d.add_argument(
+        "--live-rows",
+        type=int,
+        default=LIVE_ROWS,
+        help=f"rows of fresh data replayed for the table (default {LIVE_ROWS})",
+    )
     add_demo_plot_arguments(
         sub.add_parser(
             "demo-plot",
@@ -100,12 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        return _run(args)
-    except (EdgeAnomalyError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+    with quiet_unless(args.verbose):
+        try:
+            return _run(args)
+        except (EdgeAnomalyError, FileExistsError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -133,7 +151,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from trainer.demo import run_demo
 
-        run_demo(args.out, epochs=args.epochs)
+        run_demo(
+            args.out,
+            epochs=args.epochs,
+            history_rows=args.history_rows,
+            live_rows=args.live_rows,
+        )
         return 0
     if args.command == "fit":
         from trainer.config import load_config
