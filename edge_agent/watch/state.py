@@ -4,7 +4,8 @@
 ``/metrics`` (``scrape``), the events that arrived (``follow``) and the truth file's new lines
 (``truth``); :meth:`ViewState.frame` freezes it into a :class:`Frame` for the renderer
 (``render``). Rates come from the difference of two scrapes on the monotonic clock, so a
-wall-clock step does not make a spike of rows per second.
+wall-clock step does not make a spike of rows per second; they span the last
+:data:`RATE_WINDOW_S`, so the rate does not flicker between scrapes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from edge_agent.watch.scrape import AgentReading
 from edge_agent.watch.truth import Injected
 
 RECENT_EVENTS = 6  # event lines the screen keeps
+# Rows per second over this much history: a 1 Hz agent scraped about once a second would
+# otherwise read 0 or 2 rows/s whenever a scrape lands just before or after a row.
+RATE_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,23 +62,27 @@ class ViewState:
     def __init__(self) -> None:
         self.reading: AgentReading | None = None
         self.rows_per_s: float | None = None
+        self._rows: deque[tuple[float, float]] = deque()  # (monotonic s, rows) in the window
         self.scrape_problem: str | None = None
         self.events: list[SeenEvent] = []  # every event seen, for the summary
         self.recent: deque[SeenEvent] = deque(maxlen=RECENT_EVENTS)
         self.open: dict[str, OpenEpisode] = {}
 
     def add_reading(self, r: AgentReading) -> None:
-        prev = self.reading
-        if prev is not None and r.at > prev.at and r.rows >= prev.rows:
-            self.rows_per_s = (r.rows - prev.rows) / (r.at - prev.at)
-        elif prev is not None:
-            self.rows_per_s = None  # the agent restarted: its counters began again
+        if self._rows and r.rows < self._rows[-1][1]:
+            self._rows.clear()  # the agent restarted: its counters began again
+        self._rows.append((r.at, r.rows))
+        while r.at - self._rows[0][0] > RATE_WINDOW_S:
+            self._rows.popleft()
+        t0, rows0 = self._rows[0]
+        self.rows_per_s = (r.rows - rows0) / (r.at - t0) if r.at > t0 else None
         self.reading = r
         self.scrape_problem = None
 
     def scrape_failed(self, problem: str) -> None:
         self.scrape_problem = problem
         self.rows_per_s = None
+        self._rows.clear()
 
     def add_event(self, e: SeenEvent) -> None:
         self.events.append(e)

@@ -209,3 +209,19 @@ def test_a_closed_episode_is_no_longer_open(state: ViewState) -> None:
     state.add_event(SeenEvent(TOPIC, time.time(), closing))
     line = status_line(_frame(state))
     assert "open 0" in line
+
+
+def test_rows_per_second_spans_the_last_seconds_and_restarts_with_the_agent() -> None:
+    s = ViewState()
+    text = {n: _scraped_text(n) for n in (5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 3)}
+    for i in range(11):  # a 1 Hz agent, scraped once a second: rows 5..15 at 0..10 s
+        s.add_reading(parse_metrics(text[5 + i], at=float(i)))
+    assert s.rows_per_s == pytest.approx(1.0)
+    # A scrape 0.3 s later, before the next row: still about 1 row/s over the last 10 s
+    # (from the reading at 1 s: rows 6 to 15 in 9.3 s), where two scrapes alone say 0.
+    s.add_reading(parse_metrics(text[15], at=10.3))
+    assert s.rows_per_s == pytest.approx(9 / 9.3)
+    s.add_reading(parse_metrics(text[3], at=11.0))  # the counter went back: a new agent
+    assert s.rows_per_s is None
+    s.scrape_failed("gone")
+    assert s.rows_per_s is None
