@@ -174,6 +174,10 @@ def _command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    if args.verbose:
+        from edge_agent.interpreter import show_runtime_log
+
+        show_runtime_log(True)
     try:
         if args.command == "version":
             print(__version__)

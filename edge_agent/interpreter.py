@@ -11,6 +11,10 @@ module level.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -106,3 +110,41 @@ def load_interpreter(model_bytes: bytes, *, num_threads: int = 1) -> tuple[TFLit
     raise RuntimeError(
         "no TFLite runtime is installed; tried " + "; ".join(missing) + f". Install: {INSTALL_HINT}"
     )
+
+
+# LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++ straight to
+# file descriptor 2, once per process, at the first allocation; no setting turns it off. The
+# first allocation happens before the daemon starts any thread, so hiding fd 2 around it
+# cannot swallow another thread's log line. ``show_runtime_log(True)`` (``--verbose``) keeps it.
+_quiet = {"enabled": True, "done": False}
+_quiet_lock = threading.Lock()
+
+
+def show_runtime_log(enabled: bool) -> None:
+    """Show (True) or hide (False, the default) the runtime's one-time start-up line."""
+    _quiet["enabled"] = not enabled
+
+
+def allocate(interpreter: TFLiteInterpreter) -> None:
+    """``interpreter.allocate_tensors()``, hiding the runtime's start-up line the first time
+    in this process; on an error, what it printed is shown after all."""
+    with _quiet_lock:
+        first = _quiet["enabled"] and not _quiet["done"]
+        _quiet["done"] = True
+    if not first:
+        interpreter.allocate_tensors()
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as scratch:
+        os.dup2(scratch.fileno(), 2)
+        try:
+            interpreter.allocate_tensors()
+        except BaseException:
+            os.dup2(saved, 2)
+            scratch.seek(0)
+            os.write(2, scratch.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

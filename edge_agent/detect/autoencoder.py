@@ -22,7 +22,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.interpreter import TFLiteInterpreter, load_interpreter
+from edge_agent.interpreter import TFLiteInterpreter, allocate, load_interpreter
 
 INT8_MIN = int(np.iinfo(np.int8).min)
 INT8_MAX = int(np.iinfo(np.int8).max)
@@ -141,7 +141,7 @@ class Int8Autoencoder:
         self._dynamic_batch = int(signature[0]) == -1
         if not self._dynamic_batch:
             self._max_batch = self._batch
-        interpreter.allocate_tensors()
+        allocate(interpreter)
 
     @property
     def window(self) -> int:
