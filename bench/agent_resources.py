@@ -82,10 +82,10 @@ def jit_costs(bundle: Path, pub: Path, cache: Path) -> dict[str, Any]:
     load = (
         _RSS + "import json, time\nt=time.perf_counter()\n"
         "from edge_agent.config.model import AgentConfig\n"
-        "from edge_agent.agent import _Model\n"
+        "from edge_agent.model_slot import slot_for_config\n"
         f"cfg = AgentConfig.model_validate({{'machine_id':'b','model':{{'bundle':{str(bundle)!r},"
         f"'trust_key':{str(pub)!r}}},'sources':[{{'type':'replay','path':'x.csv'}}]}})\n"
-        "m=_Model(cfg); t1=time.perf_counter(); m.warm_up(); t2=time.perf_counter()\n"
+        "m=slot_for_config(cfg); t1=time.perf_counter(); m.warm_up(); t2=time.perf_counter()\n"
         "print(json.dumps({'rss_mb': rss(), 'import_and_load_s': t1-t, 'warm_up_s': t2-t1}))"
     )
     shutil.rmtree(cache, ignore_errors=True)

@@ -35,13 +35,13 @@ def measure(bundle: Path, pub: Path, data: Path, work: Path, port: int) -> dict[
     from edge_agent.deliver.config import MqttConfig, OutboxConfig
     from edge_agent.deliver.mqtt import MqttUplink
     from edge_agent.deliver.outbox import Outbox
-    from edge_agent.detect.cascade import Cascade
     from edge_agent.detect.episodes import EpisodeTracker
+    from edge_agent.model_slot import load_cascade
     from edge_agent.pipeline import StreamingPipeline
 
     vb = verify_bundle(bundle, pub)
     m = vb.manifest
-    pipe = StreamingPipeline(m, Cascade.from_bundle(vb))
+    pipe = StreamingPipeline(m, load_cascade(vb))
     # Frequent updates give more messages to time; each is one more alert on the wire.
     tracker = EpisodeTracker(
         "bench", m.model_version, m.channel_names, EventsConfig(update_interval_s=1.0)

@@ -179,12 +179,12 @@ from pathlib import Path
 t0 = time.perf_counter()
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.data.table import read_table
-from edge_agent.detect.cascade import Cascade
+from edge_agent.model_slot import load_cascade
 from edge_agent.pipeline import run_pipeline
 imported = time.perf_counter() - t0
 bundle = verify_bundle(Path(sys.argv[1]), Path(sys.argv[2]))
 m = bundle.manifest
-cascade = Cascade.from_bundle(bundle, num_threads=1)
+cascade = load_cascade(bundle, num_threads=1)
 table = read_table(sys.argv[3], label_cols=["anomaly"], channels=m.channel_names)
 t1 = time.perf_counter()
 run_pipeline(table, m, cascade)
@@ -464,7 +464,7 @@ def _run(a: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
     from bench.common import machine, make_bundle
     from edge_agent.bundle.verify import verify_bundle
     from edge_agent.data.table import read_table
-    from edge_agent.detect.cascade import Cascade
+    from edge_agent.model_slot import load_cascade
     from edge_agent.simulator import simulate_plant
 
     with tempfile.TemporaryDirectory(prefix="throughput-bench-") as tmp:
@@ -474,7 +474,7 @@ def _run(a: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
         fit_s = time.perf_counter() - t0
         bundle = verify_bundle(bundle_dir, pub)
         m = bundle.manifest
-        cascade = Cascade.from_bundle(bundle, num_threads=1)
+        cascade = load_cascade(bundle, num_threads=1)
         simulate_plant(rows=a.live, seed=LIVE_SEED).write_csv(work / "live.csv")
         live = read_table(work / "live.csv", label_cols=["anomaly"], channels=m.channel_names)
         history = read_table(

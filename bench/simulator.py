@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from edge_agent.bundle.verify import verify_bundle
     from edge_agent.data.table import read_table
-    from edge_agent.detect.cascade import Cascade
+    from edge_agent.model_slot import load_cascade
     from edge_agent.pipeline import run_pipeline
     from edge_agent.simulator import FAULT_KINDS, simulate_plant
     from export.bundle import build_bundle
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         keygen(work / "keys")
         build_bundle(work / "run", work / "bundle", work / "keys" / "signing.key", variants=())
         bundle = verify_bundle(work / "bundle", work / "keys" / "signing.pub")
-        cascade = Cascade.from_bundle(bundle)
+        cascade = load_cascade(bundle)
         test = read_table(
             work / "live.csv", label_cols=["anomaly"], channels=bundle.manifest.channel_names
         )

@@ -6,7 +6,9 @@ takes a row from the sampler, checks it, pushes it through the same
 :class:`~edge_agent.pipeline.StreamingPipeline` that ``replay`` uses, and commits the events
 it yields to the outbox before anything is published. Under systemd it signals READY once the
 model is loaded and every source has started, pings the watchdog from the loop, drains the
-outbox on SIGTERM and reloads its config on SIGHUP.
+outbox on SIGTERM and, on SIGHUP, re-reads its config and re-verifies its bundle: a changed
+bundle (a new ``bundles/current`` target) is swapped in with :meth:`Agent.swap_model` even when
+the config is unchanged. The model itself lives in :mod:`edge_agent.model_slot`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.bundle.verify import verify_bundle
 from edge_agent.clock import SYSTEM_CLOCK, Clock, Ticker
 from edge_agent.config.load import load_config
 from edge_agent.config.model import AgentConfig
@@ -31,14 +32,14 @@ from edge_agent.data.quality import QualityMonitor
 from edge_agent.deliver.mqtt import STOP_GRACE_S as UPLINK_STOP_GRACE_S
 from edge_agent.deliver.mqtt import MqttUplink
 from edge_agent.deliver.outbox import Outbox
-from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SKIPPED, Cascade
-from edge_agent.detect.episodes import EpisodeTracker
+from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SKIPPED
 from edge_agent.errors import ConfigError, EdgeAnomalyError
 from edge_agent.events import SEVERITY_CRITICAL, Event
 from edge_agent.health import AgentHealth, AgentSnapshot, LoopCounts, new_counts
 from edge_agent.logs import Throttle, setup_logging
 from edge_agent.metrics import AgentMetrics
-from edge_agent.pipeline import StreamingPipeline
+from edge_agent.model_slot import ModelSlot, slot_for_config, undelivered_channels
+from edge_agent.recent_rows import RecentRows
 from edge_agent.sampler import Sampler
 from edge_agent.service import notify
 from edge_agent.service.supervisor import TaskHealth, stalled
@@ -60,40 +61,11 @@ WARM_UP_ALLOWANCE_S = 600.0  # start-up time asked of systemd for a cold-cache J
 # pings stop and systemd restarts the whole process.
 THREAD_DOWN_LIMIT_S = 300.0
 LOG_EVERY_S = 300.0  # repeated loop errors and skipped windows: one log line per 5 min
-
-
-class _Model:
-    """A verified bundle and the pipeline state built on it (replaced whole on reload)."""
-
-    def __init__(self, cfg: AgentConfig) -> None:
-        bundle = verify_bundle(cfg.model.bundle, cfg.model.trust_key)
-        self.manifest = bundle.manifest
-        self.cascade = Cascade.from_bundle(bundle, num_threads=cfg.model.threads)
-        self.pipeline = StreamingPipeline(self.manifest, self.cascade)
-        self.episodes = EpisodeTracker(
-            cfg.machine_id, self.manifest.model_version, self.manifest.channel_names, cfg.events
-        )
-
-    @property
-    def channels(self) -> list[str]:
-        return self.manifest.channel_names
-
-    @property
-    def training_stats(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Per-channel training (mean, scale), for data quality's plausibility bound."""
-        chans = self.manifest.channels
-        return np.array([c.mean for c in chans]), np.array([c.scale for c in chans])
-
-    def warm_up(self) -> None:
-        """Compile and run every kernel once on a throw-away pipeline, so the first real
-        window is not delayed by JIT compilation (Numba caches the machine code on disk)."""
-        m = self.manifest
-        pipe = StreamingPipeline(m, self.cascade)
-        n = m.window.length + 1
-        ts = np.arange(n, dtype=np.float64) * m.sampling.period_s
-        mean = np.array([c.mean for c in m.channels])
-        pipe.push(ts, np.tile(mean, (n, 1)))
-        pipe.push(ts[-1:] + m.sampling.period_s, mean[None, :])
+# Clean rows kept for priming a swapped-in model: its window length, and at least this many
+# (a model with a longer window than the running one still starts on a full window).
+RECENT_ROWS_MIN = 256
+RELOAD_REASON = "SIGHUP"
+STOP_REASON = "agent stopping"
 
 
 class Agent:
@@ -113,7 +85,8 @@ class Agent:
         self.first_poll_s: float | None = None
         self.counts = new_counts()
         self._throttle = Throttle(log, LOG_EVERY_S)
-        self.model = _Model(cfg)
+        # Always a model for now; over-the-air updates will let it be None until one arrives.
+        self.model: ModelSlot = slot_for_config(cfg)
         self._check_channels(cfg, self.model)
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -123,20 +96,21 @@ class Agent:
         self.sampler = Sampler(self.model.channels, clock=clock.mono)
         self.quality = self._quality(cfg)
         self.sources: list[Source] = self._sources(cfg)
+        self.recent = RecentRows(_recent_capacity(self.model), self.model.channels)
         self.uplink: MqttUplink | None = None
         self.metrics = AgentMetrics(self.snapshot)
         self.metrics_port: int | None = None
 
     # --- assembly ---------------------------------------------------------------------------
     @staticmethod
-    def _check_channels(cfg: AgentConfig, model: _Model) -> None:
+    def _check_channels(cfg: AgentConfig, model: ModelSlot) -> None:
         if any(isinstance(s, ReplaySource) for s in cfg.sources):
             return
         delivered = set(cfg.delivered_channels())
-        missing = [ch for ch in model.channels if ch not in delivered]
+        missing = undelivered_channels(model.manifest, cfg)
         if missing:
             raise ConfigError(
-                f"model {model.manifest.model_version} needs channels {missing} that no source "
+                f"model {model.version} needs channels {missing} that no source "
                 f"in the config delivers (sources deliver {sorted(delivered)})"
             )
         unused = sorted(delivered - set(model.channels))
@@ -209,6 +183,7 @@ class Agent:
         notify.stopping()
         deadline = time.monotonic() + STOP_BUDGET_S
         self._stop_sources(SOURCE_STOP_S)
+        self._close_episodes(STOP_REASON)
         if self.uplink is not None:
             drain = deadline - time.monotonic() - UPLINK_STOP_GRACE_S
             self.uplink.stop(drain_timeout_s=max(0.0, drain))
@@ -253,6 +228,8 @@ class Agent:
         next_ping = 0.0
         ticker = Ticker(self.model.manifest.sampling.period_s, self.clock)
         while True:
+            if ticker.period_s != self.model.manifest.sampling.period_s:
+                ticker = Ticker(self.model.manifest.sampling.period_s, self.clock)  # new model
             mono = time.monotonic()
             if mono >= next_ping:  # also while waiting: a slow model period must not starve it
                 self._watchdog()
@@ -263,7 +240,6 @@ class Agent:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
-                ticker = Ticker(self.model.manifest.sampling.period_s, self.clock)
                 continue
             self.outbox.maintain()
             if self.replaying:
@@ -311,6 +287,7 @@ class Agent:
             "forward" if step > 0 else "back", abs(step), self.counts["clock_steps"],
         )
         self.model.pipeline.break_segment()
+        self.recent.clear()  # stamps from before the step would not line up with new ones
         self.quality.shift_time(step)
 
     def _guarded(self, push: Callable[..., None], *args: Any) -> None:
@@ -347,6 +324,7 @@ class Agent:
     ) -> None:
         t0 = time.perf_counter()
         batch = self.model.pipeline.push(ts, rows)
+        self.recent.append(ts, rows)
         n = len(batch.stage)
         if n:
             self.metrics.latency.observe(time.perf_counter() - t0)
@@ -379,46 +357,100 @@ class Agent:
         if self.uplink is not None:
             self.uplink.wake()
 
-    # --- reload -------------------------------------------------------------------------------
+    # --- reload and model swap ---------------------------------------------------------------
     def reload(self) -> None:
-        """SIGHUP: re-read the config; keep running the old one if the new one is invalid."""
+        """SIGHUP: re-read the config and re-verify the bundle; swap the model if the bundle
+        changed (even when the config did not). Anything invalid keeps the running ones."""
         if self.config_path is None:
             return
         notify.reloading()
         try:
             new = load_config(self.config_path, self.overrides)
-            model = _Model(new) if new.model != self.cfg.model else self.model
+            model = slot_for_config(new, self.model)
             self._check_channels(new, model)
-        except EdgeAnomalyError as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
+            model.warm_up()
+        except Exception as exc:  # a faulty new model must not take the running one down
+            unexpected = not isinstance(exc, EdgeAnomalyError)
+            log.error("reload refused, keeping the running config and model %s: %s",
+                      self.model.version, exc, exc_info=unexpected)
             notify.ready("reload refused; running the previous config")
             return
-        self._stop_sources(SOURCE_STOP_S)
+        old, self.cfg = self.cfg, new
+        config_changed = new != old
         if model is not self.model:
-            model.warm_up()
-            self.model = model
-            log.info("model %s loaded", model.manifest.model_version)
-        old = self.cfg
-        self.cfg = new
-        self.sampler = Sampler(self.model.channels, clock=self.clock.mono)
-        self.quality = self._quality(new)
-        self.sources = self._sources(new)
+            self._swap(model, RELOAD_REASON, restart_inputs=config_changed)
+        elif config_changed:
+            self._restart_inputs()
         if new.mqtt != old.mqtt or new.machine_id != old.machine_id:
             if self.uplink is not None:
                 self.uplink.stop(drain_timeout_s=1.0)
                 self.uplink = None
             self._start_uplink()
+        notify.ready(f"reloaded: watching {new.machine_id}")
+        if config_changed:
+            log.info("config reloaded from %s", self.config_path)
+        else:
+            log.info("config unchanged (%s); model %s", self.config_path, self.model.version)
+
+    def swap_model(self, new: ModelSlot, reason: str) -> None:
+        """Put ``new`` in place of the running model, from the main loop's thread.
+
+        The old model's open episodes are closed first (its ``close`` events go to the
+        outbox before the new model scores a row), the new pipeline is primed with the last
+        clean rows so that no row goes unscored, and the sources keep running unless the
+        model's channels differ. A new model that cannot warm up leaves the old one running.
+        """
+        self._swap(new, reason, restart_inputs=False)
+
+    def _swap(self, new: ModelSlot, reason: str, *, restart_inputs: bool) -> None:
+        new.warm_up()
+        old = self.model
+        self._close_episodes(f"model {old.version} replaced by {new.version} ({reason})")
+        self.model = new
+        if restart_inputs or new.channels != old.channels:
+            self._restart_inputs()
+        else:
+            self.quality.set_training(new.training_stats)
+        self._prime(new)
+        log.info("model %s → %s (%s)", old.version, new.version, reason)
+
+    def _prime(self, model: ModelSlot) -> None:
+        held = self.recent.latest(model.manifest.window.length, model.channels)
+        self.recent = self.recent.resized(_recent_capacity(model), model.channels)
+        if held is None or held[0].shape[0] == 0:
+            log.info("model %s: no recent rows of its channels; its first window fills from "
+                     "live rows", model.version)
+            return
+        try:
+            model.prime(*held)
+        except Exception as err:  # the rows are scored already: priming may only cost time
+            log.warning("model %s: priming with %d recent rows failed, windows fill from live "
+                        "rows: %r", model.version, held[0].shape[0], err)
+            model.pipeline.break_segment()
+
+    def _restart_inputs(self) -> None:
+        """New sampler, data quality and sources for the running model and config."""
+        self._stop_sources(SOURCE_STOP_S)
+        self.sampler = Sampler(self.model.channels, clock=self.clock.mono)
+        self.quality = self._quality(self.cfg)
+        self.sources = self._sources(self.cfg)
         for s in self.sources:
             s.start(self.sampler)
-        notify.ready(f"reloaded: watching {new.machine_id}")
-        log.info("config reloaded from %s", self.config_path)
+
+    def _close_episodes(self, reason: str) -> None:
+        """``close`` events for the running model's open episodes (swap, stop)."""
+        try:
+            for e in self.model.close_episodes(self.clock.wall(), reason):
+                self._emit(e)
+        except Exception as err:  # stopping or swapping must go on
+            log.error("could not close the open episodes (%s): %r", reason, err)
 
     # --- health -------------------------------------------------------------------------------
     def health(self) -> AgentHealth:
         return AgentHealth(
             uptime_s=round(time.time() - self.started_at, 1),
             first_reading_s=self.first_poll_s,
-            model_version=self.model.manifest.model_version,
+            model_version=self.model.version,
             counts=LoopCounts(**self.counts),
             outbox_depth=self.outbox.depth(),
             outbox_dropped=self.outbox.dropped(),
@@ -459,3 +491,7 @@ def run_agent(
     finally:
         agent.stop()
     return 0
+
+
+def _recent_capacity(model: ModelSlot) -> int:
+    return max(model.manifest.window.length, RECENT_ROWS_MIN)

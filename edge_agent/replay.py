@@ -12,11 +12,12 @@ import datetime as dt
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.data.table import read_table
-from edge_agent.detect.cascade import Cascade
+from edge_agent.model_slot import load_cascade
 from edge_agent.pipeline import PipelineResult, run_pipeline
 
 log = logging.getLogger("edge_agent.replay")
@@ -28,7 +29,7 @@ def replay(
     bundle_dir: Path,
     data: Path,
     out: Path,
-    trust: Path,
+    trust: Path | Sequence[Path],
     *,
     time_col: str | None = None,
     num_threads: int = 1,
@@ -36,7 +37,7 @@ def replay(
     bundle = verify_bundle(bundle_dir, trust)
     m = bundle.manifest
     table = read_table(data, time_col=time_col, channels=m.channel_names)
-    cascade = Cascade.from_bundle(bundle, num_threads=num_threads)
+    cascade = load_cascade(bundle, num_threads=num_threads)
     log.info("bundle %s verified; %d rows from %s", m.model_version, table.rows, data)
     result = run_pipeline(table, m, cascade)
     write_scores(out, table.timestamps, result)

@@ -39,6 +39,7 @@ _PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("state_dir",),
     ("model", "bundle"),
     ("model", "trust_key"),
+    ("model", "extra_trust_keys", "*"),
     ("sources", "*", "path"),
     ("mqtt", "password_file"),
     ("mqtt", "tls", "ca_file"),

@@ -23,11 +23,23 @@ DEFAULT_METRICS_PORT = 9108
 
 
 class ModelConfig(StrictModel):
-    """The signed model bundle the agent runs."""
+    """The signed model bundle the agent runs, and the keys a bundle may be signed with."""
 
-    bundle: Path = Field(description="Bundle directory written by `export bundle`")
+    bundle: Path | None = Field(
+        default=None, description="Bundle directory written by `export bundle` (often a "
+        "`bundles/current` link); absent only when over-the-air updates provide the model"
+    )
     trust_key: Path = Field(description="Ed25519 public key (PEM) the bundle must be signed with")
+    extra_trust_keys: list[Path] = Field(
+        default_factory=list, description="Further Ed25519 public keys (PEM) accepted, for key "
+        "rotation: a bundle signed with any one of these or `trust_key` is trusted"
+    )
     threads: int = Field(default=1, ge=1, le=8, description="TFLite interpreter threads")
+
+    @property
+    def trusted_keys(self) -> list[Path]:
+        """Every key a bundle may be signed with, ``trust_key`` first."""
+        return [self.trust_key, *self.extra_trust_keys]
 
 
 class ChannelQuality(StrictModel):

@@ -95,14 +95,7 @@ class QualityMonitor:
         )
         self._min = np.array([-np.inf if q.min is None else q.min for q in own], np.float64)
         self._max = np.array([np.inf if q.max is None else q.max for q in own], np.float64)
-        self._plausible_lo = np.full(len(own), -np.inf)
-        self._plausible_hi = np.full(len(own), np.inf)
-        if training is not None:
-            mean, scale = training
-            self._plausible_lo = mean - IMPLAUSIBLE_SCALES * scale
-            self._plausible_hi = mean + IMPLAUSIBLE_SCALES * scale
-        self._lo = np.maximum(self._min, self._plausible_lo)
-        self._hi = np.minimum(self._max, self._plausible_hi)
+        self.set_training(training)
         self._stuck_n = np.array(
             [q.stuck_samples or defaults.stuck_samples or _NEVER for q in own], np.int64
         )
@@ -114,6 +107,19 @@ class QualityMonitor:
         self._counts = np.zeros((n, len(REASONS) + 1), np.int64)  # column 0: good samples
         self._faults: dict[int, _Fault] = {}
         self._t0: float | None = None
+
+    def set_training(self, training: tuple[FloatArray, FloatArray] | None) -> None:
+        """The model's per-channel (mean, scale) for the plausibility bound; a new model with
+        the same channels changes only this, and open fault episodes carry on."""
+        n = len(self.channels)
+        self._plausible_lo = np.full(n, -np.inf)
+        self._plausible_hi = np.full(n, np.inf)
+        if training is not None:
+            mean, scale = training
+            self._plausible_lo = mean - IMPLAUSIBLE_SCALES * scale
+            self._plausible_hi = mean + IMPLAUSIBLE_SCALES * scale
+        self._lo = np.maximum(self._min, self._plausible_lo)
+        self._hi = np.minimum(self._max, self._plausible_hi)
 
     def check(
         self, t: float, values: FloatArray, age_s: FloatArray, fresh: BoolArray

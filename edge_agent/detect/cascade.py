@@ -19,12 +19,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.bundle.manifest import Manifest
-from edge_agent.bundle.verify import VerifiedBundle
 from edge_agent.detect.forest import FlatForest
 from edge_agent.detect.threshold import ThresholdModel
-from edge_agent.detect.windows import FEATURE_SET_VERSION
-from edge_agent.errors import BundleError
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -143,7 +139,10 @@ def _error_numpy(windows: F32, recon: F32) -> tuple[F64, F32]:
 
 
 class Cascade:
-    """Forest screen + autoencoder + calibrated threshold, as loaded from a bundle."""
+    """Forest screen + autoencoder + calibrated threshold.
+
+    Built from a bundle by :func:`edge_agent.model_slot.load_cascade` on the device, or from a
+    trainer run's float model at the desk."""
 
     def __init__(
         self,
@@ -157,33 +156,6 @@ class Cascade:
         self.screen_threshold = screen_threshold
         self.autoencoder = autoencoder
         self.threshold = threshold
-
-    @classmethod
-    def from_bundle(cls, bundle: VerifiedBundle, *, num_threads: int = 1) -> Cascade:
-        # Imported here so that listing or verifying bundles works without an interpreter.
-        from edge_agent.detect.autoencoder import Int8Autoencoder
-
-        m: Manifest = bundle.manifest
-        if m.window.feature_set != FEATURE_SET_VERSION:
-            raise BundleError(
-                f"{bundle.path}: the model was trained on window feature set "
-                f"{m.window.feature_set} but this agent computes feature set "
-                f"{FEATURE_SET_VERSION}; re-export the bundle with a matching trainer, or "
-                "install the agent version it was made for"
-            )
-        forest = FlatForest.from_bytes(bundle.files[m.forest.file], source=m.forest.file)
-        ae = Int8Autoencoder(bundle.files[m.autoencoder.file], num_threads=num_threads)
-        if ae.window != m.window.length or ae.channels != len(m.channels):
-            raise BundleError(
-                f"{m.autoencoder.file}: model input is ({ae.window}, {ae.channels}) but the "
-                f"manifest says ({m.window.length}, {len(m.channels)})"
-            )
-        return cls(
-            forest=forest,
-            screen_threshold=m.forest.screen_threshold,
-            autoencoder=ae,
-            threshold=m.threshold,
-        )
 
     def score(self, windows: F32, features: F32, *, screen: bool = True) -> WindowScores:
         """Score windows ``(n, W, C)`` with their features ``(n, F)``.

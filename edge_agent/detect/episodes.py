@@ -18,9 +18,11 @@ of the error over the episode's stage-2 windows). Windows from the start of the 
 to the close all count. Times are sample times, so replaying the same data gives the same
 episodes; ``created`` is the caller's wall clock.
 
-State lives in memory only: if the agent restarts, an open episode is lost without a
-``close`` (consumers should expire open episodes they stop hearing about), and a new one
-opens once the restarted pipeline alerts again.
+State lives in memory only. When the agent stops or swaps its model it ends an open episode
+with :meth:`EpisodeTracker.close_open` (a ``close`` of the model that scored it, saying why);
+after a crash or power cut an open episode is lost without a ``close`` (consumers should expire
+open episodes they stop hearing about), and a new one opens once the restarted pipeline alerts
+again.
 """
 
 from __future__ import annotations
@@ -131,6 +133,18 @@ class EpisodeTracker:
                 out.append(self._event(ep, "update", None, now))
         self._last_end = t
 
+    def close_open(self, now: float, reason: str) -> list[Event]:
+        """End the open episode, if any, before its windows say so: ``reason`` tells why
+        (the model is being replaced, the agent is stopping). Its ``end`` is the last window
+        seen. The tracker is left empty, as if it had just started."""
+        out: list[Event] = []
+        if self._open is not None:
+            out.append(self._event(self._open, "close", self._last_end, now, why=reason))
+        self._open = None
+        self._run = None
+        self._segment = NO_SEGMENT
+        return out
+
     def _new_segment(self, seg: int, now: float, out: list[Event]) -> None:
         if self._open is not None:
             out.append(self._event(self._open, "close", self._last_end, now))
@@ -138,11 +152,14 @@ class EpisodeTracker:
         self._run = None
         self._segment = seg
 
-    def _event(self, ep: _Episode, state: EventState, end: float | None, now: float) -> Event:
+    def _event(
+        self, ep: _Episode, state: EventState, end: float | None, now: float, why: str = ""
+    ) -> Event:
         ep.sent_score, ep.sent_p = ep.peak_score, ep.peak_p
         top = self._top_channels(ep.share_sum / max(ep.stage2, 1))
         peak = ep.peak_score if ep.stage2 else None
         names = ", ".join(c.channel for c in top) or "no channel"
+        detail = f"anomaly {state}: peak p_anomaly {ep.peak_p:.4f}, mostly {names}"
         return Event(
             kind="anomaly",
             state=state,
@@ -156,7 +173,7 @@ class EpisodeTracker:
             peak_score=peak,
             p_anomaly=ep.peak_p,
             top_channels=top,
-            detail=f"anomaly {state}: peak p_anomaly {ep.peak_p:.4f}, mostly {names}",
+            detail=f"{detail}; closed early: {why}" if why else detail,
             created=now,
         )
 

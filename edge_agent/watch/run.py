@@ -218,8 +218,11 @@ class Watch:
         """One model window, from the bundle's verified manifest."""
         from edge_agent.bundle.verify import verify_bundle
 
+        bundle = self.cfg.model.bundle
         try:
-            m = verify_bundle(self.cfg.model.bundle, self.cfg.model.trust_key).manifest
+            if bundle is None:
+                raise EdgeAnomalyError("[model] bundle is not set")
+            m = verify_bundle(bundle, self.cfg.model.trusted_keys).manifest
         except EdgeAnomalyError as err:
             log.warning("summary: allowing %.0f s after each fault for its detection, not one "
                         "model window: %s", DEFAULT_GRACE_S, err)

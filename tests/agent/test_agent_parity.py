@@ -15,8 +15,8 @@ from edge_agent.bundle.verify import verify_bundle
 from edge_agent.config.load import load_config
 from edge_agent.data.table import read_table
 from edge_agent.deliver.outbox import read_recent
-from edge_agent.detect.cascade import Cascade
 from edge_agent.detect.episodes import EpisodeTracker
+from edge_agent.model_slot import load_cascade
 from edge_agent.pipeline import StreamingPipeline, run_pipeline
 
 
@@ -46,7 +46,7 @@ def test_daemon_stores_the_episodes_replay_finds(
 
     # The replay side: the whole file in one push, and the batch per-row result.
     vb = verify_bundle(bundle, keys / "signing.pub")
-    cascade = Cascade.from_bundle(vb)
+    cascade = load_cascade(vb)
     table = read_table(sim_csv, channels=vb.manifest.channel_names)
     batch = StreamingPipeline(vb.manifest, cascade).push(table.timestamps, table.values)
     tracker = EpisodeTracker(

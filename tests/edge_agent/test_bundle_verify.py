@@ -102,8 +102,8 @@ def test_replay_cli_refuses_a_bad_bundle_with_exit_2(
 def test_a_bundle_for_other_window_features_is_refused(copy: Path, keys: Path) -> None:
     """The forest was trained on the trainer's feature kernel of its day: a device computing
     another feature set would feed it numbers it never saw."""
-    from edge_agent.detect.cascade import Cascade
     from edge_agent.detect.windows import FEATURE_SET_VERSION
+    from edge_agent.model_slot import load_cascade
 
     key = load_private_key(keys / "signing.key")
     doc = json.loads((copy / "manifest.json").read_text())
@@ -113,4 +113,4 @@ def test_a_bundle_for_other_window_features_is_refused(copy: Path, keys: Path) -
     (copy / "manifest.sig").write_bytes(key.sign(raw))
     verified = verify_bundle(copy, keys / "signing.pub")  # signed and complete...
     with pytest.raises(BundleError, match=f"feature set {FEATURE_SET_VERSION + 1}"):
-        Cascade.from_bundle(verified)  # ...but not for this device's kernels
+        load_cascade(verified)  # ...but not for this device's kernels

@@ -12,9 +12,10 @@ from edge_agent.bundle.verify import verify_bundle
 from edge_agent.config.model import EventsConfig
 from edge_agent.data.table import read_table
 from edge_agent.detect.alerts import AlertPolicy, AlertState
-from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SCREEN, Cascade
+from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SCREEN
 from edge_agent.detect.episodes import EpisodeTracker
 from edge_agent.events import SEVERITY_CRITICAL, SEVERITY_INFO, Event
+from edge_agent.model_slot import load_cascade
 from edge_agent.pipeline import StreamingPipeline, WindowBatch
 
 CHANNELS = ["a", "b", "c"]
@@ -167,7 +168,7 @@ def test_replaying_the_same_data_gives_the_same_episodes(
 ) -> None:
     b = verify_bundle(bundle, keys / "signing.pub")
     m = b.manifest
-    cascade = Cascade.from_bundle(b)
+    cascade = load_cascade(b)
     t = read_table(sim_csv, channels=m.channel_names).select(m.channel_names)
     runs = []
     for chunk in (1, 997):

@@ -15,6 +15,7 @@ from edge_agent.detect.alerts import AlertState
 from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SCREEN, STAGE_SKIPPED, Cascade
 from edge_agent.detect.ring import WindowRing
 from edge_agent.detect.windows import gather_windows, screen_features, window_ends
+from edge_agent.model_slot import load_cascade
 from edge_agent.pipeline import (
     CHUNK_POINTS,
     StreamingPipeline,
@@ -31,7 +32,7 @@ WINDOW_FIELDS = ("end_time", "end_index", "segment", "stage", "score", "p_anomal
 @pytest.fixture(scope="module")
 def model(bundle: Path, keys: Path) -> tuple[Manifest, Cascade]:
     b = verify_bundle(bundle, keys / "signing.pub")
-    return b.manifest, Cascade.from_bundle(b)
+    return b.manifest, load_cascade(b)
 
 
 @pytest.fixture(scope="module")

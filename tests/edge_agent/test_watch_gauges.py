@@ -22,9 +22,10 @@ from edge_agent.bundle.verify import verify_bundle
 from edge_agent.config.load import load_config
 from edge_agent.config.model import MetricsConfig, MetricsTlsConfig
 from edge_agent.data.table import read_table
-from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SCREEN, Cascade
+from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SCREEN
 from edge_agent.health import LatestWindow
 from edge_agent.metrics import AgentMetrics
+from edge_agent.model_slot import load_cascade
 from edge_agent.pipeline import StreamingPipeline, WindowBatch
 from edge_agent.watch.scrape import MetricsReader, ScrapeError
 
@@ -48,7 +49,7 @@ def test_agent_gauges_show_the_latest_window(
 
     vb = verify_bundle(bundle, keys / "signing.pub")
     table = read_table(sim_csv, channels=vb.manifest.channel_names)
-    batch = StreamingPipeline(vb.manifest, Cascade.from_bundle(vb)).push(
+    batch = StreamingPipeline(vb.manifest, load_cascade(vb)).push(
         table.timestamps, table.values
     )
     last = batch.size - 1

@@ -34,6 +34,7 @@ from edge_agent.detect.cascade import Cascade
 from edge_agent.detect.threshold import ThresholdModel
 from edge_agent.detect.windows import screen_features
 from edge_agent.errors import DataError
+from edge_agent.model_slot import load_cascade
 from edge_agent.pipeline import PipelineResult, prepare, run_pipeline
 from trainer.evaluate.baselines import run_baselines
 from trainer.evaluate.metrics import point_metrics, summarize
@@ -76,7 +77,7 @@ def load_scorer(
         if trust is None:
             raise DataError("--bundle needs --trust KEY.pub")
         b = verify_bundle(bundle_dir, trust)
-        cascade = Cascade.from_bundle(b)
+        cascade = load_cascade(b)
         rep = np.zeros((0, b.manifest.window.length, len(b.manifest.channels)), np.float32)
         if run_dir is not None:
             with np.load(run_dir / "calibration.npz", allow_pickle=False) as z:
