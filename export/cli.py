@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="verify a bundle's signature and file hashes")
     v.add_argument("--bundle", type=Path, required=True, help="bundle directory")
     v.add_argument("--trust", type=Path, required=True, help="trusted public key (signing.pub)")
+    from export.ota_cli import add_parsers as add_ota_parsers
+
+    add_ota_parsers(sub)  # publish, fleet: over-the-air updates through the fleet's broker
     return p
 
 
@@ -102,6 +105,10 @@ def _run(args: argparse.Namespace) -> int:
 
             b = verify_bundle(args.bundle, args.trust)
             print(f"ok: {b.manifest.model_version}, {len(b.files)} files verified")
+        elif args.command in ("publish", "fleet"):
+            from export.ota_cli import run_fleet, run_publish
+
+            return run_publish(args) if args.command == "publish" else run_fleet(args)
         return 0
     except (EdgeAnomalyError, ExportError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
