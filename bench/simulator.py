@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "window_recall_kept_by_screen": float(kept.sum() / max(s2.sum(), 1)),
         "per_kind": per_kind,
         "config": str(a.config) if a.config else "built-in defaults",
-        "validation": record["validation"],
+        "validation": record.validation.model_dump(),
         "fit_seconds": round(t_fit, 1),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",

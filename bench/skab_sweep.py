@@ -50,7 +50,7 @@ def cache(config: Path | None, tag: str, shard: int, shards: int) -> None:
     from edge_agent.data.table import read_table
     from edge_agent.detect.cascade import reconstruction_error
     from edge_agent.pipeline import run_pipeline
-    from export.bundle import load_run
+    from export.run_dir import load_run
     from trainer.config import load_config
     from trainer.evaluate.run import load_scorer
     from trainer.fit import KerasReconstructor, fit
@@ -69,9 +69,9 @@ def cache(config: Path | None, tag: str, shard: int, shards: int) -> None:
         fit(unlabelled(table.slice(0, TRAIN_ROWS)), run, cfg, seed=0, overwrite=True)
         manifest, cascade, _, _ = load_scorer(run, None, None)
         res = run_pipeline(table, manifest, cascade, screen=False)
-        _, model, _, arrays = load_run(run)
-        val = arrays["val_windows"]
-        val_err, _ = reconstruction_error(val, KerasReconstructor(model).reconstruct(val))
+        loaded = load_run(run)
+        val = loaded.arrays["val_windows"]
+        val_err, _ = reconstruction_error(val, KerasReconstructor(loaded.model).reconstruct(val))
         np.savez(
             out / f"{name}.npz",
             row_err=res.score,

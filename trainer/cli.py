@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent.errors import EdgeAnomalyError
+from export.errors import ExportError
 from trainer.demo import HISTORY_ROWS, LIVE_ROWS
 from trainer.demo_plot import add_arguments as add_demo_plot_arguments
 from trainer.quiet import quiet_unless
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with quiet_unless(args.verbose):
         try:
             return _run(args)
-        except (EdgeAnomalyError, FileExistsError, ValueError) as exc:
+        except (EdgeAnomalyError, ExportError, FileExistsError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_INPUT_ERROR
 
@@ -171,8 +172,8 @@ def _run(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "run": str(args.out),
-                    "validation": record["validation"],
-                    "fit_seconds": record["fit_seconds"],
+                    "validation": record.validation.model_dump(),
+                    "fit_seconds": record.fit_seconds,
                 },
                 indent=2,
             )

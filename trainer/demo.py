@@ -5,6 +5,10 @@ and ``export bundle`` (int8, signed) → ``edge_agent replay`` on a fresh stretc
 machine → a table of what was detected against what was injected, per fault kind. The table is
 what the bundle the live demo (``scripts/demo``) then runs does on data it has never seen.
 
+Each step calls the library function its command line calls (``trainer.fit.fit``,
+``export.bundle.build_bundle``, ``edge_agent.replay.replay``), not the other CLIs: ``trainer
+demo`` is itself a ``trainer`` subcommand, and the demo must not import the CLI that runs it.
+
 The demo model is trained for speed (about a minute on 2 CPU cores, see ``DEMO_AUTOENCODER``)
 on one day of history; the replay table states what that costs in recall.
 """
@@ -50,9 +54,13 @@ def run_demo(
     ``epochs`` overrides the demo's autoencoder epochs; ``history_rows``/``live_rows`` make a
     smaller demo (the tests' quick run).
     """
-    from edge_agent.cli import main as agent
-    from export.cli import main as export
-    from trainer.cli import main as trainer
+    from edge_agent.data.table import read_table
+    from edge_agent.detect.cascade import STAGE_AUTOENCODER
+    from edge_agent.replay import replay
+    from export.bundle import build_bundle
+    from export.keys import PRIVATE_NAME, PUBLIC_NAME, keygen
+    from trainer.config import load_config
+    from trainer.fit import fit
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -70,65 +78,34 @@ def run_demo(
     cfg = out / "train.toml"
     cfg.write_text(demo_train_toml(epochs), encoding="utf-8")
     run = out / "run"
-    _check(
-        trainer(
-            [
-                "fit",
-                "--data",
-                str(history),
-                "--label-col",
-                "anomaly",
-                "--out",
-                str(run),
-                "--overwrite",
-                "--config",
-                str(cfg),
-            ]
-        )
-    )
+    record = fit(read_table(history, label_cols=["anomaly"]), run, load_config(cfg), overwrite=True)
+    v = record.validation
     print(f"2/4 trained forest + autoencoder in {_since(t)} -> {run}")
+    print(
+        f"    held out {v.windows} normal windows: false-alarm rate {v.false_alarm_rate:.2%}; "
+        f"{v.positives} anomalous: recall {v.cascade_recall:.1%} behind the screen"
+    )
 
     t = time.perf_counter()
     keys = out / "keys"
-    if not (keys / "signing.key").exists():
-        _check(export(["keygen", "--out", str(keys)]))
+    if not (keys / PRIVATE_NAME).exists():
+        keygen(keys)
     bundle = out / "bundle"
-    _check(
-        export(
-            [
-                "bundle",
-                "--run",
-                str(run),
-                "--out",
-                str(bundle),
-                "--key",
-                str(keys / "signing.key"),
-                "--variants",
-                "none",
-                "--overwrite",
-            ]
-        )
-    )
+    m = build_bundle(run, bundle, keys / PRIVATE_NAME, variants=(), overwrite=True)
     print(f"3/4 signed int8 bundle in {_since(t)} -> {bundle}")
+    print(
+        f"    {m.model_version}: F1 float {m.parity.f1_float:.3f} int8 {m.parity.f1_int8:.3f} "
+        f"on {m.parity.windows} windows"
+    )
 
     t = time.perf_counter()
     scores = out / "scores.csv"
-    _check(
-        agent(
-            [
-                "replay",
-                "--bundle",
-                str(bundle),
-                "--data",
-                str(live),
-                "--out",
-                str(scores),
-                "--trust",
-                str(keys / "signing.pub"),
-            ]
-        )
+    res = replay(bundle, live, scores, keys / PUBLIC_NAME)
+    print(f"4/4 replayed the live rows through the device pipeline in {_since(t)} -> {scores}")
+    print(
+        f"    {res.stage.size} rows: {int((res.stage == STAGE_AUTOENCODER).sum())} reached "
+        f"stage 2, {int(res.alert.sum())} in alert\n"
     )
-    print(f"4/4 replayed the live rows through the device pipeline in {_since(t)} -> {scores}\n")
     summary = summarize(plant.labels, plant.fault_kind, _alerts(scores), period_s=plant.period_s)
     _print(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -146,11 +123,6 @@ def demo_train_toml(epochs: int | None = None) -> str:
 
 def _since(t: float) -> str:
     return f"{time.perf_counter() - t:.1f} s"
-
-
-def _check(code: int) -> None:
-    if code != 0:
-        raise SystemExit(code)
 
 
 def _alerts(scores: Path) -> np.ndarray:

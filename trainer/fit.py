@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.bundle.manifest import ChannelSpec, ForestSpec, SamplingSpec, WindowSpec
 from edge_agent.data.grid import align_to_grid, interpolate_held_runs
 from edge_agent.data.table import SensorTable
+from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.cascade import reconstruction_error
 from edge_agent.detect.forest import FlatForest
 from edge_agent.detect.projection import fit_projection
@@ -39,11 +41,11 @@ from edge_agent.errors import DataError
 from trainer.calibrate import calibrate_threshold, screen_threshold
 from trainer.config import TrainConfig
 from trainer.forest import fit_forest
+from trainer.run_record import RUN_FILE, AutoencoderTraining, RunRecord, ValidationSummary
 from trainer.synthetic import inject
 
 log = logging.getLogger("trainer.fit")
 
-RUN_FILE = "run.json"
 FOREST_FILE = "forest.npz"
 MODEL_FILE = "autoencoder.keras"
 CALIBRATION_FILE = "calibration.npz"
@@ -249,7 +251,7 @@ def train_autoencoder(
 
 def fit(
     table: SensorTable, out: Path, cfg: TrainConfig, *, seed: int = 0, overwrite: bool = False
-) -> dict[str, Any]:
+) -> RunRecord:
     """Train on ``table`` and write the run directory ``out``; returns the run record."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
@@ -313,44 +315,44 @@ def fit(
     detected = pos_err >= threshold.alert_threshold
     screen = screen_threshold(pos_forest, detected, keep_recall=cfg.cascade.keep_recall)
     val_forest = forest.score(screen_features(prep.xn, stats, val_ends, w))
-    record: dict[str, Any] = {
-        "trainer_version": _version(),
-        "seed": seed,
-        "config": cfg.model_dump(),
-        "source": str(table.path),
-        "rows": table.rows,
-        "history_samples": history_samples,
-        "threshold_margin": cfg.threshold.effective_margin(history_samples),
-        "data_fingerprint": data_fingerprint(table),
-        "channels": [
-            {"name": n, "unit": "", "mean": float(m), "scale": float(s)}
+    record = RunRecord(
+        trainer_version=_version(),
+        seed=seed,
+        config=cfg,
+        source=str(table.path),
+        rows=table.rows,
+        history_samples=history_samples,
+        threshold_margin=cfg.threshold.effective_margin(history_samples),
+        data_fingerprint=data_fingerprint(table),
+        channels=[
+            ChannelSpec(name=n, unit="", mean=float(m), scale=float(s))
             for n, m, s in zip(table.channels, prep.mean, prep.scale, strict=True)
         ],
-        "sampling": {
-            "period_s": prep.period_s,
-            "max_hold": cfg.data.max_hold,
-            "max_imputed_fraction": cfg.data.max_imputed_fraction,
-        },
-        "window": {"length": w, "hop": cfg.window.hop, "feature_set": FEATURE_SET_VERSION},
-        "forest": {
-            "file": FOREST_FILE,
-            "n_trees": forest.n_trees,
-            "max_samples": forest.max_samples,
-            "screen_threshold": screen,
-        },
-        "autoencoder": {"kind": cfg.autoencoder.kind, **train_info},
-        "threshold": threshold.model_dump(),
-        "alerts": cfg.alerts.model_dump(),
-        "validation": {
-            "windows": int(val_ends.size),
-            "false_alarm_rate": float(np.mean(val_err >= threshold.alert_threshold)),
-            "screened_fraction": float(np.mean(val_forest >= screen)),
-            "positives": int(pos_w.shape[0]),
-            "stage2_recall": float(detected.mean()),
-            "cascade_recall": float(np.mean(detected & (pos_forest >= screen))),
-        },
-        "fit_seconds": round(time.perf_counter() - t0, 2),
-    }
+        sampling=SamplingSpec(
+            period_s=prep.period_s,
+            max_hold=cfg.data.max_hold,
+            max_imputed_fraction=cfg.data.max_imputed_fraction,
+        ),
+        window=WindowSpec(length=w, hop=cfg.window.hop, feature_set=FEATURE_SET_VERSION),
+        forest=ForestSpec(
+            file=FOREST_FILE,
+            n_trees=forest.n_trees,
+            max_samples=forest.max_samples,
+            screen_threshold=screen,
+        ),
+        autoencoder=AutoencoderTraining(kind=cfg.autoencoder.kind, **train_info),
+        threshold=threshold,
+        alerts=AlertPolicy.model_validate(cfg.alerts.model_dump()),
+        validation=ValidationSummary(
+            windows=int(val_ends.size),
+            false_alarm_rate=float(np.mean(val_err >= threshold.alert_threshold)),
+            screened_fraction=float(np.mean(val_forest >= screen)),
+            positives=int(pos_w.shape[0]),
+            stage2_recall=float(detected.mean()),
+            cascade_recall=float(np.mean(detected & (pos_forest >= screen))),
+        ),
+        fit_seconds=round(time.perf_counter() - t0, 2),
+    )
     rep_idx = np.linspace(0, train_w.shape[0] - 1, min(REPRESENTATIVE_WINDOWS, train_w.shape[0]))
     pos_labels = np.ones(pos_w.shape[0], np.int8)
     parity_w = np.concatenate([val_w, pos_w])
@@ -391,7 +393,7 @@ def _version() -> str:
 def _write_run(
     out: Path,
     *,
-    record: dict[str, Any],
+    record: RunRecord,
     forest_bytes: bytes,
     model: Any,
     arrays: dict[str, npt.NDArray[Any]],
@@ -403,7 +405,7 @@ def _write_run(
         (tmp / FOREST_FILE).write_bytes(forest_bytes)
         model.save(tmp / MODEL_FILE)
         np.savez(tmp / CALIBRATION_FILE, **arrays)
-        (tmp / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (tmp / RUN_FILE).write_text(record.to_json(), encoding="utf-8")
         # mkdtemp makes the directory private; a bundle/run is meant to be readable.
         tmp.chmod(0o755)
         if out.exists():

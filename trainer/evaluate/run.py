@@ -19,19 +19,12 @@ import numpy.typing as npt
 from edge_agent.bundle.manifest import (
     SCHEMA_VERSION,
     AutoencoderSpec,
-    ChannelSpec,
-    ForestSpec,
     Manifest,
     ParitySpec,
-    SamplingSpec,
-    TrainingSpec,
-    WindowSpec,
 )
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.data.table import SensorTable
-from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.cascade import Cascade
-from edge_agent.detect.threshold import ThresholdModel
 from edge_agent.detect.windows import screen_features
 from edge_agent.errors import DataError
 from edge_agent.model_slot import load_cascade
@@ -39,29 +32,24 @@ from edge_agent.pipeline import PipelineResult, prepare, run_pipeline
 from trainer.evaluate.baselines import run_baselines
 from trainer.evaluate.metrics import point_metrics, summarize
 from trainer.evaluate.report import write_report
-from trainer.fit import features_of_windows
+from trainer.fit import MODEL_FILE, features_of_windows
+from trainer.run_record import RunRecord
 
 
-def manifest_from_run(record: dict[str, Any]) -> Manifest:
+def manifest_from_run(record: RunRecord) -> Manifest:
     """A manifest for a not-yet-exported run, so the float model runs the same pipeline."""
     return Manifest(
         schema_version=SCHEMA_VERSION,
         model_version="run",
         created_at="",
-        channels=[ChannelSpec.model_validate(c) for c in record["channels"]],
-        sampling=SamplingSpec.model_validate(record["sampling"]),
-        window=WindowSpec.model_validate(record["window"]),
-        forest=ForestSpec.model_validate(record["forest"]),
-        autoencoder=AutoencoderSpec(file="autoencoder.keras", kind=record["autoencoder"]["kind"]),
-        threshold=ThresholdModel.model_validate(record["threshold"]),
-        alerts=AlertPolicy.model_validate(record["alerts"]),
-        training=TrainingSpec(
-            data_fingerprint=record["data_fingerprint"],
-            rows=record["rows"],
-            sources=[record["source"]],
-            seed=record["seed"],
-            trainer_version=record["trainer_version"],
-        ),
+        channels=record.channels,
+        sampling=record.sampling,
+        window=record.window,
+        forest=record.forest,
+        autoencoder=AutoencoderSpec(file=MODEL_FILE, kind=record.autoencoder.kind),
+        threshold=record.threshold,
+        alerts=record.alerts,
+        training=record.training_spec(sources=[record.source]),
         parity=ParitySpec(
             windows=0, positives=0, f1_float=0, f1_int8=0, auc_float=0, auc_int8=0, error_rel_mae=0
         ),
@@ -85,18 +73,18 @@ def load_scorer(
         return b.manifest, cascade, rep, f"int8 bundle {b.manifest.model_version}"
     if run_dir is None:
         raise DataError("give --run RUN_DIR or --bundle BUNDLE_DIR")
-    from export.bundle import load_run
+    from export.run_dir import load_run
     from trainer.fit import KerasReconstructor
 
-    record, model, forest, arrays = load_run(run_dir)
-    m = manifest_from_run(record)
+    run = load_run(run_dir)
+    m = manifest_from_run(run.record)
     cascade = Cascade(
-        forest=forest,
+        forest=run.forest,
         screen_threshold=m.forest.screen_threshold,
-        autoencoder=KerasReconstructor(model),
+        autoencoder=KerasReconstructor(run.model),
         threshold=m.threshold,
     )
-    return m, cascade, arrays["representative"], f"float run {run_dir.name}"
+    return m, cascade, run.arrays["representative"], f"float run {run_dir.name}"
 
 
 def evaluate(
