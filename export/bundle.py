@@ -22,36 +22,21 @@ import numpy.typing as npt
 from sklearn.metrics import f1_score, roc_auc_score
 
 from edge_agent.bundle.manifest import (
-    MANIFEST_NAME,
     SCHEMA_VERSION,
-    SIGNATURE_NAME,
     AutoencoderSpec,
-    ChannelSpec,
     ForestSpec,
     Manifest,
     ParitySpec,
-    SamplingSpec,
-    TrainingSpec,
-    WindowSpec,
 )
 from edge_agent.bundle.verify import sha256_hex
-from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.autoencoder import Int8Autoencoder
 from edge_agent.detect.cascade import reconstruction_error
-from edge_agent.detect.forest import FlatForest
-from edge_agent.detect.threshold import ThresholdModel
 from export.errors import ExportError
 from export.keys import load_private_key
+from export.run_dir import load_run
+from export.sign import file_digests, utc_stamp, write_signed
 from trainer.calibrate import calibrate_threshold, screen_threshold
-from trainer.config import TrainConfig
-from trainer.fit import (
-    CALIBRATION_FILE,
-    FOREST_FILE,
-    MODEL_FILE,
-    RUN_FILE,
-    KerasReconstructor,
-    features_of_windows,
-)
+from trainer.fit import FOREST_FILE, KerasReconstructor, features_of_windows
 
 log = logging.getLogger("export.bundle")
 
@@ -60,20 +45,6 @@ INT8_FILE = "model_int8.tflite"
 MAX_F1_DROP = 0.02
 MAX_AUC_DROP = 0.01
 VARIANTS = ("edgetpu", "onnx")
-
-
-def load_run(run_dir: Path) -> tuple[dict[str, Any], Any, FlatForest, dict[str, npt.NDArray[Any]]]:
-    import keras
-
-    for name in (RUN_FILE, FOREST_FILE, MODEL_FILE, CALIBRATION_FILE):
-        if not (run_dir / name).is_file():
-            raise ExportError(f"{run_dir}: not a trainer run directory ({name} missing)")
-    record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    model = keras.saving.load_model(run_dir / MODEL_FILE)
-    forest = FlatForest.load(run_dir / FOREST_FILE)
-    with np.load(run_dir / CALIBRATION_FILE, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return record, model, forest, arrays
 
 
 def _auc(labels: npt.NDArray[np.int8], score: npt.NDArray[np.float64]) -> float:
@@ -100,10 +71,11 @@ def build_bundle(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ExportError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
-    record, model, forest, arrays = load_run(run_dir)
-    cfg = TrainConfig.model_validate(record["config"])
+    run = load_run(run_dir)
+    record, model, forest, arrays = run.record, run.model, run.forest, run.arrays
+    cfg = record.config
     rep = arrays["representative"].astype(np.float32)
-    int8_bytes = convert_int8(model, rep, seed=int(record["seed"]))
+    int8_bytes = convert_int8(model, rep, seed=record.seed)
     int8 = Int8Autoencoder(int8_bytes)
     log.info("int8 model: %d bytes, interpreter %s", len(int8_bytes), int8.backend)
 
@@ -113,9 +85,9 @@ def build_bundle(
     err_f, _ = reconstruction_error(pw, KerasReconstructor(model).reconstruct(pw))
     err_q, _ = reconstruction_error(pw, int8.reconstruct(pw))
     normal = labels == 0
-    thr_f = ThresholdModel.model_validate(record["threshold"])
+    thr_f = record.threshold
     thr_q = calibrate_threshold(
-        err_q[normal], cfg.threshold, history_samples=int(record["history_samples"])
+        err_q[normal], cfg.threshold, history_samples=record.history_samples
     )
     f1_f = float(f1_score(labels, err_f >= thr_f.alert_threshold, zero_division=0.0))
     f1_q = float(f1_score(labels, err_q >= thr_q.alert_threshold, zero_division=0.0))
@@ -168,33 +140,25 @@ def build_bundle(
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             model_version=version,
-            created_at=now.isoformat().replace("+00:00", "Z"),
-            channels=[ChannelSpec.model_validate(c) for c in record["channels"]],
-            sampling=SamplingSpec.model_validate(record["sampling"]),
-            window=WindowSpec.model_validate(record["window"]),
+            created_at=utc_stamp(now),
+            channels=record.channels,
+            sampling=record.sampling,
+            window=record.window,
             forest=ForestSpec(
                 file=FOREST_FILE,
                 n_trees=forest.n_trees,
                 max_samples=forest.max_samples,
                 screen_threshold=screen,
             ),
-            autoencoder=AutoencoderSpec(file=INT8_FILE, kind=record["autoencoder"]["kind"]),
+            autoencoder=AutoencoderSpec(file=INT8_FILE, kind=record.autoencoder.kind),
             threshold=thr_q,
-            alerts=AlertPolicy.model_validate(record["alerts"]),
-            training=TrainingSpec(
-                data_fingerprint=record["data_fingerprint"],
-                rows=int(record["rows"]),
-                sources=[Path(record["source"]).name],
-                seed=int(record["seed"]),
-                trainer_version=record["trainer_version"],
-            ),
+            alerts=record.alerts,
+            training=record.training_spec(),
             parity=parity,
             variants=variant_info,
-            files={name: sha256_hex(data) for name, data in sorted(files.items())},
+            files=file_digests(tmp, files),
         )
-        raw = (json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n").encode()
-        (tmp / MANIFEST_NAME).write_bytes(raw)
-        (tmp / SIGNATURE_NAME).write_bytes(key.sign(raw))
+        write_signed(tmp, manifest, key)
         # mkdtemp makes the directory private; a bundle/run is meant to be readable.
         tmp.chmod(0o755)
         if out.exists():

@@ -1,12 +1,14 @@
 """``python -m export``: keys and signed model bundles.
 
 Subcommands: ``keygen`` (Ed25519 key pair), ``bundle`` (run directory → signed int8 bundle with
-accelerator variants), ``verify`` (check a bundle as a gateway would).
+accelerator variants), ``sign`` (re-sign a bundle after a hand edit, optionally as a new
+release), ``verify`` (check a bundle as a gateway would).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -51,6 +53,21 @@ def _parser() -> argparse.ArgumentParser:
         help="export even if the int8 model fails the parity gate (recorded)",
     )
     b.add_argument("--overwrite", action="store_true", help="replace an existing bundle dir")
+    g = sub.add_parser(
+        "sign",
+        help="re-hash a bundle's files and sign its manifest (after editing it by hand)",
+        description="Validate manifest.json, recompute the SHA-256 of every file it lists, "
+        "optionally stamp a new release, and write manifest.json and manifest.sig.",
+    )
+    g.add_argument("--bundle", type=Path, required=True, help="bundle directory")
+    g.add_argument("--key", type=Path, required=True, help="Ed25519 private key (signing.key)")
+    g.add_argument(
+        "--new-release",
+        action="store_true",
+        help="stamp created_at now (strictly later than before): gateways only take a release "
+        "newer than the one they run",
+    )
+    g.add_argument("--model-version", help="set the manifest's model_version")
     v = sub.add_parser("verify", help="verify a bundle's signature and file hashes")
     v.add_argument("--bundle", type=Path, required=True, help="bundle directory")
     v.add_argument("--trust", type=Path, required=True, help="trusted public key (signing.pub)")
@@ -99,6 +116,20 @@ def _run(args: argparse.Namespace) -> int:
                 f"bundle {m.model_version} -> {args.out}\n"
                 f"parity on {p.windows} windows: F1 float {p.f1_float:.3f} int8 "
                 f"{p.f1_int8:.3f}; AUC float {p.auc_float:.4f} int8 {p.auc_int8:.4f}"
+            )
+        elif args.command == "sign":
+            from export.sign import manifest_bytes, sign_manifest
+
+            m = sign_manifest(
+                args.bundle,
+                args.key,
+                new_release=args.new_release,
+                model_version=args.model_version,
+            )
+            digest = hashlib.sha256(manifest_bytes(m)).hexdigest()
+            print(
+                f"signed {args.bundle}: model_version {m.model_version}, created_at "
+                f"{m.created_at}, {len(m.files)} files hashed; manifest sha256 {digest}"
             )
         elif args.command == "verify":
             from edge_agent.bundle.verify import verify_bundle
