@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from broker import LOCALHOST, READY_TIMEOUT_S
+from broker import LOCALHOST, READY_TIMEOUT_S, Subscriber
 from paho.mqtt.client import Client, MQTTMessage, MQTTv5
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -27,6 +27,7 @@ from edge_agent.ota.protocol import (
     Progress,
     Report,
     blob_filter,
+    chunk_topic,
     group_deployment_topic,
     machine_deployment_topic,
     open_deployment,
@@ -34,11 +35,21 @@ from edge_agent.ota.protocol import (
     report_topic,
     sha256_hex,
 )
+from export.cli import main
 
 PREFIX = "edge"
 OLD_VERSION = "v0-old"
 HAPPY = ("downloading", "verifying", "canary", "probation", "active")
 HOLD = "hold"  # in a script: wait for release() before going on
+WAIT_S = 20.0  # the longest wait for a message that must come
+TEST_TIMEOUT_S = "60"  # --timeout of the publishes that wait
+
+
+def publish(port: int, bundle: Path, keys: Path, *extra: str) -> int:
+    return main([
+        "publish", "--bundle", str(bundle), "--key", str(keys / "signing.key"),
+        "--broker", f"127.0.0.1:{port}", "--timeout", TEST_TIMEOUT_S, *extra,
+    ])
 
 
 class FakeGateway:
@@ -163,3 +174,20 @@ class FakeGateway:
             self.files[name] = b"".join(parts)
             done += entry.size
             self.report("downloading", d, progress=Progress(bytes=done, total=d.total_bytes))
+
+
+def retained(port: int, topic: str, n: int) -> dict[str, bytes]:
+    """What a subscriber that connects now gets retained (at least ``n`` messages)."""
+    with Subscriber(port, topic, v5=True) as sub:
+        got = sub.wait_for(n, WAIT_S)
+    assert all(m.retain for m in got)
+    return {m.topic: m.payload for m in got}
+
+
+def deployment_chunks(port: int, machine: str, pub_key: Path) -> set[str]:
+    """The chunk topics of the deployment retained for ``machine``."""
+    topic = machine_deployment_topic(PREFIX, machine)
+    d = open_deployment(retained(port, topic, 1)[topic], [load_public_key(pub_key)])
+    return {
+        chunk_topic(PREFIX, f.sha256, i) for f in d.files.values() for i in range(len(f.chunks))
+    }

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto, Subscriber
-from publish_support import HAPPY, HOLD, PREFIX, FakeGateway
+from broker import Mosquitto
+from publish_support import HAPPY, HOLD, PREFIX, WAIT_S, FakeGateway, publish, retained
 
 from edge_agent.bundle.manifest import MANIFEST_NAME
 from edge_agent.bundle.verify import load_public_key, verify_bundle
@@ -26,16 +26,6 @@ from edge_agent.ota.protocol import (
     sha256_hex,
 )
 from export.cli import main
-
-WAIT_S = 20.0
-TEST_TIMEOUT_S = "60"  # --timeout of the publishes that wait
-
-
-def publish(port: int, bundle: Path, keys: Path, *extra: str) -> int:
-    return main([
-        "publish", "--bundle", str(bundle), "--key", str(keys / "signing.key"),
-        "--broker", f"127.0.0.1:{port}", "--timeout", TEST_TIMEOUT_S, *extra,
-    ])
 
 
 class Background:
@@ -72,14 +62,6 @@ def gateway(
 
 def last(log: list[str], entry: str) -> int:
     return len(log) - 1 - log[::-1].index(entry)
-
-
-def retained(port: int, topic: str, n: int) -> dict[str, bytes]:
-    """What a subscriber that connects now gets retained (at least ``n`` messages)."""
-    with Subscriber(port, topic, v5=True) as sub:
-        got = sub.wait_for(n, WAIT_S)
-    assert all(m.retain for m in got)
-    return {m.topic: m.payload for m in got}
 
 
 def test_publish_retains_every_chunk_and_a_signed_deployment_for_a_late_gateway(
