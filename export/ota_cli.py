@@ -27,6 +27,9 @@ DEFAULT_MQTTS_PORT = 8883
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_FLEET_WAIT_S = 2.0
 DISCOVER_WAIT_S = 5.0  # the longest wait for the retained reports before publishing
+# A signed downgrade replayed later (by anyone who can publish on the broker) would put that
+# old model back, so a downgrade always expires: after a day unless --expires-in says.
+DOWNGRADE_EXPIRY_S = 24 * 3600.0
 
 
 def add_broker_options(p: argparse.ArgumentParser) -> None:
@@ -69,7 +72,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--expires-in", type=float, metavar="SECONDS",
                    help="gateways refuse the deployment after this many seconds")
     p.add_argument("--allow-downgrade", action="store_true",
-                   help="let gateways replace a newer model with this one (signed)")
+                   help="let gateways replace a newer model with this one (signed; expires "
+                   f"after {DOWNGRADE_EXPIRY_S:g} s unless --expires-in says)")
     p.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
                    help="bytes per retained chunk (default %(default)s)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
@@ -143,8 +147,11 @@ def run_publish(args: argparse.Namespace) -> int:
     key = load_private_key(args.key)
     release = load_release(args.bundle, key)
     now = time.time()
-    order = Order(new_deployment_id(now), now, args.expires_in, args.allow_downgrade,
-                  args.chunk_bytes)
+    expires_in = args.expires_in
+    if args.allow_downgrade and expires_in is None:
+        expires_in = DOWNGRADE_EXPIRY_S
+        print(f"--allow-downgrade: the deployment expires in {expires_in:g} s (--expires-in)")
+    order = Order(new_deployment_id(now), now, expires_in, args.allow_downgrade, args.chunk_bytes)
     plan = Plan(cfg.topic_prefix, tuple(machines), args.group, args.wave, args.halt_on_rollback,
                 args.timeout, not args.no_wait, DISCOVER_WAIT_S)
     with DeskLink(cfg) as link:

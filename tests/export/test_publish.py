@@ -23,9 +23,13 @@ from edge_agent.ota.protocol import (
     machine_deployment_topic,
     open_deployment,
     parse_chunk_topic,
+    parse_time,
     sha256_hex,
 )
 from export.cli import main
+from export.ota_cli import DOWNGRADE_EXPIRY_S
+
+ISO_RESOLUTION_S = 0.002  # both stamps are rounded to the millisecond
 
 
 class Background:
@@ -235,3 +239,30 @@ def test_a_publish_the_broker_refuses_names_the_topic(
     err = capsys.readouterr().err
     assert f"refused the publish to {PREFIX}/ota/blob/" in err
     assert "Not authorized" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "allow", "lifetime_s"),
+    [
+        ((), False, None),
+        (("--expires-in", "60"), False, 60.0),
+        (("--allow-downgrade",), True, DOWNGRADE_EXPIRY_S),  # a downgrade always expires
+        (("--allow-downgrade", "--expires-in", "600"), True, 600.0),
+    ],
+)
+def test_expiry_and_downgrade_are_signed_into_the_deployment(
+    mosquitto: Mosquitto, bundle: Path, keys: Path, extra: tuple[str, ...], allow: bool,
+    lifetime_s: float | None,
+) -> None:
+    assert publish(mosquitto.port, bundle, keys, "--machine", "m1", "--no-wait", *extra) == 0
+    topic = machine_deployment_topic(PREFIX, "m1")
+    dep = open_deployment(
+        retained(mosquitto.port, topic, 1)[topic], [load_public_key(keys / "signing.pub")]
+    )
+    assert dep.allow_downgrade is allow
+    if lifetime_s is None:
+        assert dep.expires_at is None
+    else:
+        assert dep.expires_at is not None
+        lifetime = parse_time(dep.expires_at) - parse_time(dep.issued_at)
+        assert lifetime == pytest.approx(lifetime_s, abs=ISO_RESOLUTION_S)
