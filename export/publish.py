@@ -97,11 +97,14 @@ def new_deployment_id(now: float) -> str:
 
 
 def chunk_messages(prefix: str, release: Release, chunk_bytes: int) -> Iterator[tuple[str, bytes]]:
-    """Every chunk of every file as ``(topic, payload)``; a file two names share is sent once."""
+    """Every chunk of every file as ``(topic, payload)``; a file two names share is sent once.
+
+    An empty file has one chunk entry (the hash of no bytes) but nothing on the broker: an
+    empty retained payload is MQTT's way of deleting a retained message."""
     seen: set[str] = set()
     for data in release.files.values():
         digest = sha256_hex(data)
-        if digest in seen:
+        if digest in seen or not data:
             continue
         seen.add(digest)
         for i, chunk in enumerate(split_chunks(data, chunk_bytes)):
