@@ -1,13 +1,17 @@
-"""A gateway refuses unsigned, re-signed, tampered, incomplete or incompatible bundles."""
+"""A gateway refuses unsigned, re-signed, tampered, incomplete or incompatible bundles, and
+bundles that reach outside themselves through symbolic links; it accepts any trusted key."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from bundles import point_link, resigned_copy
 
+import edge_agent.bundle.verify as verify_module
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.cli import main as agent_main
 from edge_agent.errors import BundleError
@@ -114,3 +118,80 @@ def test_a_bundle_for_other_window_features_is_refused(copy: Path, keys: Path) -
     verified = verify_bundle(copy, keys / "signing.pub")  # signed and complete...
     with pytest.raises(BundleError, match=f"feature set {FEATURE_SET_VERSION + 1}"):
         load_cascade(verified)  # ...but not for this device's kernels
+
+
+def test_digest_names_the_verified_manifest_bytes(bundle: Path, keys: Path) -> None:
+    b = verify_bundle(bundle, keys / "signing.pub")
+    assert b.digest == hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+    assert b.path == bundle.resolve()
+
+
+def test_any_of_several_trusted_keys(bundle: Path, keys: Path, tmp_path: Path) -> None:
+    """Key rotation: a gateway trusting the old and the new key takes bundles signed with
+    either; one trusting neither names every key it tried."""
+    new_key, new_pub = keygen(tmp_path / "new")
+    rotated = resigned_copy(bundle, tmp_path / "rotated", new_key)
+    both = [keys / "signing.pub", new_pub]
+    assert verify_bundle(rotated, both).manifest == verify_bundle(bundle, both).manifest
+    _, stranger = keygen(tmp_path / "stranger")
+    with pytest.raises(BundleError, match="any of the trusted keys") as err:
+        verify_bundle(rotated, [keys / "signing.pub", stranger])
+    assert str(keys / "signing.pub") in str(err.value)
+    assert str(stranger) in str(err.value)
+    with pytest.raises(BundleError, match="no trusted key given"):
+        verify_bundle(rotated, [])
+    with pytest.raises(BundleError, match="trusted key not found"):
+        verify_bundle(rotated, [new_pub, tmp_path / "missing.pub"])
+
+
+@pytest.mark.parametrize("name", ["forest.npz", "manifest.json", "manifest.sig"])
+def test_a_symlink_inside_a_bundle_is_refused(
+    copy: Path, keys: Path, tmp_path: Path, name: str
+) -> None:
+    """Even a link to a file with the right content: a bundle holds its own files."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.move(copy / name, outside / name)
+    (copy / name).symlink_to(outside / name)
+    with pytest.raises(BundleError, match=f"{name} is a symbolic link"):
+        verify_bundle(copy, keys / "signing.pub")
+
+
+def test_a_link_to_the_bundle_is_followed_once(
+    bundle: Path, keys: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bundles/current`` re-pointed while the bundle is being read: every file still comes
+    from the bundle it pointed at when verification began, never a mix of two."""
+    old = resigned_copy(bundle, tmp_path / "old", keys / "signing.key")
+    forest = (bundle / "forest.npz").read_bytes()
+    new = resigned_copy(
+        bundle, tmp_path / "new", keys / "signing.key", {"model_version": "new"},
+        files={"forest.npz": forest + b"new"},
+    )
+    current = tmp_path / "current"
+    point_link(current, old)
+    real_read = verify_module.read_no_follow
+    reads: list[str] = []
+
+    def read_then_repoint(directory: Path, name: str) -> bytes:
+        data = real_read(directory, name)
+        reads.append(name)
+        point_link(current, new)  # the deploy script moves the link after the first read
+        return data
+
+    monkeypatch.setattr(verify_module, "read_no_follow", read_then_repoint)
+    b = verify_bundle(current, keys / "signing.pub")
+    assert reads[:2] == ["manifest.json", "manifest.sig"]
+    assert set(reads) == {"manifest.json", "manifest.sig", "forest.npz", "model_int8.tflite"}
+    assert b.path == old.resolve()
+    assert b.files["forest.npz"] == forest
+    assert b.manifest.model_version != "new"
+    monkeypatch.undo()
+    assert verify_bundle(current, keys / "signing.pub").manifest.model_version == "new"
+
+
+def test_a_missing_bundle_directory(keys: Path, tmp_path: Path) -> None:
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for missing in (tmp_path / "nowhere", tmp_path / "dangling"):
+        with pytest.raises(BundleError, match="bundle directory not found"):
+            verify_bundle(missing, keys / "signing.pub")
