@@ -6,7 +6,9 @@ given up cannot disturb the next one. Paho's thread only records here (connected
 lost and the broker's DISCONNECT reason, the broker's Receive Maximum, each PUBACK with its
 reason code and time) and notifies the shared condition; it never calls back into paho or the
 outbox, which keeps the two threads free of lock-order deadlocks (paho holds its own message
-lock while it runs ``on_publish``).
+lock while it runs ``on_publish``). Inbound messages and SUBACKs go to the uplink's
+``downlink.Downlink``, which the link attaches to each accepted connection so that every
+subscription is made again on it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from typing import Any
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.deliver.config import MqttConfig
+from edge_agent.deliver.downlink import MAX_PACKET_BYTES, Downlink
 from edge_agent.deliver.mqtt_client import Security, new_client
 
 CONNACK_TIMEOUT_S = 10.0  # a broker that accepts TCP but never answers CONNECT
@@ -69,9 +73,10 @@ class BrokerLink:
 
     def __init__(
         self, cfg: MqttConfig, client_id: str, cond: threading.Condition, *,
-        will_topic: str, will: bytes,
+        will_topic: str, will: bytes, downlink: Downlink,
     ) -> None:
         self._cfg = cfg
+        self._downlink = downlink
         self.client_id = client_id
         self._will_topic = will_topic
         self._will = will
@@ -104,9 +109,14 @@ class BrokerLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._downlink.on_message
+        client.on_subscribe = self._downlink.on_subscribe
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.MaximumPacketSize = MAX_PACKET_BYTES
         # A fresh session every time, gone when the connection goes (session expiry 0).
         client.connect(
-            self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s, clean_start=True
+            self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s, clean_start=True,
+            properties=props,
         )
         client.loop_start()
         with self.cond:
@@ -115,6 +125,7 @@ class BrokerLink:
         if accepted:
             # Even if already lost again (a broker that kicks us right after CONNACK): the
             # uplink then sees the loss, and the broker's reason, like any other.
+            self._downlink.attach(client)
             return client
         self.close(client)
         if state == REFUSED:
@@ -126,6 +137,7 @@ class BrokerLink:
     def close(self, client: Client, goodbye: tuple[str, bytes, Properties] | None = None) -> None:
         """End a session; ``goodbye`` (topic, payload, properties) is published retained first,
         so the broker discards the last will and a dashboard sees a clean stop."""
+        self._downlink.detach(client)
         try:
             if goodbye is not None:
                 topic, payload, props = goodbye

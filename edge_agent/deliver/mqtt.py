@@ -1,11 +1,18 @@
-"""The MQTT uplink: publishes the outbox in order at QoS 1 and deletes what the broker accepts.
+"""The MQTT uplink: publishes the outbox in order at QoS 1 and deletes what the broker accepts;
+and the downlink's connection: the gateway's subscriptions ride on the same client.
 
 Sits after ``edge_agent.deliver.outbox``. One supervised worker thread owns delivery: it
 connects over MQTT v5 (``link.BrokerLink``, capped exponential backoff; a broker that is down
 at start-up never blocks the agent), publishes the retained ``online`` birth, then sends
-pending events in ``seq`` order with at most ``max_inflight`` unacknowledged (fewer if the
-broker's Receive Maximum says so), each with user properties (machine, event id, kind,
-schema) and the optional ``event_expiry_s``, and a retained heartbeat every ``heartbeat_s``.
+pending rows in ``seq`` order with at most ``max_inflight`` unacknowledged (fewer if the
+broker's Receive Maximum says so): events to ``<prefix>/<machine>/events`` with user
+properties (machine, event id, kind, schema) and the optional ``event_expiry_s``, other
+messages to their own topic under ``<prefix>/<machine>/`` with their retain flag; and a
+retained heartbeat every ``heartbeat_s``. "Event" below means any outbox row.
+
+:meth:`MqttUplink.subscribe` registers a filter with the downlink
+(``edge_agent.deliver.downlink``), subscribed again on every connection; its handler runs on
+paho's network thread and must not block.
 
 An event is deleted only on a PUBACK whose v5 reason code is a success (below 0x80; Mosquitto's
 0x10 "No matching subscribers" is one). A refused publish (0x87 Not authorized when the
@@ -22,7 +29,6 @@ the worker through ``edge_agent.service.supervisor``, counted in :attr:`MqttUpli
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import ssl
@@ -37,6 +43,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 
 from edge_agent.deliver.config import MqttConfig
+from edge_agent.deliver.downlink import Downlink, Handler
 from edge_agent.deliver.link import (
     DISCONNECT_TIMEOUT_S,
     GOODBYE_ACK_TIMEOUT_S,
@@ -50,18 +57,19 @@ from edge_agent.deliver.mqtt_client import (
     json_properties,
     load_security,
     plaintext_password,
+    row_properties,
 )
 from edge_agent.deliver.outbox import Outbox, Pending
 from edge_agent.deliver.status import (
     SHUTDOWN_REASON,
     Refusal,
     UplinkStats,
-    events_topic,
     heartbeat_payload,
     status_payload,
     status_topic,
     will_payload,
 )
+from edge_agent.deliver.topics import EVENTS, machine_topic
 from edge_agent.events import iso
 from edge_agent.logs import Throttle
 from edge_agent.service.supervisor import RestartPolicy, TaskHealth, start_supervised
@@ -81,9 +89,6 @@ BACKOFF_JITTER = 0.1  # +-10 %: a fleet that lost the same broker does not retur
 # CONNACK, or two gateways sharing a client id) backs off, so it cannot become a hot loop.
 STABLE_SESSION_S = 30.0
 NOT_AUTHORIZED = 0x87
-# Payload fields copied into v5 user properties, so a broker rule or a shared-subscription
-# consumer can route events without parsing them.
-EVENT_PROPERTY_FIELDS = ("kind", "schema", "state", "severity")
 # X509 verify codes of a certificate that is valid but issued for another name
 HOST_MISMATCH_CODES = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
 
@@ -105,6 +110,7 @@ class Outcome(Enum):
 class _Sent:
     seq: int
     event_id: str
+    topic: str  # absolute
     at: float  # monotonic time of the publish
 
 
@@ -123,9 +129,9 @@ class MqttUplink:
         self._outbox = outbox
         self._health = health
         self._on_ack = on_ack
-        self._events_topic = events_topic(cfg, machine_id)
         self._status_topic = status_topic(cfg, machine_id)
         self._where = f"MQTT broker {cfg.host}:{cfg.port}"
+        self._downlink = Downlink(self._where)
         self._throttle = Throttle(log, LOG_EVERY_S)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -138,6 +144,7 @@ class MqttUplink:
         self._link = BrokerLink(
             cfg, cfg.client_id or f"edge-agent-{machine_id}", self._cond,
             will_topic=self._status_topic, will=will_payload(machine_id),
+            downlink=self._downlink,
         )
         # Guarded by _cond:
         self._kick = False
@@ -147,13 +154,34 @@ class MqttUplink:
             connected=False, published=0, acked=0, publish_refused=0, last_refusal=None,
             ack_timeouts=0, session_takeovers=0, connects=0, reconnects=0,
             connect_failures=0, connection_losses=0, heartbeats=0, inflight=0,
-            last_ack_latency_s=None, worker_crashes=0,
+            last_ack_latency_s=None, worker_crashes=0, **self._downlink.stats(),
         )
 
     @property
     def connected(self) -> bool:
         with self._cond:
             return self._link.up
+
+    @property
+    def topic_prefix(self) -> str:
+        """The first level of every topic of this gateway (``mqtt.topic_prefix``)."""
+        return self._cfg.topic_prefix
+
+    @property
+    def machine_id(self) -> str:
+        return self._machine_id
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Hand every message matching ``topic_filter`` (an absolute filter: build it with
+        :attr:`topic_prefix`) to ``handler``, at QoS 1, on every connection from now on;
+        retained messages arrive again after each reconnect. From any thread, before or
+        after :meth:`start`. ``handler`` runs on paho's network thread and must not block;
+        an exception in it is logged and counted. ValueError for an invalid filter."""
+        self._downlink.subscribe(topic_filter, handler)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop handing ``topic_filter`` over (unknown filters are ignored)."""
+        self._downlink.unsubscribe(topic_filter)
 
     def start(self) -> None:
         """Read the password and TLS files (ConfigError if unusable) and start the worker.
@@ -195,6 +223,7 @@ class MqttUplink:
         with self._cond:
             out = self._stats.copy()
             out["connected"] = self._link.up
+        out = UplinkStats(**{**out, **self._downlink.stats()})
         out["reconnects"] = max(0, out["connects"] - 1)
         out["worker_crashes"] = self.health.status()["crashes"]
         return out
@@ -308,11 +337,12 @@ class MqttUplink:
             room = 0 if refused else window - len(inflight)
             batch = self._outbox.pending(room, after_seq=last_seq) if room > 0 else []
             for row in batch:
-                info = client.publish(self._events_topic, row.payload, qos=QOS_AT_LEAST_ONCE,
-                                      properties=self._event_properties(row))
+                topic = machine_topic(self._cfg.topic_prefix, self._machine_id, row.topic)
+                info = client.publish(topic, row.payload, qos=QOS_AT_LEAST_ONCE,
+                                      retain=row.retain, properties=self._row_properties(row))
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break  # the connection just went; the next turn sees it and starts over
-                inflight[info.mid] = _Sent(row.seq, row.event_id, time.monotonic())
+                inflight[info.mid] = _Sent(row.seq, row.event_id, topic, time.monotonic())
                 last_seq = row.seq
                 with self._cond:
                     self._stats["published"] += 1
@@ -348,19 +378,11 @@ class MqttUplink:
                       self._where, most, window)
         return window
 
-    def _event_properties(self, row: Pending) -> Properties:
-        props = json_properties()
-        pairs = [("machine_id", self._machine_id), ("event_id", row.event_id)]
-        try:
-            body = json.loads(row.payload)
-        except ValueError:
-            body = None  # the outbox holds what the pipeline wrote; not ours to judge here
-        if isinstance(body, dict):
-            pairs += [(k, str(body[k])) for k in EVENT_PROPERTY_FIELDS if k in body]
-        props.UserProperty = pairs
-        if self._cfg.event_expiry_s is not None:
-            props.MessageExpiryInterval = self._cfg.event_expiry_s
-        return props
+    def _row_properties(self, row: Pending) -> Properties:
+        # Expiry is for events only: a retained report must not vanish from the broker.
+        expiry = self._cfg.event_expiry_s if row.topic == EVENTS else None
+        return row_properties(row.payload, machine_id=self._machine_id, row_id=row.event_id,
+                              expiry_s=expiry)
 
     def _settle(self, acks: list[Puback], inflight: _InFlight) -> bool:
         """Delete the rows the broker accepted; True if it refused an event. Mids not in
@@ -385,12 +407,13 @@ class MqttUplink:
             with self._cond:
                 self._stats["acked"] += len(done)
                 self._stats["last_ack_latency_s"] = latency
-            self._throttle.clear("refused", "the %s accepts events on %r again",
-                                 self._where, self._events_topic)
+                refusal = self._stats["last_refusal"]
+            self._throttle.clear("refused", "the %s accepts events on %r again", self._where,
+                                 refusal["topic"] if refusal else "")
         return refused
 
     def _refusal(self, ack: Puback, sent: _Sent | None) -> None:
-        topic = self._events_topic if sent is not None else self._status_topic
+        topic = sent.topic if sent is not None else self._status_topic
         with self._cond:
             self._stats["publish_refused"] += 1
             self._stats["last_refusal"] = Refusal(

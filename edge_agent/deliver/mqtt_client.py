@@ -14,6 +14,7 @@ not a reconnect loop; the password is never logged nor shown in a repr.
 from __future__ import annotations
 
 import ipaddress
+import json
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,9 @@ CONNECT_TIMEOUT_S = 5.0  # TCP connect + TLS handshake; a dead host must not sta
 STATUS_INFLIGHT_SLOTS = 4
 JSON_CONTENT_TYPE = "application/json"
 UTF8_PAYLOAD = 1  # v5 Payload Format Indicator: the payload is UTF-8 text
+# Payload fields copied into v5 user properties, so a broker rule or a shared-subscription
+# consumer can route events without parsing them.
+EVENT_PROPERTY_FIELDS = ("kind", "schema", "state", "severity")
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,28 @@ def json_properties(packet: int = PacketTypes.PUBLISH) -> Properties:
     props = Properties(packet)  # type: ignore[no-untyped-call]  # paho leaves it untyped
     props.PayloadFormatIndicator = UTF8_PAYLOAD
     props.ContentType = JSON_CONTENT_TYPE
+    return props
+
+
+def row_properties(
+    payload: bytes, *, machine_id: str, row_id: str, expiry_s: int | None
+) -> Properties:
+    """The v5 properties of an outbox row: machine and row id, and for a JSON object the
+    routing fields above, as user properties; the JSON content type only when the payload
+    is JSON (a message may be binary); ``expiry_s`` as Message Expiry Interval."""
+    try:
+        body = json.loads(payload)
+    except ValueError:  # not JSON, or not UTF-8: the outbox keeps what its caller gave
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        body = None
+    else:
+        props = json_properties()
+    pairs = [("machine_id", machine_id), ("event_id", row_id)]
+    if isinstance(body, dict):
+        pairs += [(k, str(body[k])) for k in EVENT_PROPERTY_FIELDS if k in body]
+    props.UserProperty = pairs
+    if expiry_s is not None:
+        props.MessageExpiryInterval = expiry_s
     return props
 
 

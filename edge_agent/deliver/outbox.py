@@ -1,6 +1,11 @@
 """The event outbox: every event is committed to SQLite here before anything is sent, and a
 failing disk degrades it to memory instead of stopping the agent.
 
+Besides events (:meth:`Outbox.add`, topic ``events``) it carries other messages for the
+uplink (:meth:`Outbox.add_message`: update reports on ``model``, later model deltas), each
+with its topic relative to ``<prefix>/<machine>/`` and its retain flag, in the same seq
+order and with the same guarantees; "event" below means either.
+
 Sits between the end of the pipeline and the MQTT uplink (``edge_agent.deliver.mqtt``). The
 pipeline thread calls :meth:`Outbox.add`, which on a healthy disk returns only once the event
 is on disk (WAL, ``synchronous=FULL``), so an event the pipeline has handed over survives a
@@ -49,8 +54,10 @@ from typing import TypedDict
 from edge_agent.deliver import store
 from edge_agent.deliver.config import OutboxConfig
 from edge_agent.deliver.listing import StoredEvent, delivery_state, format_events
-from edge_agent.deliver.store import SCHEMA_VERSION, EventRow, OutboxError, open_readonly
-from edge_agent.events import Event
+from edge_agent.deliver.schema import SCHEMA_VERSION, read_version
+from edge_agent.deliver.store import EventRow, OutboxError, open_readonly
+from edge_agent.deliver.topics import EVENTS, relative_topic_problem
+from edge_agent.events import SEVERITY_WARNING, Event, new_id
 from edge_agent.logs import Throttle
 
 __all__ = [
@@ -65,6 +72,8 @@ LOG_EVERY_S = 300.0  # one line per 5 min while the cap keeps biting or the disk
 # While degraded, each retry may meet a lock again: it must not stall the main loop for long.
 RETRY_BUSY_TIMEOUT_S = 0.5
 MS_PER_S = 1000
+MESSAGE_KIND = "message"  # the history's kind of a message whose caller names none
+LOGGED_PAYLOAD_CHARS = 2000  # what a lost message's log line shows of a text payload
 # What failed, for the log and health (`cannot <what>`).
 _WRITE = "write to the event outbox"
 _READ = "read the event outbox"
@@ -76,11 +85,25 @@ _TUNE = "set the event outbox's busy timeout"
 
 @dataclass(frozen=True)
 class Pending:
-    """An event waiting for its PUBACK: ``payload`` is the exact bytes to publish."""
+    """An event or message waiting for its PUBACK: ``payload`` is the exact bytes to
+    publish, ``topic`` is relative to ``<prefix>/<machine>/``."""
 
     seq: int
     event_id: str
     payload: bytes
+    topic: str = EVENTS
+    retain: bool = False
+
+
+def _shown(row: EventRow) -> str:
+    """A payload for a log line: the text of JSON (events), the size of anything else."""
+    try:
+        text = row.payload.decode()
+    except UnicodeDecodeError:
+        return f"<{len(row.payload)} bytes for topic {row.topic!r}>"
+    if len(text) > LOGGED_PAYLOAD_CHARS:
+        return f"{text[:LOGGED_PAYLOAD_CHARS]}... ({len(text)} chars)"
+    return text
 
 
 class OutboxHealth(TypedDict):
@@ -156,15 +179,38 @@ class Outbox:
     def add(self, event: Event) -> None:
         """Commit ``event`` (history always, outbox when delivering): durable on return while
         the disk is healthy, else held in memory; never raises for a storage fault."""
-        payload = event.to_json()
-        created = event.created or time.time()
+        self._commit(EventRow(
+            event_id=event.id, kind=event.kind, state=event.state, episode=event.episode,
+            severity=event.severity, created=event.created or time.time(),
+            payload=event.to_json(), seq=0,
+        ))
+
+    def add_message(
+        self, topic: str, payload: bytes, *, retain: bool = False, kind: str = MESSAGE_KIND,
+        severity: int = SEVERITY_WARNING, message_id: str | None = None,
+    ) -> None:
+        """Commit a message for ``<prefix>/<machine>/<topic>`` (``topic`` relative, e.g.
+        ``model``), published at QoS 1 with ``retain``, in order with the events and with
+        their guarantees (``severity`` ranks it for the size cap). ``kind`` names it in the
+        history; ``message_id`` (default: a new one) is its id in logs and in the v5 user
+        property ``event_id``. Every message is delivered, even when a newer one for the same
+        retained topic follows it. ValueError for a topic the uplink cannot publish."""
+        problem = relative_topic_problem(topic)
+        if problem is not None:
+            raise ValueError(f"outbox message topic {topic!r}: {problem}")
+        if not kind:
+            raise ValueError("outbox message kind: it is empty")
+        self._commit(EventRow(
+            event_id=message_id or new_id(), kind=kind, state="", episode="",
+            severity=severity, created=time.time(), payload=bytes(payload), seq=0,
+            topic=topic, retain=retain,
+        ))
+
+    def _commit(self, row: EventRow) -> None:
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
-            self._held[seq] = _Held(EventRow(
-                event_id=event.id, kind=event.kind, state=event.state, episode=event.episode,
-                severity=event.severity, created=created, payload=payload, seq=seq,
-            ))
+            self._held[seq] = _Held(dataclasses.replace(row, seq=seq))
             if not self._degraded:
                 self._write()
             elif time.monotonic() >= self._next_retry:
@@ -197,7 +243,7 @@ class Outbox:
                 except sqlite3.Error as err:
                     self._fault(_READ, err)
             held = [
-                Pending(h.row.seq, h.row.event_id, h.row.payload)
+                Pending(h.row.seq, h.row.event_id, h.row.payload, h.row.topic, h.row.retain)
                 for h in self._held.values()
                 if h.row.seq > after_seq and self._handed_out(h)
             ]
@@ -244,20 +290,25 @@ class Outbox:
         with self._lock:
             return self._dropped
 
-    def recent(self, limit: int = 50, kind: str | None = None) -> list[StoredEvent]:
-        """The newest events from the history, newest first, with their delivery state
-        (held events first: they are the newest)."""
+    def recent(
+        self, limit: int = 50, kind: str | None = None, *, topic: str | None = None
+    ) -> list[StoredEvent]:
+        """The newest events and messages from the history (only ``kind`` and relative
+        ``topic`` if given), newest first, with their delivery state (held ones first: they
+        are the newest)."""
         with self._lock:
             out = [
                 StoredEvent.of(
                     h.row, delivery_state(queued=self._deliver, dropped=False, waiting=not h.acked)
                 )
                 for h in reversed(self._held.values())
-                if kind is None or h.row.kind == kind
+                if (kind is None or h.row.kind == kind) and (topic is None or h.row.topic == topic)
             ][:limit]
             if self._conn is not None and len(out) < limit:
                 try:
-                    out += store.recent(self._conn, limit - len(out), kind, self._acked_disk)
+                    out += store.recent(
+                        self._conn, limit - len(out), kind, self._acked_disk, topic=topic
+                    )
                     self._read_failed = False
                 except sqlite3.Error as err:
                     self._fault(_READ, err)
@@ -286,8 +337,7 @@ class Outbox:
                     self._memory_dropped += 1
                     log.error(
                         "%s: the disk still refuses writes at exit: event %s (severity %d) is "
-                        "lost: %s", self.path, h.row.event_id, h.row.severity,
-                        h.row.payload.decode(),
+                        "lost: %s", self.path, h.row.event_id, h.row.severity, _shown(h.row),
                     )
             self._held.clear()
             self._close_conn()
@@ -523,7 +573,7 @@ class Outbox:
                 "%s: memory full (%d events) while the disk refuses writes: dropped event %s "
                 "(severity %d, %d dropped from memory so far): %s", self.path,
                 self._cfg.memory_events, row.event_id, row.severity, self._memory_dropped,
-                row.payload.decode(),
+                _shown(row),
             )
 
     def _refresh(self) -> None:
@@ -570,13 +620,17 @@ class Outbox:
 
 
 
-def read_recent(path: Path, limit: int = 50, kind: str | None = None) -> list[StoredEvent]:
+def read_recent(
+    path: Path, limit: int = 50, kind: str | None = None, *, topic: str | None = None
+) -> list[StoredEvent]:
     """:meth:`Outbox.recent` for ``python -m edge_agent events`` beside a running daemon:
-    read-only, so it never creates, migrates or moves the daemon's file."""
+    read-only, so it never creates, migrates or moves the daemon's file (an older file is
+    read as it is)."""
     try:
         conn = open_readonly(path)
         try:
-            return store.recent(conn, limit, kind)
+            version = min(read_version(conn), SCHEMA_VERSION)
+            return store.recent(conn, limit, kind, topic=topic, version=version)
         finally:
             conn.close()
     except sqlite3.Error as err:

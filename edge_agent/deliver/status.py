@@ -16,6 +16,7 @@ from typing import Literal, TypedDict
 
 from edge_agent import __version__
 from edge_agent.deliver.config import MqttConfig
+from edge_agent.deliver.topics import EVENTS, STATUS, machine_topic
 from edge_agent.events import iso
 
 StatusState = Literal["online", "offline"]
@@ -34,13 +35,23 @@ class Refusal(TypedDict):
     time: str | None  # ISO 8601 UTC
 
 
-class UplinkStats(TypedDict):
+class InboundStats(TypedDict):
+    """Counters of the downlink (``edge_agent.deliver.downlink``) since start."""
+
+    inbound_received: int  # messages handed to the handlers of their filters
+    inbound_dropped: int  # over the inbound size limit, or a topic that is not UTF-8
+    inbound_handler_errors: int  # exceptions raised by handlers
+    subscribe_refused: int  # SUBACK failure codes (the broker's ACL denies the filter)
+    last_subscribe_refusal: Refusal | None  # ``topic`` is the refused filter
+
+
+class UplinkStats(InboundStats):
     """Counters since start (for the heartbeat and metrics)."""
 
     connected: bool
-    published: int  # event PUBLISH packets sent, re-sends included
-    acked: int  # events the broker accepted (and the outbox deleted)
-    publish_refused: int  # PUBACKs with a failure reason code; refused events stay queued
+    published: int  # outbox rows (events and messages) sent, re-sends included
+    acked: int  # outbox rows the broker accepted (and the outbox deleted)
+    publish_refused: int  # PUBACKs with a failure reason code; refused rows stay queued
     last_refusal: Refusal | None
     ack_timeouts: int  # connections dropped because a PUBACK did not come in time
     session_takeovers: int  # the broker said another client took our client id over
@@ -55,11 +66,11 @@ class UplinkStats(TypedDict):
 
 
 def events_topic(cfg: MqttConfig, machine_id: str) -> str:
-    return f"{cfg.topic_prefix}/{machine_id}/events"
+    return machine_topic(cfg.topic_prefix, machine_id, EVENTS)
 
 
 def status_topic(cfg: MqttConfig, machine_id: str) -> str:
-    return f"{cfg.topic_prefix}/{machine_id}/status"
+    return machine_topic(cfg.topic_prefix, machine_id, STATUS)
 
 
 def status_payload(

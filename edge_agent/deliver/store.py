@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from edge_agent.deliver import schema
 from edge_agent.deliver.listing import EventRecord, StoredEvent, delivery_state
+from edge_agent.deliver.schema import SCHEMA_VERSION
 from edge_agent.errors import EdgeAnomalyError
 
 log = logging.getLogger("edge_agent.deliver.outbox")
 
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 10.0  # another process (`edge_agent events`) may hold the write lock briefly
 # Primary result codes (sqlite3.h) that tell corruption and set-up faults from the rest.
 SQLITE_PERM = 3
@@ -53,38 +54,6 @@ OPERATOR_CODES = frozenset({SQLITE_PERM, SQLITE_READONLY, SQLITE_AUTH})
 TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 FILE_MODE = 0o644  # what SQLite itself creates a database file with
 SIDECARS = ("-wal", "-shm")  # WAL mode's companion files, moved aside with the database
-
-# AUTOINCREMENT: a seq is never reused, even after the newest row is acknowledged and
-# deleted, so the uplink's "everything after the last seq I sent" stays correct. The outbox
-# numbers events itself (explicit seqs), which keeps sqlite_sequence at the highest one.
-# history_by_seq serves the size cap's "mark dropped" without a scan of the history; it
-# was added within schema version 1 (older agents ignore it).
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL,
-    severity INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_drop_order ON outbox (severity, seq);
-CREATE TABLE IF NOT EXISTS history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    seq INTEGER,
-    event_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    episode TEXT NOT NULL,
-    severity INTEGER NOT NULL,
-    created REAL NOT NULL,
-    dropped INTEGER NOT NULL DEFAULT 0,
-    payload BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS history_by_seq ON history (seq);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', {SCHEMA_VERSION});
-"""
-
 
 class OutboxError(EdgeAnomalyError):
     """The outbox file cannot be used and an operator must act; the message names the file."""
@@ -162,8 +131,9 @@ def connect(path: Path, *, exclusive: bool = False, check: bool = True) -> sqlit
     """Open, check (``PRAGMA quick_check`` reads the whole file) and migrate ``path``.
 
     ``exclusive``: EXCLUSIVE locking mode, set before WAL is touched, so that no ``-shm`` is
-    needed (a full disk cannot create one); the schema is not written, so only an existing
-    outbox can be opened this way, and only this connection can use it while open.
+    needed (a full disk cannot create one); the schema is not written (only migrated), so
+    only an existing outbox can be opened this way, and only this connection can use it while
+    open.
     Raises CorruptError, OutboxError (a newer schema) or the sqlite3 error as it came.
     """
     conn = sqlite3.connect(
@@ -180,10 +150,12 @@ def connect(path: Path, *, exclusive: bool = False, check: bool = True) -> sqlit
                 raise CorruptError(f"integrity check: {result[0] if result else 'no result'}")
         if not exclusive:
             # One script so that schema and version row appear together or not at all.
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-        version = int(
-            conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        )
+            conn.executescript(f"BEGIN IMMEDIATE; {schema.SCHEMA} COMMIT;")
+        version = schema.read_version(conn)
+        if version < SCHEMA_VERSION:
+            # Even in exclusive mode: the rows cannot be read without it. On a disk too
+            # full for these few pages this raises, and the outbox retries the open later.
+            schema.migrate(conn, path)
     except sqlite3.DatabaseError as err:
         conn.close()
         if is_corrupt(err) and not isinstance(err, CorruptError):
@@ -264,14 +236,16 @@ def write_events(
         for row, waiting in rows:
             if waiting:
                 conn.execute(
-                    "INSERT INTO outbox (seq, event_id, severity, payload) VALUES (?, ?, ?, ?)",
-                    (row.seq, row.event_id, row.severity, row.payload),
+                    "INSERT INTO outbox (seq, event_id, severity, payload, topic, retain)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (row.seq, row.event_id, row.severity, row.payload, row.topic,
+                     int(row.retain)),
                 )
             cur = conn.execute(
                 "INSERT INTO history (seq, event_id, kind, state, episode, severity, created,"
-                " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " payload, topic, retain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row.seq if queued else None, row.event_id, row.kind, row.state, row.episode,
-                 row.severity, row.created, row.payload),
+                 row.severity, row.created, row.payload, row.topic, int(row.retain)),
             )
             newest = int(cur.lastrowid or 0)
         if rows:
@@ -333,22 +307,26 @@ def row_sizes(conn: sqlite3.Connection, seqs: Sequence[int]) -> dict[int, int]:
     return out
 
 
+PendingRow = tuple[int, str, bytes, str, bool]  # seq, id, payload, relative topic, retain
+
+
 def pending_rows(
     conn: sqlite3.Connection, after_seq: int, limit: int, skip: Collection[int]
-) -> list[tuple[int, str, bytes]]:
+) -> list[PendingRow]:
     """Up to ``limit`` rows of the outbox table with ``seq > after_seq`` and not in ``skip``,
-    in seq order, as (seq, event id, payload)."""
-    out: list[tuple[int, str, bytes]] = []
+    in seq order, as (seq, id, payload, topic, retain)."""
+    out: list[PendingRow] = []
     if limit <= 0:
         return out
     cur = conn.execute(
-        "SELECT seq, event_id, payload FROM outbox WHERE seq > ? ORDER BY seq", (after_seq,)
+        "SELECT seq, event_id, payload, topic, retain FROM outbox WHERE seq > ? ORDER BY seq",
+        (after_seq,),
     )
     try:
-        for seq, event_id, payload in cur:
+        for seq, event_id, payload, topic, retain in cur:
             if int(seq) in skip:
                 continue
-            out.append((int(seq), str(event_id), bytes(payload)))
+            out.append((int(seq), str(event_id), bytes(payload), str(topic), bool(retain)))
             if len(out) >= limit:
                 break
     finally:
@@ -356,23 +334,32 @@ def pending_rows(
     return out
 
 
+# {topic}: the column, or the constant a version 1 file (read, never migrated, by the
+# read-only reader) stands for.
 _RECENT_SQL = (
     "SELECT h.seq, h.event_id, h.kind, h.state, h.episode, h.severity, h.created, h.payload,"
-    " h.dropped, EXISTS (SELECT 1 FROM outbox o WHERE o.seq = h.seq)"
-    " FROM history h WHERE ? IS NULL OR h.kind = ? ORDER BY h.id DESC LIMIT ?"
+    " h.dropped, EXISTS (SELECT 1 FROM outbox o WHERE o.seq = h.seq), {topic}, {retain}"
+    " FROM history h WHERE (? IS NULL OR h.kind = ?) AND (? IS NULL OR {topic} = ?)"
+    " ORDER BY h.id DESC LIMIT ?"
 )
+_RECENT_V2 = _RECENT_SQL.format(topic="h.topic", retain="h.retain")
+_RECENT_V1 = _RECENT_SQL.format(topic="'events'", retain="0")
+FIRST_WITH_TOPICS = 2  # the schema version that added topic and retain
 
 
 def recent(
-    conn: sqlite3.Connection, limit: int, kind: str | None, delivered: Collection[int] = ()
+    conn: sqlite3.Connection, limit: int, kind: str | None, delivered: Collection[int] = (),
+    *, topic: str | None = None, version: int = SCHEMA_VERSION,
 ) -> list[StoredEvent]:
-    """The newest history rows, newest first; seqs in ``delivered`` were acknowledged but
-    their rows not yet deleted."""
-    rows = conn.execute(_RECENT_SQL, (kind, kind, limit)).fetchall()
+    """The newest history rows (of ``kind`` and relative ``topic`` if given), newest first;
+    seqs in ``delivered`` were acknowledged but their rows not yet deleted. ``version``:
+    the file's schema version, for a file read without migrating it."""
+    sql = _RECENT_V2 if version >= FIRST_WITH_TOPICS else _RECENT_V1
+    rows = conn.execute(sql, (kind, kind, topic, topic, limit)).fetchall()
     return [
         StoredEvent(
             event_id=r[1], kind=r[2], state=r[3], episode=r[4], severity=int(r[5]),
-            created=float(r[6]), payload=bytes(r[7]),
+            created=float(r[6]), payload=bytes(r[7]), topic=str(r[10]), retain=bool(r[11]),
             delivery=delivery_state(
                 queued=r[0] is not None, dropped=bool(r[8]),
                 waiting=bool(r[9]) and r[0] not in delivered,

@@ -282,7 +282,10 @@ def _fault_run(
         time.sleep(after_s)
         stop_adding.set()
         producer.join()
-        msgs = sub.wait_for(len(added), DELIVERY_WAIT_S + down_s)
+        # Not a count: re-sends after the outage may duplicate some, and the count would be
+        # reached before the last event arrives.
+        msgs = sub.wait_until(lambda m: set(_ids(m)) >= set(added), DELIVERY_WAIT_S + down_s,
+                              "every event")
         wait_until(lambda: outbox.depth() == 0, DELIVERY_WAIT_S, "an empty outbox")
         got = _ids(msgs)
         assert _first_occurrences(got) == added

@@ -36,8 +36,10 @@ def _steps_of_add(rows: int, tmp_path: Path) -> tuple[int, list[str], Outbox]:
         for seq in range(1, rows + 1):
             severity = SEVERITY_INFO if seq % INFO_EVERY == 0 else SEVERITY_CRITICAL
             payload = f"{seq:0{size}d}".encode()
-            conn.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)",
-                         (seq, f"id{seq}", severity, payload))
+            conn.execute(
+                "INSERT INTO outbox (seq, event_id, severity, payload) VALUES (?, ?, ?, ?)",
+                (seq, f"id{seq}", severity, payload),
+            )
             conn.execute(
                 "INSERT INTO history (seq, event_id, kind, state, episode, severity, created,"
                 " payload) VALUES (?, ?, 'anomaly', 'open', 'ep', ?, 0, ?)",
