@@ -1,7 +1,8 @@
 """Events: what leaves the gateway. One per anomalous episode or sensor fault, not per window.
 
 Produced at the end of the pipeline (``edge_agent.detect.episodes`` for process anomalies,
-``edge_agent.data.quality`` for sensor faults), committed to the outbox
+``edge_agent.data.quality`` for sensor faults; ``edge_agent.ota`` adds one ``model_update``
+per step of an over-the-air update, its ``episode`` the deployment), committed to the outbox
 (``edge_agent.deliver.outbox``) and published over MQTT. The payload is plain JSON so that any
 upstream system can read it; ``id`` is unique per message, so a consumer that sees the same id
 twice (a re-send after a lost PUBACK or an agent restart) can drop the copy.
@@ -15,8 +16,20 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-EventKind = Literal["anomaly", "sensor_fault"]
-EventState = Literal["open", "update", "close"]
+EventKind = Literal["anomaly", "sensor_fault", "model_update"]
+# The steps of an over-the-air update (``edge_agent.ota.protocol`` reports the same).
+UpdateState = Literal[
+    "waiting",  # no model yet (first boot): polling, reporting faults, waiting for a deployment
+    "downloading",
+    "verifying",
+    "canary",
+    "probation",
+    "active",
+    "rejected",
+    "rolled_back",
+]
+# anomaly and sensor_fault episodes open, update and close; a model_update is in a step.
+EventState = Literal["open", "update", "close"] | UpdateState
 
 # Severity orders what the outbox drops first when its size cap is reached (lowest first).
 SEVERITY_INFO = 0  # updates of an open episode
@@ -44,6 +57,20 @@ class ChannelShare:
     share: float  # fraction of the reconstruction error from this channel
 
 
+CanaryFigures = dict[str, float | int | str | bool | None]
+
+
+@dataclass(frozen=True)
+class ModelUpdate:
+    """What a ``model_update`` event tells beyond the common fields (``model_version`` is the
+    model scoring now, ``reason`` why an update was rejected or rolled back)."""
+
+    previous: str | None = None  # version a rollback would go back to
+    candidate: str | None = None  # version being installed
+    deployment_id: str | None = None
+    canary: CanaryFigures | None = None  # the canary's figures, once it ran
+
+
 @dataclass(frozen=True)
 class Event:
     """One message about one episode. ``episode`` is shared by the open/update/close messages of
@@ -62,8 +89,9 @@ class Event:
     p_anomaly: float | None = None  # peak probability over the episode so far
     top_channels: tuple[ChannelShare, ...] = ()
     channel: str | None = None  # sensor_fault: the channel concerned
-    reason: str | None = None  # sensor_fault: nan | range | stuck | stale
+    reason: str | None = None  # sensor_fault: nan | range | stuck | stale; model_update: why
     detail: str | None = None  # human-readable one-liner
+    update: ModelUpdate | None = None  # model_update only
     id: str = field(default_factory=new_id)
     created: float = 0.0  # epoch s when the message was made
 
@@ -76,12 +104,16 @@ class Event:
         d["top_channels"] = [
             {"channel": c.channel, "share": round(c.share, 4)} for c in self.top_channels
         ]
+        if self.update is not None:
+            d["update"] = {k: v for k, v in d["update"].items() if v is not None}
         return {k: v for k, v in d.items() if v is not None}
 
     def summary(self) -> str:
         """One log line for people: what, which episode, when, and why."""
         when = iso(self.end if self.state == "close" else self.start)
         what = f"{self.kind} {self.state} {self.episode[:8]} at {when}"
+        if self.kind == "model_update":
+            return f"model_update {self.state}: {self.detail or self.reason or ''}".rstrip(": ")
         if self.kind == "sensor_fault":
             return f"{what}: {self.channel} {self.reason}" + (
                 f" ({self.detail})" if self.detail else ""

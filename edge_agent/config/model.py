@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from edge_agent.config.strict import StrictModel
 from edge_agent.deliver.config import MqttConfig, OutboxConfig
+from edge_agent.ota.config import OtaConfig
 from edge_agent.sources.config import ReplaySource, SourceConfig, source_channels
 
 DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
@@ -173,6 +174,17 @@ class AgentConfig(StrictModel):
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    ota: OtaConfig = Field(
+        default_factory=OtaConfig, description="Over-the-air model updates (off by default)"
+    )
+
+    @model_validator(mode="after")
+    def _ota_needs_a_broker(self) -> AgentConfig:
+        if self.ota.enabled and self.mqtt is None:
+            raise ValueError(
+                "[ota] enabled needs [mqtt]: deployments and bundles come over the broker"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sources_fit_together(self) -> AgentConfig:

@@ -33,6 +33,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from edge_agent.config.strict import StrictModel
 from edge_agent.errors import BundleError
+from edge_agent.events import UpdateState  # the update steps, shared with model_update events
 
 PROTOCOL_VERSION: Literal[1] = 1
 SIGNATURE_BYTES = 64  # Ed25519
@@ -42,17 +43,6 @@ MAX_DEPLOYMENT_BYTES = 256 * 1024  # a deployment lists hashes, never data
 REPORT_SUFFIX = "model"  # <prefix>/<machine>/model
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # machine ids and group names: topic-safe
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-
-UpdateState = Literal[
-    "waiting",  # no model yet (first boot): polling, reporting faults, waiting for a deployment
-    "downloading",
-    "verifying",
-    "canary",
-    "probation",
-    "active",
-    "rejected",
-    "rolled_back",
-]
 
 
 class DeploymentError(BundleError):
