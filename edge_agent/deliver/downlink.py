@@ -76,6 +76,7 @@ class Downlink:
         self._handlers: dict[str, Handler] = {}
         self._client: Client | None = None  # the connected client, if any
         self._asked: dict[int, tuple[str, ...]] = {}  # SUBSCRIBE mid -> its filters
+        self._granted: set[str] = set()  # filters the broker accepted on this connection
         self._stats = InboundStats(
             inbound_received=0, inbound_dropped=0, inbound_handler_errors=0,
             subscribe_refused=0, last_subscribe_refusal=None,
@@ -99,12 +100,20 @@ class Downlink:
         with self._lock:
             if self._handlers.pop(topic_filter, None) is None:
                 return
+            self._granted.discard(topic_filter)
             if self._client is not None:
                 self._client.unsubscribe(topic_filter)
 
     def filters(self) -> list[str]:
+        """Every filter subscribed, whether the broker has granted it yet or not."""
         with self._lock:
             return list(self._handlers)
+
+    def active(self) -> list[str]:
+        """The filters the broker has granted on the current connection (a SUBACK said so),
+        sorted; empty while disconnected."""
+        with self._lock:
+            return sorted(self._granted)
 
     def stats(self) -> InboundStats:
         with self._lock:
@@ -117,6 +126,7 @@ class Downlink:
         with self._lock:
             self._client = client
             self._asked.clear()  # mids start over with each client
+            self._granted.clear()
             if self._handlers:
                 self._send(client, tuple(self._handlers))
 
@@ -126,6 +136,7 @@ class Downlink:
             if self._client is client:
                 self._client = None
                 self._asked.clear()
+                self._granted.clear()
 
     def _send(self, client: Client, filters: tuple[str, ...]) -> None:
         """SUBSCRIBE (caller holds _lock). Not connected any more: the next attach does it."""
@@ -144,7 +155,12 @@ class Downlink:
             if client is not self._client:
                 return
             filters = self._asked.pop(mid, ())
-            refused = [(f, r) for f, r in zip(filters, reasons, strict=False) if r.is_failure]
+            answers = list(zip(filters, reasons, strict=False))
+            refused = [(f, r) for f, r in answers if r.is_failure]
+            # Granted, unless unsubscribed meanwhile.
+            self._granted.update(
+                f for f, r in answers if not r.is_failure and f in self._handlers
+            )
             for topic_filter, reason in refused:
                 self._stats["subscribe_refused"] += 1
                 self._stats["last_subscribe_refusal"] = Refusal(

@@ -23,6 +23,12 @@ the ACL sees delivery resume by itself. A connection whose oldest event waits lo
 ``ack_timeout_s`` for its PUBACK is dropped the same way. After any loss every in-flight mid is
 forgotten and sending restarts from the oldest pending row with a fresh client, so order holds
 and nothing is skipped (a re-send may duplicate an event; consumers drop copies by event id).
+
+Order: rows go out in seq order, several in flight on one topic. A row for another topic
+waits until the rows in flight are acknowledged, so that a refusal (which stops everything
+after the refused row) cannot let a later row on another topic overtake it: an ACL that
+denies ``model`` holds the events behind a report back rather than reorder them. Messages
+are rare (update reports), so the round trip this costs at each change of topic is too.
 An error outside the expected set (a bug, an outbox fault) ends the connection and restarts
 the worker through ``edge_agent.service.supervisor``, counted in :attr:`MqttUplink.health`.
 """
@@ -183,6 +189,10 @@ class MqttUplink:
         """Stop handing ``topic_filter`` over (unknown filters are ignored)."""
         self._downlink.unsubscribe(topic_filter)
 
+    def active_subscriptions(self) -> list[str]:
+        """The filters the broker has granted on the current connection, sorted."""
+        return self._downlink.active()
+
     def start(self) -> None:
         """Read the password and TLS files (ConfigError if unusable) and start the worker.
         Returns at once: connecting happens in the background."""
@@ -338,6 +348,8 @@ class MqttUplink:
             batch = self._outbox.pending(room, after_seq=last_seq) if room > 0 else []
             for row in batch:
                 topic = machine_topic(self._cfg.topic_prefix, self._machine_id, row.topic)
+                if inflight and next(iter(inflight.values())).topic != topic:
+                    break  # another topic waits for these acks: see "Order" above
                 info = client.publish(topic, row.payload, qos=QOS_AT_LEAST_ONCE,
                                       retain=row.retain, properties=self._row_properties(row))
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

@@ -66,6 +66,13 @@ class Inbox:
             return [m.payload for m in self.got]
 
 
+def wait_active(uplink: MqttUplink, *filters: str) -> None:
+    """Until the broker has granted ``filters``: only then is a live message sure to reach
+    them (the desk's publish travels on another connection)."""
+    wait_until(lambda: set(filters) <= set(uplink.active_subscriptions()), WAIT_S,
+               f"the SUBACK for {filters}")
+
+
 @pytest.fixture
 def unstarted(mosquitto: Mosquitto, outbox: Outbox) -> Iterator[MqttUplink]:
     """An uplink not started yet (the test starts it), stopped at teardown."""
@@ -84,6 +91,7 @@ def test_subscribed_before_start_gets_the_retained_then_live_messages(
     unstarted.start()
     (first,) = deploy.wait_for(1)
     assert first == Inbound(DEPLOY, b"release 1", retain=True)
+    wait_active(unstarted, DEPLOY, GROUP)
     publish(mosquitto.port, GROUP, b"group release")
     (live,) = group.wait_for(1)
     assert live == Inbound(GROUP, b"group release", retain=False)
@@ -106,6 +114,7 @@ def test_subscribe_after_start_from_a_handler_and_unsubscribe(
     chunks = Inbox()
     deploy = Inbox(on_message=lambda _: uplink.subscribe(BLOBS, chunks))
     uplink.subscribe(DEPLOY, deploy)
+    wait_active(uplink, DEPLOY)
     publish(mosquitto.port, DEPLOY, b"release 2")
     deploy.wait_for(1)
     got = chunks.wait_for(3, "chunks")
@@ -114,9 +123,17 @@ def test_subscribe_after_start_from_a_handler_and_unsubscribe(
 
     uplink.unsubscribe(DEPLOY)
     uplink.unsubscribe("edge/never/subscribed")  # ignored
+    assert DEPLOY not in uplink.active_subscriptions()
+    # The broker handles one client's packets in order: once GROUP is granted, the
+    # UNSUBSCRIBE sent before it has been handled too.
+    group = Inbox()
+    uplink.subscribe(GROUP, group)
+    wait_active(uplink, GROUP)
     publish(mosquitto.port, DEPLOY, b"release 3")
-    publish(mosquitto.port, f"{BLOB}/3", b"chunk 3")  # after it, on a filter still held
-    chunks.wait_for(4, "the live chunk")
+    # Routed before this one is published (publish waits for the PUBACK), so "release 3"
+    # would reach the gateway first if DEPLOY were still subscribed.
+    publish(mosquitto.port, GROUP, b"after it")
+    group.wait_for(1)
     assert deploy.payloads() == [b"release 2"]
 
 
@@ -147,7 +164,7 @@ def test_a_failing_handler_is_logged_and_counted_and_delivery_goes_on(
     deploy = Inbox(on_message=fragile)
     uplink = start_uplink(mqtt_config(mosquitto.port), outbox)
     uplink.subscribe(DEPLOY, deploy)
-    wait_until(lambda: uplink.connected, WAIT_S, "a connection")
+    wait_active(uplink, DEPLOY)
     with caplog.at_level(logging.ERROR, "edge_agent.deliver.downlink"):
         publish(mosquitto.port, DEPLOY, b"bad")
         publish(mosquitto.port, DEPLOY, b"good")
@@ -176,7 +193,7 @@ def test_oversized_payloads_are_dropped_and_logged_with_their_topic(
     deploy = Inbox()
     uplink = start_uplink(mqtt_config(mosquitto.port), outbox)
     uplink.subscribe(DEPLOY, deploy)
-    wait_until(lambda: uplink.connected, WAIT_S, "a connection")
+    wait_active(uplink, DEPLOY)
     with caplog.at_level(logging.WARNING, "edge_agent.deliver.downlink"):
         publish(mosquitto.port, DEPLOY, b"x" * (MAX_INBOUND_BYTES + 1))  # read, then dropped
         publish(mosquitto.port, DEPLOY, b"y" * (MAX_PACKET_BYTES + 1))  # the broker drops it
@@ -238,6 +255,8 @@ def test_a_subscription_the_broker_refuses_is_logged_counted_and_the_rest_work(
         uplink.subscribe(GROUP, group)  # not allowed
         uplink.subscribe(DEPLOY, deploy)  # allowed
         wait_until(lambda: uplink.stats()["subscribe_refused"] >= 1, WAIT_S, "a refusal")
+        wait_active(uplink, DEPLOY)
+    assert uplink.active_subscriptions() == [DEPLOY]
     publish(dynsec_broker.port, DEPLOY, b"release 1")
     deploy.wait_for(1)
     stats = uplink.stats()
