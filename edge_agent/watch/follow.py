@@ -33,6 +33,7 @@ from edge_agent.deliver.config import MqttConfig
 from edge_agent.deliver.mqtt_client import CONNECT_TIMEOUT_S, load_security
 from edge_agent.deliver.outbox import read_recent
 from edge_agent.deliver.status import events_topic, status_topic
+from edge_agent.deliver.topics import EVENTS
 from edge_agent.errors import EdgeAnomalyError
 
 log = logging.getLogger("edge_agent.watch.follow")
@@ -270,7 +271,7 @@ class LocalFeed:
 
     def poll(self) -> list[SeenEvent]:
         try:
-            rows = read_recent(self.path, LOCAL_READ_LIMIT)
+            rows = read_recent(self.path, LOCAL_READ_LIMIT, topic=EVENTS)  # as MQTT
         except EdgeAnomalyError as err:  # no store yet, or one being moved aside
             self._problem = str(err)
             return []
