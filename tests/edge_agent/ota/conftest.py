@@ -65,7 +65,9 @@ def variants(work: Path, bundle: Path, keys: Path) -> dict[str, Path]:
 def gateway_config(tmp_path: Path, keys: Path) -> Callable[..., AgentConfig]:
     """An agent config for one gateway with OTA on (``**ota`` sets [ota] fields)."""
 
-    def make(*, bundle: Path | None = None, state: Path | None = None, **ota: Any) -> AgentConfig:
+    def make(
+        *, bundle: Path | None = None, state: Path | None = None, port: int = 1883, **ota: Any
+    ) -> AgentConfig:
         model: dict[str, Any] = {"trust_key": str(keys / "signing.pub")}
         if bundle is not None:
             model["bundle"] = str(bundle)
@@ -75,7 +77,8 @@ def gateway_config(tmp_path: Path, keys: Path) -> Callable[..., AgentConfig]:
             "model": model,
             "sources": [{"type": "serial_line", "name": "board", "port": "/dev/null",
                          "columns": CHANNELS}],
-            "mqtt": {"host": "127.0.0.1"},
+            "mqtt": {"host": "127.0.0.1", "port": port, "backoff_initial_s": 0.1,
+                     "backoff_max_s": 0.5, "keepalive_s": 5},
             "ota": {"enabled": True, **ota},
         })
 
