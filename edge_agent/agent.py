@@ -38,7 +38,7 @@ from edge_agent.events import SEVERITY_CRITICAL, Event
 from edge_agent.health import AgentHealth, AgentSnapshot, LoopCounts, new_counts
 from edge_agent.logs import Throttle, setup_logging
 from edge_agent.metrics import AgentMetrics
-from edge_agent.model_slot import ModelSlot, slot_for_config, undelivered_channels
+from edge_agent.model_slot import ModelSlot, check_channels, slot_for_config
 from edge_agent.recent_rows import RecentRows
 from edge_agent.sampler import Sampler
 from edge_agent.service import notify
@@ -61,9 +61,6 @@ WARM_UP_ALLOWANCE_S = 600.0  # start-up time asked of systemd for a cold-cache J
 # pings stop and systemd restarts the whole process.
 THREAD_DOWN_LIMIT_S = 300.0
 LOG_EVERY_S = 300.0  # repeated loop errors and skipped windows: one log line per 5 min
-# Clean rows kept for priming a swapped-in model: its window length, and at least this many
-# (a model with a longer window than the running one still starts on a full window).
-RECENT_ROWS_MIN = 256
 RELOAD_REASON = "SIGHUP"
 STOP_REASON = "agent stopping"
 
@@ -87,7 +84,7 @@ class Agent:
         self._throttle = Throttle(log, LOG_EVERY_S)
         # Always a model for now; over-the-air updates will let it be None until one arrives.
         self.model: ModelSlot = slot_for_config(cfg)
-        self._check_channels(cfg, self.model)
+        check_channels(cfg, self.model)
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -96,27 +93,12 @@ class Agent:
         self.sampler = Sampler(self.model.channels, clock=clock.mono)
         self.quality = self._quality(cfg)
         self.sources: list[Source] = self._sources(cfg)
-        self.recent = RecentRows(_recent_capacity(self.model), self.model.channels)
+        self.recent = RecentRows(self.model.history_rows, self.model.channels)
         self.uplink: MqttUplink | None = None
         self.metrics = AgentMetrics(self.snapshot)
         self.metrics_port: int | None = None
 
     # --- assembly ---------------------------------------------------------------------------
-    @staticmethod
-    def _check_channels(cfg: AgentConfig, model: ModelSlot) -> None:
-        if any(isinstance(s, ReplaySource) for s in cfg.sources):
-            return
-        delivered = set(cfg.delivered_channels())
-        missing = undelivered_channels(model.manifest, cfg)
-        if missing:
-            raise ConfigError(
-                f"model {model.version} needs channels {missing} that no source "
-                f"in the config delivers (sources deliver {sorted(delivered)})"
-            )
-        unused = sorted(delivered - set(model.channels))
-        if unused:
-            log.warning("channels %s are read but not used by the model", unused)
-
     def _sources(self, cfg: AgentConfig) -> list[Source]:
         every = cfg.log.repeat_every_s
         return [build_source(s, self.model.channels, repeat_every_s=every) for s in cfg.sources]
@@ -367,7 +349,7 @@ class Agent:
         try:
             new = load_config(self.config_path, self.overrides)
             model = slot_for_config(new, self.model)
-            self._check_channels(new, model)
+            check_channels(new, model)
             model.warm_up()
         except Exception as exc:  # a faulty new model must not take the running one down
             unexpected = not isinstance(exc, EdgeAnomalyError)
@@ -398,7 +380,9 @@ class Agent:
         The old model's open episodes are closed first (its ``close`` events go to the
         outbox before the new model scores a row), the new pipeline is primed with the last
         clean rows so that no row goes unscored, and the sources keep running unless the
-        model's channels differ. A new model that cannot warm up leaves the old one running.
+        model's channels differ (the caller has checked, with
+        :func:`~edge_agent.model_slot.check_channels`, that the sources deliver them). A new
+        model that cannot warm up raises and leaves the old one running.
         """
         self._swap(new, reason, restart_inputs=False)
 
@@ -411,22 +395,9 @@ class Agent:
             self._restart_inputs()
         else:
             self.quality.set_training(new.training_stats)
-        self._prime(new)
+        new.prime_from(self.recent)
+        self.recent = self.recent.resized(new.history_rows, new.channels)
         log.info("model %s → %s (%s)", old.version, new.version, reason)
-
-    def _prime(self, model: ModelSlot) -> None:
-        held = self.recent.latest(model.manifest.window.length, model.channels)
-        self.recent = self.recent.resized(_recent_capacity(model), model.channels)
-        if held is None or held[0].shape[0] == 0:
-            log.info("model %s: no recent rows of its channels; its first window fills from "
-                     "live rows", model.version)
-            return
-        try:
-            model.prime(*held)
-        except Exception as err:  # the rows are scored already: priming may only cost time
-            log.warning("model %s: priming with %d recent rows failed, windows fill from live "
-                        "rows: %r", model.version, held[0].shape[0], err)
-            model.pipeline.break_segment()
 
     def _restart_inputs(self) -> None:
         """New sampler, data quality and sources for the running model and config."""
@@ -491,7 +462,3 @@ def run_agent(
     finally:
         agent.stop()
     return 0
-
-
-def _recent_capacity(model: ModelSlot) -> int:
-    return max(model.manifest.window.length, RECENT_ROWS_MIN)

@@ -13,6 +13,7 @@ Cascade` (``replay``, the trainer's evaluation and the benchmarks call it too), 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,9 +30,15 @@ from edge_agent.detect.windows import FEATURE_SET_VERSION
 from edge_agent.errors import BundleError, ConfigError
 from edge_agent.events import Event
 from edge_agent.pipeline import StreamingPipeline
+from edge_agent.recent_rows import RecentRows
 from edge_agent.sources.config import ReplaySource
 
+log = logging.getLogger("edge_agent.model_slot")
+
 F64 = npt.NDArray[np.float64]
+# Clean rows the agent keeps for priming a swapped-in model: its window length, and at least
+# this many (a model with a longer window than the running one still starts on a full window).
+RECENT_ROWS_MIN = 256
 
 
 def load_cascade(bundle: VerifiedBundle, *, num_threads: int = 1) -> Cascade:
@@ -87,6 +94,21 @@ def undelivered_channels(manifest: Manifest, cfg: AgentConfig) -> list[str]:
         return []
     delivered = set(cfg.delivered_channels())
     return [ch for ch in manifest.channel_names if ch not in delivered]
+
+
+def check_channels(cfg: AgentConfig, slot: ModelSlot) -> None:
+    """Refuse a model whose channels the sources of ``cfg`` do not all deliver; warn about
+    channels read for nothing."""
+    missing = undelivered_channels(slot.manifest, cfg)
+    delivered = set(cfg.delivered_channels())
+    if missing:
+        raise ConfigError(
+            f"model {slot.version} needs channels {missing} that no source "
+            f"in the config delivers (sources deliver {sorted(delivered)})"
+        )
+    unused = sorted(delivered - set(slot.channels))
+    if unused:
+        log.warning("channels %s are read but not used by the model", unused)
 
 
 class ModelSlot:
@@ -175,6 +197,29 @@ class ModelSlot:
         scored in a full window. The episode tracker does not see them."""
         if ts.shape[0]:
             self.pipeline.push(ts, rows)
+
+    @property
+    def history_rows(self) -> int:
+        """Recent rows worth keeping for the next model's :meth:`prime_from`."""
+        return max(self.manifest.window.length, RECENT_ROWS_MIN)
+
+    def prime_from(self, recent: RecentRows) -> int:
+        """:meth:`prime` with the last window of ``recent`` rows, mapped to this model's
+        channels by name. Returns the rows pushed: 0 when ``recent`` lacks one of the
+        channels, or priming failed (logged; windows then fill from live rows)."""
+        held = recent.latest(self.manifest.window.length, self.channels)
+        if held is None or held[0].shape[0] == 0:
+            log.info("model %s: no recent rows of its channels; its first window fills from "
+                     "live rows", self.version)
+            return 0
+        try:
+            self.prime(*held)
+        except Exception as err:  # the rows are scored already: priming may only cost time
+            log.warning("model %s: priming with %d recent rows failed, windows fill from live "
+                        "rows: %r", self.version, held[0].shape[0], err)
+            self.pipeline.break_segment()
+            return 0
+        return int(held[0].shape[0])
 
     def close_episodes(self, now: float, reason: str) -> list[Event]:
         """``close`` events (of this model's version) for every open episode, ``reason``
