@@ -46,6 +46,8 @@ class Staging:
         are deleted)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.held = set(self.scan())
+        # An empty file has no chunk on the broker (an empty retained payload deletes one).
+        self.held |= {(sha, 0) for sha, size in self._size.items() if size == 0}
 
     def scan(self) -> Iterator[tuple[str, int]]:
         for p in self.dir.iterdir():
@@ -112,6 +114,8 @@ class Staging:
 
     def read_file(self, sha: str) -> Iterator[bytes]:
         """The chunks of file ``sha`` in order, each checked again (a disk can rot)."""
+        if self._size[sha] == 0:
+            return
         for i in range(self._count[sha]):
             data = (self.dir / f"{sha}.{i}").read_bytes()
             if sha256_hex(data) != self._expected[(sha, i)]:

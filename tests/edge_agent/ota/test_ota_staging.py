@@ -7,10 +7,11 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from disk import fill
-from ota_support import PREFIX, deployment
+from ota_support import PREFIX, deployment, variant
 
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.ota.assemble import LocalFiles, assemble
@@ -122,3 +123,27 @@ def test_a_full_disk_refuses_chunks_and_the_half_built_slot(
     assert not paths.slot("b").exists()
     staging.remove()
     os.unlink(filler)
+
+
+def test_an_empty_file_needs_no_chunk(tmp_path: Path, bundle: Path, keys: Path) -> None:
+    def listed(doc: dict[str, Any]) -> None:
+        doc["files"]["empty.txt"] = ""
+
+    empty = variant(bundle, tmp_path / "with-empty", keys / "signing.key", edit=listed,
+                    files={"empty.txt": b""})
+    dep, chunks = deployment(empty, load_private_key(keys / "signing.key"))
+    sha = dep.files["empty.txt"].sha256
+    assert not any(f"/{sha}/" in t for t in chunks)  # publish sends nothing for it
+    paths = OtaPaths.under(tmp_path / "gw")
+    paths.make()
+    staging = Staging(paths.staging, dep)
+    staging.open()
+    job = Download(dep, staging, LocalFiles([]), "a", PREFIX)
+    for topic, payload in chunks.items():
+        key = parse_chunk_topic(PREFIX, topic)
+        assert key is not None
+        staging.put(*key, payload)
+    assert job.complete
+    slot = assemble(paths, "a", staging, job.local)
+    assert (slot / "empty.txt").read_bytes() == b""
+    assert verify_bundle(slot, keys / "signing.pub").digest == dep.manifest_sha256

@@ -256,8 +256,11 @@ def test_a_first_deployment_without_any_model_and_one_waiting_for_probation(
     probation = reports.messages[-1].json()
     assert probation["canary"]["note"] == "no running model"
     publish(desk, variants["newest"])  # arrives during probation: waits for its end
-    gw.run_until(lambda: gw.swaps == ["v-newer", "v-newest"])
-    assert states(reports).index("active") < len(states(reports)) - 1
+    gw.run_until(lambda: states(reports).count("probation") == 2)
+    assert gw.swaps == ["v-newer", "v-newest"]
+    seen = states(reports)
+    newest_download = len(seen) - 1 - seen[::-1].index("downloading")
+    assert seen.index("active") < newest_download  # v-newer marked good before v-newest came
     p = read_pointer(gw.paths)
     assert p is not None
     assert (p.active, p.previous) == ("b", "a")
