@@ -9,6 +9,12 @@ model is loaded and every source has started, pings the watchdog from the loop, 
 outbox on SIGTERM and, on SIGHUP, re-reads its config and re-verifies its bundle: a changed
 bundle (a new ``bundles/current`` target) is swapped in with :meth:`Agent.swap_model` even when
 the config is unchanged. The model itself lives in :mod:`edge_agent.model_slot`.
+
+With ``[ota] enabled`` the model comes from the over-the-air updater (:mod:`edge_agent.ota`):
+the A/B slot its pointer names, else ``[model] bundle``, else none yet. Without a model the
+agent still polls its sources and reports sensor faults once per :data:`WAITING_PERIOD_S`,
+until the updater hands it a first one; every model the updater hands over is swapped in
+with :meth:`Agent.swap_model`, and the loop feeds the updater the rows it scores.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ from edge_agent.health import AgentHealth, AgentSnapshot, LoopCounts, new_counts
 from edge_agent.logs import Throttle, setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import ModelSlot, check_channels, slot_for_config
+from edge_agent.ota import boot as ota_boot
+from edge_agent.ota.pointer import OtaPaths
+from edge_agent.ota.report import OtaMetrics, Reporter
+from edge_agent.ota.updater import Updater
 from edge_agent.recent_rows import RecentRows
 from edge_agent.sampler import Sampler
 from edge_agent.service import notify
@@ -63,6 +73,10 @@ THREAD_DOWN_LIMIT_S = 300.0
 LOG_EVERY_S = 300.0  # repeated loop errors and skipped windows: one log line per 5 min
 RELOAD_REASON = "SIGHUP"
 STOP_REASON = "agent stopping"
+# Without a model (first boot with [ota]), data quality still runs once per this many seconds.
+WAITING_PERIOD_S = 1.0
+WAITING_HISTORY_ROWS = 256  # clean rows kept meanwhile, to prime the first model
+NO_MODEL = "none"  # model_version in health and metrics while waiting for a first model
 
 
 class Agent:
@@ -82,31 +96,59 @@ class Agent:
         self.first_poll_s: float | None = None
         self.counts = new_counts()
         self._throttle = Throttle(log, LOG_EVERY_S)
-        # Always a model for now; over-the-air updates will let it be None until one arrives.
-        self.model: ModelSlot = slot_for_config(cfg)
-        check_channels(cfg, self.model)
+        startup = self._ota_startup(cfg)
+        self.model: ModelSlot | None = slot_for_config(cfg) if startup is None else startup.slot
+        if self.model is not None:
+            check_channels(cfg, self.model)
+        elif self.replaying:
+            raise ConfigError("a replay source needs a model: set [model] bundle")
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(f"state_dir {cfg.state_dir}: cannot create it: {err}") from err
         self.outbox = Outbox(cfg.state_dir / EVENTS_DB, cfg.outbox, deliver=cfg.mqtt is not None)
-        self.sampler = Sampler(self.model.channels, clock=clock.mono)
+        self.sampler = Sampler(self.channels, clock=clock.mono)
         self.quality = self._quality(cfg)
         self.sources: list[Source] = self._sources(cfg)
-        self.recent = RecentRows(self.model.history_rows, self.model.channels)
+        rows = WAITING_HISTORY_ROWS if self.model is None else self.model.history_rows
+        self.recent = RecentRows(rows, self.channels)
         self.uplink: MqttUplink | None = None
         self.metrics = AgentMetrics(self.snapshot)
         self.metrics_port: int | None = None
+        self.ota: Updater | None = None
+        if startup is not None:
+            reporter = Reporter(cfg.machine_id, cfg.ota.groups, self.outbox, self._wake_uplink,
+                                OtaMetrics(self.metrics.registry))
+            self.ota = Updater(cfg, startup, reporter)
 
     # --- assembly ---------------------------------------------------------------------------
+    @staticmethod
+    def _ota_startup(cfg: AgentConfig) -> ota_boot.Startup | None:
+        """With [ota]: count the boot, roll back if due, load the model to start on."""
+        if not cfg.ota.enabled:
+            return None
+        try:
+            return ota_boot.start(cfg, OtaPaths.under(cfg.state_dir))
+        except OSError as err:
+            raise ConfigError(f"state_dir {cfg.state_dir}: cannot keep OTA state: {err}") from err
+
+    @property
+    def channels(self) -> list[str]:
+        """The model's channels; without a model, every channel the sources deliver."""
+        return self.cfg.delivered_channels() if self.model is None else self.model.channels
+
+    @property
+    def period_s(self) -> float:
+        return WAITING_PERIOD_S if self.model is None else self.model.manifest.sampling.period_s
+
     def _sources(self, cfg: AgentConfig) -> list[Source]:
         every = cfg.log.repeat_every_s
-        return [build_source(s, self.model.channels, repeat_every_s=every) for s in cfg.sources]
+        return [build_source(s, self.channels, repeat_every_s=every) for s in cfg.sources]
 
     def _quality(self, cfg: AgentConfig) -> QualityMonitor:
         return QualityMonitor(
-            self.model.channels, cfg.channels, cfg.quality, cfg.machine_id,
-            training=self.model.training_stats,
+            self.channels, cfg.channels, cfg.quality, cfg.machine_id,
+            training=None if self.model is None else self.model.training_stats,
         )
 
     @property
@@ -120,22 +162,29 @@ class Agent:
         # ask systemd for the time rather than be killed mid-compile.
         notify.extend_timeout(WARM_UP_ALLOWANCE_S)
         notify.status("compiling or loading the pipeline kernels")
-        self.model.warm_up()
-        log.info(
-            "model %s loaded and warmed up in %.1f s (%d channels, period %.3g s)",
-            self.model.manifest.model_version,
-            time.monotonic() - t0,
-            len(self.model.channels),
-            self.model.manifest.sampling.period_s,
-        )
+        if self.model is not None:
+            self.model.warm_up()
+            log.info(
+                "model %s loaded and warmed up in %.1f s (%d channels, period %.3g s)",
+                self.model.manifest.model_version,
+                time.monotonic() - t0,
+                len(self.model.channels),
+                self.model.manifest.sampling.period_s,
+            )
+        else:
+            log.warning("no model yet: polling %s and waiting for an over-the-air deployment",
+                        ", ".join(self.channels))
         if self.cfg.metrics.enabled:
             self.metrics_port = self.metrics.serve(self.cfg.metrics)
         self._start_uplink()
+        if self.ota is not None and self.uplink is not None:
+            self.ota.start(self.uplink)
         for s in self.sources:
             s.start(self.sampler)
         self._wait_first_reading()
-        notify.ready(f"watching {self.cfg.machine_id}: {len(self.sources)} source(s)")
-        log.info("ready: %s, %d source(s)", self.cfg.machine_id, len(self.sources))
+        waiting = "; waiting for model" if self.model is None else ""
+        notify.ready(f"watching {self.cfg.machine_id}: {len(self.sources)} source(s){waiting}")
+        log.info("ready: %s, %d source(s)%s", self.cfg.machine_id, len(self.sources), waiting)
 
     def _start_uplink(self) -> None:
         if self.cfg.mqtt is None:
@@ -164,6 +213,8 @@ class Agent:
         say `offline` with what is left of the budget (the rest waits in the outbox)."""
         notify.stopping()
         deadline = time.monotonic() + STOP_BUDGET_S
+        if self.ota is not None:
+            self.ota.stop()
         self._stop_sources(SOURCE_STOP_S)
         self._close_episodes(STOP_REASON)
         if self.uplink is not None:
@@ -208,10 +259,12 @@ class Agent:
         A stop always wins over a reload that arrives with it."""
         interval = notify.watchdog_interval_s() or WATCHDOG_FALLBACK_S
         next_ping = 0.0
-        ticker = Ticker(self.model.manifest.sampling.period_s, self.clock)
+        ticker = Ticker(self.period_s, self.clock)
         while True:
-            if ticker.period_s != self.model.manifest.sampling.period_s:
-                ticker = Ticker(self.model.manifest.sampling.period_s, self.clock)  # new model
+            if self.ota is not None:
+                self._take_update()
+            if ticker.period_s != self.period_s:
+                ticker = Ticker(self.period_s, self.clock)  # new model
             mono = time.monotonic()
             if mono >= next_ping:  # also while waiting: a slow model period must not starve it
                 self._watchdog()
@@ -255,10 +308,12 @@ class Agent:
         )
 
     def tasks(self) -> list[TaskHealth]:
-        """Every supervised thread: one per source, plus the uplink."""
+        """Every supervised thread: one per source, plus the uplink and the OTA updater."""
         out = [s.health for s in self.sources]
         if self.uplink is not None:
             out.append(self.uplink.health)
+        if self.ota is not None:
+            out.append(self.ota.health)
         return out
 
     def _clock_stepped(self, step: float) -> None:
@@ -268,7 +323,8 @@ class Agent:
             "new time from now on; windows restart after the step (%d step(s) so far)",
             "forward" if step > 0 else "back", abs(step), self.counts["clock_steps"],
         )
-        self.model.pipeline.break_segment()
+        if self.model is not None:
+            self.model.pipeline.break_segment()
         self.recent.clear()  # stamps from before the step would not line up with new ones
         self.quality.shift_time(step)
 
@@ -283,8 +339,11 @@ class Agent:
                 "scoring failed, rows skipped and the window buffer restarted (%d error(s) so "
                 "far): %r", self.counts["loop_errors"], err, exc_info=True,
             )
+            if self.ota is not None:
+                self.ota.scoring_failed()  # counts against a model on probation
             # The pipeline may hold half-updated state: start a fresh segment on the next row.
-            self.model.pipeline.break_segment()
+            if self.model is not None:
+                self.model.pipeline.break_segment()
 
     def _tick(self, t: float) -> None:
         values, age, fresh = self.sampler.take(self.clock.mono())
@@ -304,9 +363,16 @@ class Agent:
     def _push(
         self, ts: npt.NDArray[np.float64], rows: npt.NDArray[np.float64], faults: list[Event]
     ) -> None:
+        if self.model is None:  # waiting for a first model: data quality only
+            self.recent.append(ts, rows)
+            for e in faults:
+                self._emit(e)
+            return
         t0 = time.perf_counter()
         batch = self.model.pipeline.push(ts, rows)
         self.recent.append(ts, rows)
+        if self.ota is not None:
+            self.ota.record(ts, rows, batch)
         n = len(batch.stage)
         if n:
             self.metrics.latency.observe(time.perf_counter() - t0)
@@ -329,6 +395,14 @@ class Agent:
         for e in [*faults, *events]:
             self._emit(e)
 
+    @property
+    def version(self) -> str:
+        return NO_MODEL if self.model is None else self.model.version
+
+    def _wake_uplink(self) -> None:
+        if self.uplink is not None:
+            self.uplink.wake()
+
     def _emit(self, event: Event) -> None:
         self.outbox.add(event)  # committed before anything is published
         self.counts["events"] += 1
@@ -348,18 +422,22 @@ class Agent:
         notify.reloading()
         try:
             new = load_config(self.config_path, self.overrides)
-            model = slot_for_config(new, self.model)
-            check_channels(new, model)
-            model.warm_up()
+            # Over the air, the updater owns the model: a reload keeps it.
+            model = self.model if self.ota is not None else slot_for_config(new, self.model)
+            if model is not None:
+                check_channels(new, model)
+                model.warm_up()
         except Exception as exc:  # a faulty new model must not take the running one down
             unexpected = not isinstance(exc, EdgeAnomalyError)
             log.error("reload refused, keeping the running config and model %s: %s",
-                      self.model.version, exc, exc_info=unexpected)
+                      self.version, exc, exc_info=unexpected)
             notify.ready("reload refused; running the previous config")
             return
         old, self.cfg = self.cfg, new
         config_changed = new != old
-        if model is not self.model:
+        if new.ota != old.ota:
+            log.warning("[ota] changed: the change takes effect at the next start")
+        if model is not None and model is not self.model:
             self._swap(model, RELOAD_REASON, restart_inputs=config_changed)
         elif config_changed:
             self._restart_inputs()
@@ -368,11 +446,13 @@ class Agent:
                 self.uplink.stop(drain_timeout_s=1.0)
                 self.uplink = None
             self._start_uplink()
+            if self.ota is not None and self.uplink is not None:
+                self.ota.attach(self.uplink)
         notify.ready(f"reloaded: watching {new.machine_id}")
         if config_changed:
             log.info("config reloaded from %s", self.config_path)
         else:
-            log.info("config unchanged (%s); model %s", self.config_path, self.model.version)
+            log.info("config unchanged (%s); model %s", self.config_path, self.version)
 
     def swap_model(self, new: ModelSlot, reason: str) -> None:
         """Put ``new`` in place of the running model, from the main loop's thread.
@@ -388,21 +468,34 @@ class Agent:
 
     def _swap(self, new: ModelSlot, reason: str, *, restart_inputs: bool) -> None:
         new.warm_up()
-        old = self.model
-        self._close_episodes(f"model {old.version} replaced by {new.version} ({reason})")
+        before, channels = self.version, self.channels
+        self._close_episodes(f"model {before} replaced by {new.version} ({reason})")
         self.model = new
-        if restart_inputs or new.channels != old.channels:
+        if restart_inputs or new.channels != channels:
             self._restart_inputs()
         else:
             self.quality.set_training(new.training_stats)
         new.prime_from(self.recent)
         self.recent = self.recent.resized(new.history_rows, new.channels)
-        log.info("model %s → %s (%s)", old.version, new.version, reason)
+        log.info("model %s → %s (%s)", before, new.version, reason)
+
+    def _take_update(self) -> None:
+        """Swap in the model the OTA updater hands over, if it has one ready."""
+        assert self.ota is not None
+        h = self.ota.take_ready()
+        if h is None:
+            return
+        try:
+            self.swap_model(h.slot, h.reason)
+        except Exception as err:  # the running model goes on; the updater undoes its switch
+            self.ota.swap_failed(h, err)
+            return
+        self.ota.swapped(h)
 
     def _restart_inputs(self) -> None:
         """New sampler, data quality and sources for the running model and config."""
         self._stop_sources(SOURCE_STOP_S)
-        self.sampler = Sampler(self.model.channels, clock=self.clock.mono)
+        self.sampler = Sampler(self.channels, clock=self.clock.mono)
         self.quality = self._quality(self.cfg)
         self.sources = self._sources(self.cfg)
         for s in self.sources:
@@ -410,6 +503,8 @@ class Agent:
 
     def _close_episodes(self, reason: str) -> None:
         """``close`` events for the running model's open episodes (swap, stop)."""
+        if self.model is None:
+            return
         try:
             for e in self.model.close_episodes(self.clock.wall(), reason):
                 self._emit(e)
@@ -421,7 +516,7 @@ class Agent:
         return AgentHealth(
             uptime_s=round(time.time() - self.started_at, 1),
             first_reading_s=self.first_poll_s,
-            model_version=self.model.version,
+            model_version=self.version,
             counts=LoopCounts(**self.counts),
             outbox_depth=self.outbox.depth(),
             outbox_dropped=self.outbox.dropped(),
@@ -435,7 +530,7 @@ class Agent:
         uplink = self.uplink
         return AgentSnapshot(
             **self.health(),
-            channels=self.model.channels,
+            channels=self.channels,
             mqtt_connected=uplink is not None and uplink.connected,
             mqtt=None if uplink is None else uplink.stats(),
         )

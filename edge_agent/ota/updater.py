@@ -70,7 +70,7 @@ THREAD_NAME = "edge-ota-updater"
 TICK_S = 0.5  # the thread looks at probation and stalled downloads at least this often
 MAX_QUEUED_BYTES = 16 * BYTES_PER_MIB  # inbound payloads waiting for the thread
 MAX_HISTORY_ROWS = 200_000  # canary rows kept at most, whatever canary_s and the period
-STOP_JOIN_S = 5.0
+STOP_JOIN_S = 2.0  # a canary still running then is left to end with the process (daemon)
 
 
 class Subscriptions(Protocol):
@@ -112,11 +112,15 @@ class Updater:
     # --- the main loop's side ---------------------------------------------------------------
     def start(self, subs: Subscriptions) -> None:
         """Report where this gateway stands, subscribe to its deployment topics, start."""
-        self._subs = subs
         self._report_startup()
-        for topic in self.deployment_topics():
-            subs.subscribe(topic, self._inbound)
+        self.attach(subs)
         self._thread = start_supervised(THREAD_NAME, self._run, self._stop, self.health)
+
+    def attach(self, subs: Subscriptions) -> None:
+        """Take deployments from ``subs`` (a new uplink after a reload: a download in progress
+        asks it for its chunks when it next finds itself stalled)."""
+        self._subs = subs
+        self._subscribe(self.deployment_topics())
 
     def deployment_topics(self) -> list[str]:
         return [
