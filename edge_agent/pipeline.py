@@ -14,7 +14,6 @@ import itertools
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -26,6 +25,7 @@ from edge_agent.detect.cascade import STAGE_NONE, Cascade, WindowScores
 from edge_agent.detect.projection import _sample_stats
 from edge_agent.detect.ring import WindowRing, ring_push
 from edge_agent.detect.windows import normalize, window_ends
+from edge_agent.kernels import kernel
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -71,10 +71,16 @@ class WindowBatch:
         )
 
 
-# Numba's cache keys on this file only: after editing a kernel this one calls (grid, windows,
-# projection, ring), delete the stale __pycache__/*.nbi|*.nbc files or the old code still runs.
+# The JIT's disk cache is stamped with every kernel file (edge_agent.kernels.jitcache), so an
+# edit to a kernel this one inlines (grid, windows, projection, ring) recompiles it too.
 # fmt: off
-@numba.njit(cache=True)
+@kernel(
+    "f8[:], f8[:,:], f8[:], f8[:],"  # ts, values, mean, scale
+    " f8, i8, f8[:]!, f8[:]!, i8[:]!,"  # period, max_hold, last_t, held, grid_state
+    " f8[:,:], f8[:], b1,"  # components, variances, has_stats
+    " i8, i8, f8, f4[:,:]!, f4[:,:]!, i8[:]!, i8[:]!"  # window ... ring_state
+    " -> (f4[:,:,:], f4[:,:], i8[:], f8[:], i8[:], i8[:])"
+)
 def _front(
     ts: F64, values: F64, mean: F64, scale: F64,
     period: float, max_hold: int, last_t: F64, held: F64, grid_state: I64,

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import numpy.typing as npt
+
+from edge_agent.kernels import jit
 
 # A row this close (in periods) to the last grid point is a duplicate, not a new sample.
 DUPLICATE_FRACTION_OF_PERIOD = 0.5
@@ -76,13 +77,13 @@ class GridChunk:
         return out
 
 
-@numba.njit(cache=True)
+@jit
 def _steps(t: float, last_t: float, period: float) -> int:  # pragma: no cover - compiled
     """Grid periods from ``last_t`` to ``t``, rounded so that jitter under half a period is 0."""
     return int(np.floor((t - last_t) / period + DUPLICATE_FRACTION_OF_PERIOD))
 
 
-@numba.njit(cache=True)
+@jit
 def align_push(
     ts: F64,
     values: F64,

@@ -9,12 +9,12 @@ streaming daemon give the same answer.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
 from edge_agent.config.strict import StrictModel
+from edge_agent.kernels import kernel
 
 
 class AlertPolicy(StrictModel):
@@ -24,7 +24,7 @@ class AlertPolicy(StrictModel):
     close_after: int = Field(default=10, ge=1, description="Consecutive normal windows to close")
 
 
-@numba.njit(cache=True)
+@kernel("b1[:], i8, i8, i8[:]! -> b1[:]")
 def _hysteresis(
     raw: npt.NDArray[np.bool_], open_after: int, close_after: int, state: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.bool_]:  # pragma: no cover - compiled

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.interpreter import TFLiteInterpreter, allocate, load_interpreter
+from edge_agent.kernels import kernel
 
 INT8_MIN = int(np.iinfo(np.int8).min)
 INT8_MAX = int(np.iinfo(np.int8).max)
@@ -53,7 +53,7 @@ def _quantization(details: dict[str, Any], role: str) -> tuple[float, int] | Non
     return float(scale), int(zero_point)
 
 
-@numba.njit(cache=True)
+@kernel("f4[:,:,:], f8, i8 -> (i1[:,:,:], b1)")
 def _quantize_kernel(
     x: FloatArray, scale: float, zero_point: int
 ) -> tuple[npt.NDArray[np.int8], bool]:  # pragma: no cover - compiled
@@ -81,7 +81,7 @@ def _quantize_kernel(
     return out.reshape(x.shape), finite
 
 
-@numba.njit(cache=True)
+@kernel("i1[:,:,:], f8, i8, f4[:,:,:]! -> none")
 def _dequantize_kernel(
     y: npt.NDArray[np.int8], scale: float, zero_point: int, out: FloatArray
 ) -> None:  # pragma: no cover - compiled

@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.detect.forest import FlatForest
 from edge_agent.detect.threshold import ThresholdModel
+from edge_agent.kernels import jit, kernel
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -55,7 +55,7 @@ _PAIRWISE_MIN = 8
 _PAIRWISE_BLOCK = 128
 
 
-@numba.njit(cache=True)
+@jit
 def _numpy_sum(a: F64, n: int) -> float:  # pragma: no cover - compiled
     """``a[:n].sum()`` in numpy's own order (``pairwise_sum``, n <= 128), to the last bit."""
     if n < _PAIRWISE_MIN:
@@ -82,7 +82,7 @@ def _numpy_sum(a: F64, n: int) -> float:  # pragma: no cover - compiled
     return float(s)
 
 
-@numba.njit(cache=True)
+@kernel("f4[:,:,:], f4[:,:,:] -> (f8[:], f4[:,:])")
 def _error_kernel(windows: F32, recon: F32) -> tuple[F64, F32]:  # pragma: no cover - compiled
     n, w, c = windows.shape
     err = np.empty(n, np.float64)

@@ -25,12 +25,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.detect.projection import Projection
 from edge_agent.errors import BundleError
+from edge_agent.kernels import jit, kernel
 
 EULER_GAMMA = 0.5772156649015329
 LEAF = -1
@@ -148,7 +148,7 @@ def _build_layout(forest: FlatForest) -> _Layout:
     )
 
 
-@numba.njit(cache=True)
+@jit
 def _step(
     x: F32, nodes: I32, thresholds: F32, node: int, feature_bits: int
 ) -> int:  # pragma: no cover - compiled
@@ -159,7 +159,7 @@ def _step(
     return int((link >> feature_bits) + (not (x[feature] <= thresholds[2 * node])))
 
 
-@numba.njit(cache=True)
+@jit
 def _score_one(
     x: F32,
     nodes: I32,
@@ -203,7 +203,7 @@ def _score_one(
     return float(2.0 ** (-(total / n_trees) / norm))
 
 
-@numba.njit(cache=True)
+@kernel("f4[:,:], i4[:], f4[:], f8[:], i4[:], i8, i8, f8 -> f8[:]")
 def _score_kernel(
     x: F32,
     nodes: I32,

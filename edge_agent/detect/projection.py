@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import numpy.typing as npt
+
+from edge_agent.kernels import jit, kernel
 
 STAT_NAMES = ("spe_mean", "spe_max", "t2_mean", "t2_max")
 # Eigenvalues below this (normalized units²) would turn T² into noise amplification.
@@ -30,10 +31,10 @@ class Projection:
 
     def sample_stats(self, xn: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """``(m, 2)``: SPE and T² of every sample."""
-        return sample_stats_kernel(xn, self.components, self.variances)
+        return sample_stats_kernel(np.ascontiguousarray(xn), self.components, self.variances)
 
 
-@numba.njit(cache=True)
+@kernel("f4[:,:], f8[:,:], f8[:] -> f4[:,:]")
 def sample_stats_kernel(
     xn: npt.NDArray[np.float32],
     components: npt.NDArray[np.float64],
@@ -70,7 +71,7 @@ def sample_stats_kernel(
 _sample_stats = sample_stats_kernel
 
 
-@numba.njit(cache=True)
+@jit
 def window_stat_features(
     stats: npt.NDArray[np.float32], ends: npt.NDArray[np.int64], window: int
 ) -> npt.NDArray[np.float32]:  # pragma: no cover - compiled

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.detect.projection import window_stat_features
 from edge_agent.detect.windows import window_features
+from edge_agent.kernels import jit
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -52,7 +52,7 @@ class RingOutput:
     row_window: I64  # (rows,) id of the window current at each row's grid point, or -1
 
 
-@numba.njit(cache=True)
+@jit
 def gathered_features(windows: F32, stats: F32) -> F32:  # pragma: no cover - compiled
     """Screen features of windows ``(n, W, C)`` with their statistics ``(n, W, S)``."""
     n, w, c = windows.shape
@@ -68,7 +68,7 @@ def gathered_features(windows: F32, stats: F32) -> F32:  # pragma: no cover - co
     return out
 
 
-@numba.njit(cache=True)
+@jit
 def ring_push(
     xn: F32,
     stats: F32,

@@ -29,12 +29,12 @@ import math
 from functools import cached_property
 from typing import Literal
 
-import numba
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
 from edge_agent.config.strict import StrictModel
+from edge_agent.kernels import jit, kernel
 
 F64 = npt.NDArray[np.float64]
 # Below this |xi| the GPD is treated as its exponential limit, avoiding 0/0.
@@ -114,8 +114,8 @@ class ThresholdModel(StrictModel):
             del self.__dict__["_table"]  # copied by model_copy(update=...) from another model
             t = self._table
         e = np.asarray(errors, dtype=np.float64)
-        # Numba takes any 1-d layout; other shapes are flattened and restored.
-        flat = e if e.ndim == 1 else np.ascontiguousarray(e).reshape(-1)
+        # The compiled kernel takes a contiguous 1-d array; other shapes are flattened and restored.
+        flat = np.ascontiguousarray(e).reshape(-1)
         out: F64 = _tail_kernel(flat, t.levels, t.values, *t.pot_args, complement)
         return out if e.ndim == 1 else out.reshape(e.shape)
 
@@ -128,7 +128,7 @@ class ThresholdModel(StrictModel):
         return self._evaluate(errors, complement=True)
 
 
-@numba.njit(cache=True)
+@jit
 def _interp(x: float, xp: F64, fp: F64, left: float, right: float) -> float:  # pragma: no cover
     """``np.interp`` for one point, branch for branch (numpy's ``arr_interp``)."""
     n = xp.shape[0]
@@ -161,7 +161,7 @@ def _interp(x: float, xp: F64, fp: F64, left: float, right: float) -> float:  # 
     return float(y)
 
 
-@numba.njit(cache=True)
+@kernel("f8[:], f8[:], f8[:], b1, f8, f8, f8, f8, b1 -> f8[:]")
 def _tail_kernel(
     e: F64,
     levels: F64,

@@ -14,9 +14,10 @@ caught up with yet.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import numpy.typing as npt
+
+from edge_agent.kernels import jit
 
 FEATURE_NAMES = ("mean", "std", "min", "max", "delta", "mean_abs_step", "recent_shift")
 FEATURES_PER_CHANNEL = len(FEATURE_NAMES)
@@ -28,7 +29,7 @@ FEATURE_SET_VERSION = 2
 F32 = npt.NDArray[np.float32]
 
 
-@numba.njit(cache=True)
+@jit
 def normalize(
     values: npt.NDArray[np.float64], mean: npt.NDArray[np.float64], scale: npt.NDArray[np.float64]
 ) -> F32:  # pragma: no cover - compiled
@@ -41,7 +42,7 @@ def normalize(
     return out
 
 
-@numba.njit(cache=True)
+@jit
 def window_ends(
     segment_start: npt.NDArray[np.int64],
     imputed: npt.NDArray[np.bool_],
@@ -79,7 +80,7 @@ def window_ends(
     return out[:n]
 
 
-@numba.njit(cache=True)
+@jit
 def window_features(xn: F32, ends: npt.NDArray[np.int64], window: int) -> F32:  # pragma: no cover
     """Summary features of the windows ending at ``ends``; shape ``(len(ends), C * 7)``."""
     _m, c = xn.shape
@@ -121,7 +122,7 @@ def window_features(xn: F32, ends: npt.NDArray[np.int64], window: int) -> F32:  
     return out
 
 
-@numba.njit(cache=True)
+@jit
 def gather_windows(xn: F32, ends: npt.NDArray[np.int64], window: int) -> F32:  # pragma: no cover
     """The normalized windows ending at ``ends`` as one ``(n, W, C)`` float32 array."""
     _m, c = xn.shape
