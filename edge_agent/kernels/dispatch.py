@@ -18,8 +18,8 @@ Which backend runs is decided once per process, at the first decorated kernel, b
 and this interpreter (its file name carries the digest and Python's extension suffix, which
 names the ABI and the architecture), else Numba's JIT; ``aot`` and ``jit`` insist on one.
 With neither, importing works and the first kernel call raises :class:`KernelsUnavailable`
-naming what to build or install. ``EDGE_KERNELS_DIR`` adds a directory searched before the
-package's own (tests, a staged build).
+naming what to build or install. ``EDGE_KERNELS_DIR`` names the directory searched instead of
+the package's own (tests, a staged build).
 
 The JIT caches on disk keyed on all kernel sources together (``edge_agent.kernels.jitcache``):
 editing a kernel in one file invalidates the fused kernels of the others that inline it.
@@ -118,8 +118,8 @@ def module_filename(digest: str) -> str:
 
 
 def search_dirs() -> list[Path]:
-    extra = os.environ.get(DIR_ENV)
-    return ([Path(extra)] if extra else []) + [MODULE_DIR]
+    chosen = os.environ.get(DIR_ENV)
+    return [Path(chosen)] if chosen else [MODULE_DIR]
 
 
 def _load_module(digest: str) -> tuple[ModuleType | None, str]:
