@@ -18,17 +18,17 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from agent_support import AgentProcess, replay_source
 from broker import Mosquitto, Received, Subscriber, free_port
+from ota_desk import Desk, alert_everything, variant
 
 from edge_agent.config.load import load_config
 from edge_agent.ota.pointer import OtaPaths, read_pointer
+from edge_agent.ota.protocol import machine_deployment_topic
 from edge_agent.simulate import run_simulate
 from export.cli import main as export_main
-from export.sign import sign_manifest
 
 MACHINE = "test-machine"
 PREFIX = "edge"
@@ -77,20 +77,6 @@ def publish(port: int, bundle: Path, keys: Path, *extra: str) -> int:
     ])
 
 
-def new_release(src: Path, dst: Path, keys: Path, version: str,
-                edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """A copy of ``src`` signed again as a new release (optionally edited first)."""
-    import shutil
-
-    shutil.copytree(src, dst)
-    if edit is not None:
-        doc = json.loads((dst / "manifest.json").read_text())
-        edit(doc)
-        (dst / "manifest.json").write_text(json.dumps(doc))
-    sign_manifest(dst, keys / "signing.key", new_release=True, model_version=version)
-    return dst
-
-
 def states(msgs: list[Received]) -> list[str]:
     return [m.json()["state"] for m in msgs if m.topic.endswith("/model")]
 
@@ -120,7 +106,7 @@ def test_export_publish_takes_a_new_bundle_to_active(
     tmp_path: Path, mosquitto: Mosquitto, watch: Subscriber, bundle: Path, keys: Path,
     sim_csv: Path,
 ) -> None:
-    new = new_release(bundle, tmp_path / "v2", keys, "v2")
+    new = variant(bundle, tmp_path / "v2", keys / "signing.key", version="v2")
     cfg = write_ota_config(
         tmp_path / "agent.toml", keys=keys, port=mosquitto.port, bundle=bundle,
         sources=replay_source(sim_csv, speed=REPLAY_SPEED, loop=True), canary_s=60,
@@ -179,7 +165,7 @@ def test_first_boot_without_a_model_waits_then_activates_the_first_deployment(
         msgs = agent.read_notify("READY=1", timeout=START_S)
         assert "waiting for model" in msgs[-1]
         first = watch.wait_until(lambda m: "waiting" in states(m), STEP_S, "waiting")
-        assert [m.json() for m in first if m.topic.endswith("/model")][0]["active"] is None
+        assert next(m.json() for m in first if m.topic.endswith("/model"))["active"] is None
         assert publish(mosquitto.port, bundle, keys) == 0
         version = json.loads((bundle / "manifest.json").read_text())["model_version"]
         watch.wait_until(scoring(version), STEP_S, "the first model scoring")
@@ -188,3 +174,121 @@ def test_first_boot_without_a_model_waits_then_activates_the_first_deployment(
         agent.close()
         stop.set()
         server.join(10)
+
+
+def version_of(bundle: Path) -> str:
+    return str(json.loads((bundle / "manifest.json").read_text())["model_version"])
+
+
+def test_sigkill_at_every_step_restarts_on_a_complete_model_and_boot_counting_rolls_back(
+    tmp_path: Path, mosquitto: Mosquitto, watch: Subscriber, bundle: Path, keys: Path,
+    sim_csv: Path,
+) -> None:
+    old = version_of(bundle)
+    new = variant(bundle, tmp_path / "v2", keys / "signing.key", version="v2")
+    cfg = write_ota_config(
+        tmp_path / "agent.toml", keys=keys, port=mosquitto.port, bundle=bundle,
+        sources=replay_source(sim_csv, speed=REPLAY_SPEED, loop=True), canary_s=0,
+        probation_s=600, max_boots=1,
+    )
+    state = tmp_path / "state"
+    desk = Desk(mosquitto.port, keys / "signing.key", prefix=PREFIX)
+    dep, chunks = desk.deployment(new, machines=(MACHINE,), chunk_bytes=1024)
+    manifest = dep.files["manifest.json"].sha256
+    held_back = {t: p for t, p in chunks.items() if f"/{manifest}/" in t and not t.endswith("/0")}
+
+    def run_until_killed(
+        cond: Callable[[list[Received]], bool], what: str, then: Callable[[], None] = lambda: None
+    ) -> str:
+        """Start the agent, see which complete model it scores with, do ``then``, and kill -9
+        it once ``cond`` holds; returns the version it started scoring with."""
+        mark = len(watch.messages)
+        agent = AgentProcess(cfg)
+        try:
+            agent.read_notify("READY=1", timeout=START_S)
+            msgs = watch.wait_until(
+                lambda m: scoring(old)(m[mark:]) or scoring("v2")(m[mark:]), STEP_S, "scoring")
+            running = next(m.json()["model_version"] for m in msgs[mark:]
+                           if m.topic.endswith("/status") and "model_version" in m.json())
+            then()
+            watch.wait_until(lambda m: cond(m[mark:]), STEP_S, what)
+            agent.proc.send_signal(signal.SIGKILL)
+            agent.wait(10)
+        finally:
+            agent.close()
+        return str(running)
+
+    try:
+        # 1. Mid-download: the deployment and all but the manifest's later chunks are out.
+        desk.chunks({t: p for t, p in chunks.items() if t not in held_back})
+        desk.order(machine_deployment_topic(PREFIX, MACHINE), dep)
+        staging = OtaPaths.under(state).staging / dep.deployment_id
+        assert run_until_killed(
+            lambda m: staging.is_dir() and any(staging.iterdir()), "a chunk in staging") == old
+        assert read_pointer(OtaPaths.under(state)) is None
+        # 2. The rest arrives after the restart; killed once the canary is reported.
+        assert run_until_killed(lambda m: "canary" in states(m), "canary",
+                                then=lambda: desk.chunks(held_back)) == old
+        # 3. Killed on probation (right after the switch, then at every start) until one
+        #    more start would be one too many.
+        paths = OtaPaths.under(state)
+        for _ in range(3):
+            pointer = read_pointer(paths)
+            if pointer is not None and pointer.boots >= 1:  # max_boots
+                break
+            running = run_until_killed(lambda m: "probation" in states(m), "probation")
+            assert running in (old, "v2")
+            pointer = read_pointer(paths)
+            assert pointer is not None
+            assert (pointer.active, pointer.state) == ("a", "probation")
+        else:
+            raise AssertionError("the boot count did not run out")
+        # 4. One start too many on probation: rolled back before the new model is loaded.
+        mark = len(watch.messages)
+        agent = AgentProcess(cfg)
+        try:
+            agent.read_notify("READY=1", timeout=START_S)
+            msgs = watch.wait_until(lambda m: "rolled_back" in states(m[mark:]), STEP_S,
+                                    "rolled_back")
+            report = next(m.json() for m in msgs[mark:] if m.topic.endswith("/model"))
+            assert report["state"] == "rolled_back"
+            assert "started 2 times while the model was on probation" in report["reason"]
+            assert report["active"] == old
+            watch.wait_until(lambda m: scoring(old)(m[mark:]), STEP_S, "the old model scoring")
+        finally:
+            agent.close()
+    finally:
+        desk.close()
+    pointer = read_pointer(OtaPaths.under(state))
+    assert pointer is not None
+    assert (pointer.active, pointer.previous, pointer.state) == ("config", "a", "active")
+    assert pointer.floor_version == "v2"  # the rolled-back release stays refused
+
+
+def test_a_model_alerting_on_everything_is_rolled_back_in_probation(
+    tmp_path: Path, mosquitto: Mosquitto, watch: Subscriber, bundle: Path, keys: Path,
+    sim_csv: Path,
+) -> None:
+    old = version_of(bundle)
+    alerting = variant(bundle, tmp_path / "alerting", keys / "signing.key",
+                       edit=alert_everything, version="v-alerting")
+    cfg = write_ota_config(
+        tmp_path / "agent.toml", keys=keys, port=mosquitto.port, bundle=bundle,
+        sources=replay_source(sim_csv, speed=REPLAY_SPEED, loop=True), canary_s=0,
+        probation_s=600,
+    )
+    agent = AgentProcess(cfg)
+    try:
+        agent.read_notify("READY=1", timeout=START_S)
+        watch.wait_until(scoring(old), STEP_S, "the old model scoring")
+        assert publish(mosquitto.port, alerting, keys, "--no-wait") == 0
+        msgs = watch.wait_until(lambda m: "rolled_back" in states(m), STEP_S, "rolled_back")
+        report = [m.json() for m in msgs if m.topic.endswith("/model")][-1]
+        assert report["active"] == old
+        assert "over [ota] probation_max_alert_share" in report["reason"]
+        assert states(msgs)[-2:] == ["probation", "rolled_back"]
+        mark = len(watch.messages)
+        watch.wait_until(lambda m: scoring(old)(m[mark:]), STEP_S, "the old model scoring")
+        assert agent.proc.poll() is None
+    finally:
+        agent.close()

@@ -1,7 +1,7 @@
 """Fixtures of the updater's tests: bundle variants (made once per session) and a gateway config.
 
 Variants come from the session's real bundle (``bundle`` in tests/conftest.py), edited and
-re-signed as a desk would with ``export sign``; each is described in ``ota_support``.
+re-signed as a desk would with ``export sign`` (``tests/ota_desk.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ota_support import MACHINE, alert_everything, variant
+from ota_desk import MACHINE, alert_everything, variant
 
 from edge_agent.config.model import AgentConfig
 from edge_agent.data.table import SensorTable, read_table

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from disk import fill
-from ota_support import MACHINE, created_at, deployment
+from ota_desk import MACHINE, created_at, deployment
 
 from edge_agent.ota.checks import DiskRefusal, Gateway, precheck, verify_slot
 from edge_agent.ota.protocol import (

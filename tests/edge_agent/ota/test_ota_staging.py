@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from disk import fill
-from ota_support import PREFIX, deployment, variant
+from ota_desk import PREFIX, deployment, variant
 
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.ota.assemble import LocalFiles, assemble

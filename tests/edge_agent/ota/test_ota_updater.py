@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from broker import Mosquitto, Received, Subscriber
-from ota_support import MACHINE, PREFIX, Desk, created_at
+from ota_desk import MACHINE, PREFIX, Desk, created_at
 from waiting import wait_for
 
 from edge_agent.config.model import AgentConfig
