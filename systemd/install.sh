@@ -31,7 +31,10 @@ Steps:
   1. system user '$SERVICE_USER' (no login shell, home /var/lib/edge-agent, group dialout),
      from /etc/sysusers.d/edge-agent.conf with systemd-sysusers
   2. /etc/modules-load.d/edge-agent.conf: load ${SERIAL_MODULES[*]} at boot
-  3. venv $VENV with: pip install --upgrade "SOURCE[edge]"
+  3. venv $VENV with: pip install --upgrade "SOURCE[edge]" (no numba, no LLVM), then the
+     pipeline's kernels compiled ahead of time for this CPU: numba is installed into a
+     throw-away directory, builds the module into the venv and is deleted (needs gcc and
+     python3-dev now; nothing at run time). --kernels FILE installs a prebuilt one instead.
   4. $CONF from --config (mode 0640, root:$SERVICE_USER);
      an existing one is kept unless --force; validated first when the agent has 'validate'
   5. /etc/systemd/system/$UNIT, systemctl daemon-reload, enable, (re)start
@@ -42,6 +45,8 @@ Options:
   --source PATH   the project directory or a built wheel to install
                   (default: the repository holding this script: $(dirname "$SCRIPT_DIR"))
   --python PY     Python >= $MIN_PYTHON used to create the venv (default: python3)
+  --kernels FILE  a kernel module built by scripts/build-kernels on a machine of the same
+                  architecture and Python, from the same sources (no compiler needed here)
   --force         replace an existing agent.toml that differs from --config
   --no-start      install and enable, but do not (re)start the service
   --root DIR      install into DIR instead of / (staging or tests): no daemon-reload,
@@ -99,6 +104,7 @@ write_file() {
 CONFIG_SRC=""
 SOURCE="$(dirname "$SCRIPT_DIR")"
 PYTHON=python3
+KERNELS=""
 FORCE=0
 START=1
 ROOT=""
@@ -112,6 +118,8 @@ while [[ $# -gt 0 ]]; do
         --source=*) SOURCE="${1#*=}"; shift ;;
         --python) PYTHON="${2:?--python needs an interpreter}"; shift 2 ;;
         --python=*) PYTHON="${1#*=}"; shift ;;
+        --kernels) KERNELS="${2:?--kernels needs a file}"; shift 2 ;;
+        --kernels=*) KERNELS="${1#*=}"; shift ;;
         --root) ROOT="${2:?--root needs a directory}"; shift 2 ;;
         --root=*) ROOT="${1#*=}"; shift ;;
         --force) FORCE=1; shift ;;
@@ -149,6 +157,11 @@ command -v "$PYTHON" >/dev/null || die "$PYTHON not found; give --python"
     || die "$PYTHON is older than $MIN_PYTHON; give --python (e.g. python3.11)"
 "$PYTHON" -c "import ensurepip, venv" 2>/dev/null \
     || die "$PYTHON cannot create venvs: apt-get install python3-venv"
+
+if [[ -n "$KERNELS" ]]; then
+    [[ -f "$KERNELS" ]] || die "--kernels $KERNELS does not exist"
+    KERNELS="$(cd "$(dirname "$KERNELS")" && pwd)/$(basename "$KERNELS")"
+fi
 
 readonly R="$ROOT"
 if [[ -n "$CONFIG_SRC" ]]; then
@@ -195,6 +208,16 @@ else
     run "$PYTHON" -m venv --clear "$R$VENV"
 fi
 run "$R$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade "${SOURCE}[edge]"
+# The kernels, compiled ahead of time (edge_agent.kernels.install): kept when they match the
+# installed sources, else built here, or copied from --kernels. The agent then starts without
+# compiling anything and without numba.
+if [[ -n "$KERNELS" ]]; then
+    run "$R$VENV/bin/python" -m edge_agent.kernels.install --module "$KERNELS" \
+        || die "the kernel module $KERNELS cannot be used here (see above)"
+else
+    run "$R$VENV/bin/python" -m edge_agent.kernels.install --build \
+        || die "could not build the kernels (see above); or give --kernels FILE"
+fi
 if [[ -f "$SCRIPT_DIR/README.md" ]]; then
     write_file 0644 "$R$PREFIX/README.md" <"$SCRIPT_DIR/README.md"
 fi

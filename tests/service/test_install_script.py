@@ -211,6 +211,7 @@ def test_install_into_fake_root(tmp_path: Path, fake_python: Path, config: Path)
     calls = (root / "opt/edge-agent/venv/calls.log").read_text().splitlines()
     assert f"-m pip install --disable-pip-version-check --upgrade {ROOT}[edge]" in calls
     assert f"-m edge_agent validate --config {config}" in calls
+    assert "-m edge_agent.kernels.install --build" in calls  # compiled kernels, no numba
 
     # Idempotent: a second run changes no file and does not rebuild the venv.
     before = _snapshot(root)
