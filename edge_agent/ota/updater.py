@@ -275,6 +275,11 @@ class Updater:
         active = self.ledger.active
         if active is not None and active.digest == dep.manifest_sha256:
             log.debug("deployment %s: that model runs already", dep.deployment_id)
+            last = self.ledger.reporter.last
+            if last is None or last.state not in ("active", "probation"):
+                # Say so, so the desk waiting for this deployment sees it done.
+                self.ledger.publish("active", reason="this model runs already", event=False,
+                                    deployment_id=dep.deployment_id)
             return None
         return dep
 

@@ -14,8 +14,10 @@ Mosquitto, real bundles published with the desk's own ``export publish``.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -125,6 +127,10 @@ def test_export_publish_takes_a_new_bundle_to_active(
         probation = [m.json() for m in msgs if m.topic.endswith("/model")][-2]
         assert probation["canary"]["mode"] == "scored", probation["canary"]
         watch.wait_until(scoring("v2"), STEP_S, "v2 scoring")
+        port = re.findall(r"metrics on http://[\d.]+:(\d+)/metrics", agent.log())[0]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert 'edge_agent_model_update_state{state="active"} 1.0' in metrics.decode()
+        assert "edge_agent_model_updates_activated_total 1.0" in metrics.decode()
         agent.proc.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0
     finally:

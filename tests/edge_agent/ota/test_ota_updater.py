@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from broker import Mosquitto, Received, Subscriber
+from disk import fill
 from ota_desk import MACHINE, PREFIX, Desk, created_at
 from waiting import wait_for
 
@@ -57,6 +58,7 @@ class Gateway:
         self.ts, self.rows = np.array(table.timestamps), np.array(table.values)
         self.at = 0
         self.swaps: list[str] = []
+        self.closed = False
 
     def turn(self) -> None:
         """Score a few rows, give them to the updater, swap in what it hands over."""
@@ -83,6 +85,9 @@ class Gateway:
         assert wait_for(step, timeout), "timed out"
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self.updater.stop()
         self.uplink.stop(drain_timeout_s=2.0)
         self.outbox.close()
@@ -264,3 +269,35 @@ def test_a_first_deployment_without_any_model_and_one_waiting_for_probation(
     p = read_pointer(gw.paths)
     assert p is not None
     assert (p.active, p.previous) == ("b", "a")
+
+
+def test_a_full_disk_rejects_the_update_not_the_agent(
+    small_disk: Path, gateway: Callable[..., Gateway], desk: Desk, reports: Subscriber,
+    bundle: Path, variants: dict[str, Path],
+) -> None:
+    gw = gateway(bundle=bundle, state=small_disk / "state", canary_s=0)
+    wait_state(reports, "active", gw)
+    filler = fill(small_disk)
+    dep_id = publish(desk, variants["newer"])
+    got = wait_state(reports, "rejected", gw, after=1)
+    assert got["reason"].startswith("disk full: the update needs")
+    assert dep_id not in read_rejected(gw.paths)  # tried again once there is room
+    assert gw.swaps == []
+    gw.run_until(lambda: gw.at >= 50)  # the old model goes on scoring
+    gw.close()
+    filler.unlink()
+
+
+def test_the_running_model_deployed_again_is_reported_active(
+    gateway: Callable[..., Gateway], desk: Desk, reports: Subscriber, bundle: Path,
+    variants: dict[str, Path],
+) -> None:
+    gw = gateway(bundle=bundle, canary_s=0)
+    dep, _ = desk.deployment(variants["newer"], machines=("press-8",))
+    desk.order(machine_deployment_topic(PREFIX, MACHINE), dep)
+    wait_state(reports, "rejected", gw)
+    dep_id = publish(desk, bundle)
+    got = wait_state(reports, "active", gw, after=2)
+    assert got["deployment_id"] == dep_id
+    assert got["active"] == gw.startup.slot.version  # type: ignore[union-attr]
+    assert gw.swaps == []
