@@ -30,7 +30,11 @@ from edge_agent.deliver.outbox import Outbox
 from edge_agent.model_slot import ModelSlot
 from edge_agent.ota import boot
 from edge_agent.ota.pointer import OtaPaths, read_pointer, read_rejected
-from edge_agent.ota.protocol import machine_deployment_topic, report_topic
+from edge_agent.ota.protocol import (
+    group_deployment_topic,
+    machine_deployment_topic,
+    report_topic,
+)
 from edge_agent.ota.report import Reporter
 from edge_agent.ota.updater import Updater
 
@@ -301,3 +305,41 @@ def test_the_running_model_deployed_again_is_reported_active(
     assert got["deployment_id"] == dep_id
     assert got["active"] == gw.startup.slot.version  # type: ignore[union-attr]
     assert gw.swaps == []
+
+
+def test_a_deployment_to_one_of_its_groups_is_taken(
+    gateway: Callable[..., Gateway], desk: Desk, reports: Subscriber, bundle: Path,
+    variants: dict[str, Path],
+) -> None:
+    gw = gateway(bundle=bundle, canary_s=0, probation_s=0, groups=["line-2"])
+    other, _ = desk.deployment(variants["older"], machines=(), groups=("line-3",))
+    desk.order(group_deployment_topic(PREFIX, "line-3"), other)  # not subscribed: never seen
+    dep, chunks = desk.deployment(variants["newer"], machines=(), groups=("line-2",))
+    desk.chunks(chunks)
+    desk.order(group_deployment_topic(PREFIX, "line-2"), dep)
+    done = wait_state(reports, "active", gw, after=1)
+    assert done["deployment_id"] == dep.deployment_id
+    assert done["groups"] == ["line-2"]
+    assert gw.swaps == ["v-newer"]
+    assert "rejected" not in states(reports)
+
+
+def test_a_broker_restart_mid_download_resumes(
+    mosquitto: Mosquitto, gateway: Callable[..., Gateway], desk: Desk, reports: Subscriber,
+    bundle: Path, variants: dict[str, Path],
+) -> None:
+    gw = gateway(bundle=bundle, canary_s=0, probation_s=0)
+    dep, chunks = desk.deployment(variants["newer"], chunk_bytes=1024)
+    manifest = dep.files["manifest.json"].sha256
+    later = {t: p for t, p in chunks.items() if f"/{manifest}/" in t and not t.endswith("/0")}
+    desk.chunks({t: p for t, p in chunks.items() if t not in later})
+    desk.order(machine_deployment_topic(PREFIX, MACHINE), dep)
+    staged = gw.paths.staging / dep.deployment_id
+    gw.run_until(lambda: staged.is_dir() and any(staged.iterdir()))
+    mosquitto.restart()  # retained messages survive (persistence), connections do not
+    assert wait_for(lambda: gw.uplink.connected, 30)
+    assert wait_for(desk.client.is_connected, 30)
+    desk.chunks(later)
+    done = wait_state(reports, "active", gw, after=1)
+    assert done["deployment_id"] == dep.deployment_id
+    assert gw.swaps == ["v-newer"]
