@@ -79,7 +79,7 @@ def start(cfg: AgentConfig, paths: OtaPaths) -> Startup:
         return Startup(_try_open(cfg, paths, source), source, None)
     if pointer.state == "probation":
         pointer = pointer.model_copy(update={"boots": pointer.boots + 1})
-        write_pointer(paths, pointer)
+        _write(paths, pointer, "count this start")
         if pointer.boots > cfg.ota.max_boots:
             why = (
                 f"the agent started {pointer.boots} times while the model was on probation "
@@ -104,17 +104,28 @@ def _roll_back(cfg: AgentConfig, paths: OtaPaths, pointer: Pointer, why: str) ->
     bad = pointer.active
     bad_version = slot_version(source_dir(cfg, paths, bad))
     if pointer.deployment_id is not None:
-        remember_rejected(paths, pointer.deployment_id, read_rejected(paths))
+        try:
+            remember_rejected(paths, pointer.deployment_id, read_rejected(paths))
+        except OSError as err:
+            log.error("cannot remember deployment %s as refused: %s", pointer.deployment_id, err)
     back = pointer.previous
     rolled = Pointer(
         active=back, previous=bad, state="active", boots=0, activated_at=iso(time.time()),
         floor=pointer.floor, floor_version=pointer.floor_version,
         deployment_id=pointer.previous_deployment_id, previous_deployment_id=None,
     )
-    write_pointer(paths, rolled)
+    _write(paths, rolled, "record the rollback")  # the next start counts again if not
     log.error("rolling back from %s: %s", bad_version or bad, why)
     slot = _try_open(cfg, paths, back)
     return Startup(slot, back if slot is not None else None, rolled, why, bad_version)
+
+
+def _write(paths: OtaPaths, pointer: Pointer, what: str) -> None:
+    """Write the pointer; a disk that refuses must not keep the agent from starting."""
+    try:
+        write_pointer(paths, pointer)
+    except OSError as err:
+        log.error("cannot %s in %s: %s", what, paths.pointer, err)
 
 
 def _fall_back(cfg: AgentConfig, paths: OtaPaths, pointer: Pointer) -> Startup:

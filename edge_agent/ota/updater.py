@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.bundle.verify import load_public_key
 from edge_agent.config.model import AgentConfig
 from edge_agent.deliver.downlink import Inbound
+from edge_agent.logs import Throttle
 from edge_agent.model_slot import ModelSlot
 from edge_agent.ota import boot
 from edge_agent.ota.assemble import LocalFiles
@@ -70,6 +71,7 @@ THREAD_NAME = "edge-ota-updater"
 TICK_S = 0.5  # the thread looks at probation and stalled downloads at least this often
 MAX_QUEUED_BYTES = 16 * BYTES_PER_MIB  # inbound payloads waiting for the thread
 MAX_HISTORY_ROWS = 200_000  # canary rows kept at most, whatever canary_s and the period
+LOG_EVERY_S = 300.0  # a fault that repeats every tick is logged this rarely
 STOP_JOIN_S = 2.0  # a canary still running then is left to end with the process (daemon)
 
 
@@ -90,6 +92,7 @@ class Updater:
         self.prefix = cfg.mqtt.topic_prefix
         self.ledger = Ledger(cfg, startup, reporter)
         self.health = TaskHealth("ota updater")
+        self._throttle = Throttle(log, LOG_EVERY_S)
         self._startup = startup
         self._keys: list[Ed25519PublicKey] = [load_public_key(k) for k in cfg.model.trusted_keys]
         self._refused_payloads: set[bytes] = set()  # unopenable deployments seen this run
@@ -234,11 +237,16 @@ class Updater:
         good, why = p.verdict()
         if good is None:
             return
+        try:
+            if good:
+                mark_good(self.ledger, why)
+            else:
+                self._hand(roll_back(self.ledger, why))
+        except OSError as err:  # the pointer cannot be written (disk full): try again later
+            self._throttle.log(logging.ERROR, "pointer", "cannot end probation (%s): %s; "
+                               "trying again", why, err)
+            return
         self._probation = None
-        if good:
-            mark_good(self.ledger, why)
-        else:
-            self._hand(roll_back(self.ledger, why))
         self._resume_deferred()
 
     # --- 1. downloading -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from disk import fill
 
 from edge_agent.config.model import AgentConfig
 from edge_agent.ota import boot
@@ -155,3 +156,21 @@ def test_a_damaged_active_slot_falls_back_and_the_agent_still_starts(
     s = boot.start(cfg, paths)
     assert s.slot is not None
     assert s.source == (previous or "config")
+
+
+def test_a_full_disk_does_not_keep_the_agent_from_starting(
+    small_disk: Path, gateway_config: Callable[..., AgentConfig], bundle: Path,
+    variants: dict[str, Path],
+) -> None:
+    cfg = gateway_config(bundle=bundle, state=small_disk / "state")
+    paths = OtaPaths.under(cfg.state_dir)
+    install(paths, "a", variants["newer"])
+    write_pointer(paths, Pointer(active="a", previous="config", state="probation"))
+    filler = fill(small_disk)
+    s = boot.start(cfg, paths)  # the boot cannot be counted: said, and the model still loads
+    assert s.slot is not None
+    assert s.slot.version == "v-newer"
+    p = read_pointer(paths)
+    assert p is not None
+    assert p.boots == 0
+    filler.unlink()
