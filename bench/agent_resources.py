@@ -1,15 +1,18 @@
-"""Agent resources: start-up time, resident memory, what Numba's JIT costs, and a soak.
+"""Agent resources: start-up time, resident memory, import cost per dependency, and a soak, with
+the kernels compiled ahead of time (the gateway's case) and on Numba's JIT side by side.
 
 Runs the real daemon (``python -m edge_agent run``) in a subprocess, as systemd would, with a
 replay source feeding simulator data at an accelerated pace and, when ``mosquitto`` is on the
 PATH, a real local broker. Measures:
 
-* start-up: spawn → ``READY=1`` on the notify socket (model verified and loaded, kernels
-  compiled or loaded from Numba's cache, sources started, first reading in), cold and warm cache;
-* memory: RSS of the interpreter alone, after importing Numba, after loading and warming the
-  pipeline (cold and warm cache): the part Numba costs and ahead-of-time compilation could save;
-* soak: RSS and open file descriptors sampled through the run; growth = last tenth vs the
-  tenth after warm-up.
+* the ahead-of-time build (``scripts/build-kernels``) for this CPU and for a generic one;
+* import cost: RSS after each dependency the daemon imports, in one process where
+  ``import numba`` fails (as on a gateway), and what importing Numba would add;
+* start-up: spawn → ``READY=1`` (model verified and loaded, kernels loaded, sources started):
+  on the compiled module, checking that nothing was written to a JIT cache; on the JIT with a
+  cold and a warm cache;
+* soak: RSS and open file descriptors sampled through the run, on the compiled module with
+  Numba absent, then a shorter run on the JIT; growth = last tenth vs the tenth after warm-up.
 
     python bench/agent_resources.py    # 30-minute soak -> bench/results/agent_resources.json
     python bench/agent_resources.py --soak-minutes 0.5 --out X   # CI smoke run
@@ -67,8 +70,80 @@ _RSS = (
 )
 
 
+# What the daemon imports, in the order it needs them; each probe step adds one.
+IMPORT_STEPS = (
+    ("python", "pass"),
+    ("numpy", "import numpy"),
+    ("pydantic", "import pydantic"),
+    ("cryptography", "from cryptography.hazmat.primitives.asymmetric import ed25519"),
+    ("litert", "from edge_agent.interpreter import _BACKENDS\n_BACKENDS[0][1]()"),
+    ("paho_mqtt", "import paho.mqtt.client"),
+    ("pymodbus", "import pymodbus.client"),
+    ("pyserial", "import serial"),
+    ("prometheus_client", "import prometheus_client"),
+    ("edge_agent_agent", "import edge_agent.agent"),
+    ("compiled_kernels", "import edge_agent.kernels as k\nk.require()\nimport edge_agent.pipeline"),
+)
+
+
+def _blocker(work: Path) -> Path:
+    """A PYTHONPATH entry under which ``import numba`` and ``import llvmlite`` fail."""
+    d = work / "no-numba"
+    d.mkdir(exist_ok=True)
+    for name in ("numba", "llvmlite"):
+        (d / f"{name}.py").write_text(f"raise ImportError('{name} is absent here')\n")
+    return d
+
+
+def build_kernels(work: Path) -> tuple[Path, dict[str, Any]]:
+    """Build the module for this CPU (used below) and for a generic one; seconds and size."""
+    out: dict[str, Any] = {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_KERNELS")}
+    for target in ("generic", "host"):
+        d = work / f"aot-{target}"
+        t = time.perf_counter()
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "build-kernels"), "--out", str(d),
+             "--target-cpu", target],
+            env={**env, "PYTHON": sys.executable}, check=True, capture_output=True, cwd=ROOT,
+        )  # fmt: skip
+        module = next(d.glob("_aot_*"))
+        out[target] = {
+            "build_s": round(time.perf_counter() - t, 1),
+            "module_mb": round(module.stat().st_size / 1e6, 2),
+        }
+    return work / "aot-host", out
+
+
+def aot_env(work: Path, aot_dir: Path, cache: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{_blocker(work)}:{ROOT}",
+        "EDGE_KERNELS": "aot",
+        "EDGE_KERNELS_DIR": str(aot_dir),
+        "NUMBA_CACHE_DIR": str(cache),  # must stay empty
+    }
+
+
+def import_costs(env: dict[str, str]) -> dict[str, float]:
+    """RSS (MB) after each step of IMPORT_STEPS, and each step's increment, numba absent."""
+    code = _RSS + "import json\nout = {}\n"
+    for name, stmt in IMPORT_STEPS:
+        code += f"{stmt}\nout[{name!r}] = rss()\n"
+    code += "print(json.dumps(out))"
+    after = _probe(code, env)
+    steps: dict[str, float] = {}
+    last = 0.0
+    for name, _ in IMPORT_STEPS:
+        steps[f"{name}_plus_mb"] = round(after[name] - last, 1)
+        last = after[name]
+    steps["total_rss_mb"] = round(last, 1)
+    return steps
+
+
 def jit_costs(bundle: Path, pub: Path, cache: Path) -> dict[str, Any]:
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT),
+           "EDGE_KERNELS": "jit"}  # fmt: skip
     base = _probe(
         _RSS + "import json, numpy\nfrom edge_agent.interpreter import _BACKENDS\n"
         "_BACKENDS[0][1]()\nprint(json.dumps({'rss_mb': rss()}))",
@@ -99,6 +174,14 @@ def jit_costs(bundle: Path, pub: Path, cache: Path) -> dict[str, Any]:
     }
 
 
+def _numba_version() -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", "import numba; print(numba.__version__)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
 def _config(
     work: Path, bundle: Path, pub: Path, data: Path, speed: float, port: int | None
 ) -> Path:
@@ -125,19 +208,14 @@ level = "info"  # the last line, "stopped: rows ...", proves it kept working
     return p
 
 
-def run_agent(config: Path, cache: Path, minutes: float) -> dict[str, Any]:
+def run_agent(config: Path, env: dict[str, str], minutes: float) -> dict[str, Any]:
     """Spawn the daemon with a notify socket; time READY; sample RSS and fds; SIGTERM it."""
     sock_path = config.parent / "notify.sock"
     sock_path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(1.0)
-    env = {
-        **os.environ,
-        "NOTIFY_SOCKET": str(sock_path),
-        "NUMBA_CACHE_DIR": str(cache),
-        "PYTHONPATH": str(ROOT),
-    }
+    env = {**env, "NOTIFY_SOCKET": str(sock_path)}
     log_path = config.parent / "agent.log"
     log_fh = log_path.open("w")
     t0 = time.perf_counter()
@@ -186,8 +264,10 @@ def run_agent(config: Path, cache: Path, minutes: float) -> dict[str, Any]:
     early = samples[tenth : 2 * tenth] or samples[:1]
     late = samples[-tenth:]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    ready_rss = next((x[1] for x in samples), float("nan"))
     return {
         "ready_s": None if ready_s is None else round(ready_s, 2),
+        "rss_mb_at_ready": round(ready_rss, 1),
         "exit_code": proc.returncode,
         "rows_processed": rows,
         "rows_per_s": round(rows / max(samples[-1][0] - (ready_s or 0.0), 1e-9), 1),
@@ -210,6 +290,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--soak-minutes", type=float, default=30.0)
     ap.add_argument("--speed", type=float, default=100.0, help="replay pace, times real time")
+    ap.add_argument(
+        "--jit-share", type=float, default=0.2, help="JIT run length, share of the soak's"
+    )
     add_bundle_args(ap)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "agent_resources.json")
     a = ap.parse_args(argv)
@@ -220,32 +303,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bundle, pub = bundle_from_args(a, work)
         data = work / "live.csv"
         simulate_plant(rows=86_400, seed=31).write_csv(data)
+        aot_dir, builds = build_kernels(work)
         cache = work / "numba-cache"
+        aot_cache = work / "aot-numba-cache"
+        device = aot_env(work, aot_dir, aot_cache)
+        imports = import_costs(device)
         jit = jit_costs(bundle, pub, cache)
+        jit_env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT),
+                   "EDGE_KERNELS": "jit"}  # fmt: skip
         broker, port = start_broker(work)
         try:
             cfg = _config(work, bundle, pub, data, a.speed, port)
+            soak = run_agent(cfg, device, a.soak_minutes)
+            cache_written = (
+                sorted(str(p) for p in aot_cache.rglob("*")) if aot_cache.exists() else []
+            )
             shutil.rmtree(cache, ignore_errors=True)
-            cold = run_agent(cfg, cache, 0.05)
-            soak = run_agent(cfg, cache, a.soak_minutes)
+            cold = run_agent(cfg, jit_env, 0.05)
+            jit_run = run_agent(cfg, jit_env, a.soak_minutes * a.jit_share)
         finally:
             if broker is not None:
                 broker.terminate()
                 broker.wait(10)
     report = {
-        "benchmark": "edge agent daemon: start-up, memory, soak at accelerated replay",
+        "benchmark": "edge agent daemon: start-up, memory, soak at accelerated replay; "
+        "kernels compiled ahead of time (numba absent) vs Numba's JIT",
+        "kernels_build": {**builds, "numba": _numba_version()},
         "startup_ready_s": {
+            "aot": soak["ready_s"],
             "cold_numba_cache": cold["ready_s"],
-            "warm_numba_cache": soak["ready_s"],
+            "warm_numba_cache": jit_run["ready_s"],
         },
-        "jit": jit,
+        "aot_jit_cache_files_written": cache_written,
+        "import_cost_numba_absent": imports,
+        "jit": {**jit, "agent": jit_run},
         "soak": {
+            "kernels": "aot, numba absent",
             "minutes": a.soak_minutes,
             "replay_speed": a.speed,
             "broker": port is not None,
             **soak,
         },
-        "targets": {"rss_steady_mb_max": 120, "rss_growth_mb_max": 5, "fd_growth_max": 0},
+        "targets": {
+            "rss_steady_mb_max": 100,
+            "rss_steady_mb_goal": 64,
+            "startup_ready_s_max": 2,
+            "rss_growth_mb_max": 5,
+            "fd_growth_max": 0,
+        },
         "machine": machine(),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,9 @@ def test_agent_resources_bench_smoke(tmp_path: Path, bundle: Path, keys: Path) -
     )
     saved = json.loads(out.read_text())
     assert saved["startup_ready_s"]["warm_numba_cache"] > 0
+    assert saved["startup_ready_s"]["aot"] > 0
+    assert saved["aot_jit_cache_files_written"] == []
+    assert saved["kernels_build"]["host"]["module_mb"] > 0
     assert saved["soak"]["samples"] >= 2
     assert saved["soak"]["exit_code"] == 0
     assert saved["soak"]["rows_processed"] > 0
