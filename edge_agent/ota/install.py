@@ -11,6 +11,7 @@ is reported with its reason and leaves the running model and the pointer as they
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -21,10 +22,14 @@ from edge_agent.ota.canary import History, judge
 from edge_agent.ota.checks import verify_slot
 from edge_agent.ota.download import Download
 from edge_agent.ota.ledger import Handover, Ledger, disk_reason
-from edge_agent.ota.pointer import Pointer, higher_floor
+from edge_agent.ota.pointer import Pointer, clear_attempts, count_attempt, higher_floor
 from edge_agent.ota.protocol import DeploymentError
 
 log = logging.getLogger("edge_agent.ota")
+
+# Agent starts that may end while this model is loaded or canaried (a power cut, a restart)
+# before it is refused as one that crashes the agent.
+MAX_CANARY_ATTEMPTS = 3
 
 
 def install(ledger: Ledger, job: Download, history: History | None) -> Handover | None:
@@ -34,6 +39,8 @@ def install(ledger: Ledger, job: Download, history: History | None) -> Handover 
         return _install(ledger, job, history)
     finally:
         job.staging.remove()
+        with contextlib.suppress(OSError):
+            clear_attempts(ledger.paths)
 
 
 def _install(ledger: Ledger, job: Download, history: History | None) -> Handover | None:
@@ -80,6 +87,15 @@ def _candidate(ledger: Ledger, job: Download) -> ModelSlot | None:
         ledger.reject(dep, disk_reason(exc), lasting=False)
         return None
     ledger.publish("canary", deployment_id=dep.deployment_id, candidate=dep.model_version)
+    try:
+        attempts = count_attempt(ledger.paths, dep.deployment_id)
+    except OSError as exc:
+        ledger.reject(dep, disk_reason(exc), lasting=False)
+        return None
+    if attempts > MAX_CANARY_ATTEMPTS:
+        ledger.reject(dep, f"canary: the agent stopped {attempts - 1} times while loading or "
+                      "checking this model (does it crash the agent?)")
+        return None
     step = "load"
     try:
         new = ModelSlot.from_verified(

@@ -8,6 +8,8 @@ Layout under ``<state_dir>/ota/``::
     pointer.json             the switch: active slot, state, boot count, anti-rollback floor
     rejected.json            deployment ids refused or rolled back, so a retained one is not
                              downloaded again after every restart
+    canary.json              the deployment being loaded and canaried, and how many agent
+                             starts that took (a model that crashes the agent is refused)
 
 Every change of ``pointer.json`` is one :func:`edge_agent.fsutil.atomic_write` (rename and
 fsync): a power cut leaves the old pointer or the new, never a mix. The anti-rollback floor
@@ -39,6 +41,7 @@ SLOTS: tuple[SlotName, SlotName] = ("a", "b")
 OTA_DIR = "ota"
 POINTER_NAME = "pointer.json"
 REJECTED_NAME = "rejected.json"
+CANARY_NAME = "canary.json"
 NEW_SUFFIX = ".new"
 REJECTED_KEPT = 64  # deployment ids remembered as refused (newest kept)
 
@@ -92,6 +95,10 @@ class OtaPaths:
     @property
     def rejected(self) -> Path:
         return self.root / REJECTED_NAME
+
+    @property
+    def canary(self) -> Path:
+        return self.root / CANARY_NAME
 
     @property
     def slots(self) -> Path:
@@ -159,3 +166,19 @@ def remember_rejected(paths: OtaPaths, deployment_id: str, known: Sequence[str])
     paths.root.mkdir(parents=True, exist_ok=True)
     atomic_write(paths.rejected, json.dumps(ids).encode())
     return ids
+
+
+def count_attempt(paths: OtaPaths, deployment_id: str) -> int:
+    """Record one more attempt to load and canary ``deployment_id``; returns how many there
+    have been (a count left by a previous start means that start died on this model)."""
+    try:
+        doc = json.loads(paths.canary.read_bytes())
+    except (OSError, ValueError):
+        doc = {}
+    n = int(doc.get("attempts", 0)) + 1 if doc.get("deployment_id") == deployment_id else 1
+    atomic_write(paths.canary, json.dumps({"deployment_id": deployment_id, "attempts": n}).encode())
+    return n
+
+
+def clear_attempts(paths: OtaPaths) -> None:
+    paths.canary.unlink(missing_ok=True)

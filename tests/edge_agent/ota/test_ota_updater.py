@@ -12,6 +12,7 @@ deployment that arrives during probation waits for its end.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -343,3 +344,19 @@ def test_a_broker_restart_mid_download_resumes(
     done = wait_state(reports, "active", gw, after=1)
     assert done["deployment_id"] == dep.deployment_id
     assert gw.swaps == ["v-newer"]
+
+
+def test_a_model_the_agent_keeps_dying_on_is_refused_at_canary(
+    gateway: Callable[..., Gateway], desk: Desk, reports: Subscriber, bundle: Path,
+    variants: dict[str, Path],
+) -> None:
+    gw = gateway(bundle=bundle, canary_s=0)
+    dep, chunks = desk.deployment(variants["newer"])
+    # Three earlier starts died while this deployment was at its canary.
+    gw.paths.canary.write_text(json.dumps({"deployment_id": dep.deployment_id, "attempts": 3}))
+    desk.chunks(chunks)
+    desk.order(machine_deployment_topic(PREFIX, MACHINE), dep)
+    got = wait_state(reports, "rejected", gw, after=1)
+    assert "the agent stopped 3 times while loading or checking this model" in got["reason"]
+    assert gw.swaps == []
+    assert not gw.paths.canary.exists()
