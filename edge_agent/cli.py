@@ -183,10 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(__version__)
             return 0
         if args.command == "replay":
-            from edge_agent.detect.cascade import STAGE_AUTOENCODER
-            from edge_agent.replay import replay
+            from edge_agent.replay import replay_stream
 
-            res = replay(
+            res = replay_stream(
                 args.bundle,
                 args.data,
                 args.out,
@@ -194,10 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time_col=args.time_col,
                 num_threads=args.threads,
             )
-            n = res.stage.size
             print(
-                f"scored {n} rows: {int((res.stage == STAGE_AUTOENCODER).sum())} reached stage 2, "
-                f"{int(res.alert.sum())} in alert; wrote {args.out}"
+                f"scored {res.rows} rows: {res.stage2_rows} reached stage 2, "
+                f"{res.alert_rows} in alert; wrote {args.out}"
             )
             return 0
         return _command(args)

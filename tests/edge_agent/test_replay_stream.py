@@ -1,0 +1,45 @@
+"""Streamed replay (the CLI's) against the whole-file replay: same output file, any block size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.cli import main as agent_main
+from edge_agent.errors import DataError
+from edge_agent.replay import replay, replay_stream
+
+
+def test_streamed_output_is_the_whole_file_output(
+    bundle: Path, keys: Path, sim_csv: Path, tmp_path: Path
+) -> None:
+    whole = tmp_path / "whole.csv"
+    res = replay(bundle, sim_csv, whole, keys / "signing.pub")
+    for block_bytes in (1 << 12, 100_003, 1 << 23):
+        out = tmp_path / f"stream_{block_bytes}.csv"
+        summary = replay_stream(bundle, sim_csv, out, keys / "signing.pub",
+                                block_bytes=block_bytes)  # fmt: skip
+        assert out.read_bytes() == whole.read_bytes()
+        assert summary.rows == res.stage.size
+        assert summary.stage2_rows == int((res.stage == 2).sum())
+        assert summary.alert_rows == int(res.alert.sum())
+        assert summary.windows == res.windows.stage.size
+
+
+def test_a_bad_row_late_in_the_file_leaves_no_output(
+    bundle: Path, keys: Path, sim_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = sim_csv.read_text().splitlines()
+    bad = tmp_path / "bad.csv"
+    lines[-3] = lines[-3].replace(",", ",oops,", 1)
+    bad.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.csv"
+    with pytest.raises(DataError, match=rf"row {len(lines) - 2}: has"):
+        replay_stream(bundle, bad, out, keys / "signing.pub", block_bytes=1 << 14)
+    assert not out.exists()
+    assert list(tmp_path.glob(".scores.csv.*")) == []
+    code = agent_main(["replay", "--bundle", str(bundle), "--data", str(bad), "--out", str(out),
+                       "--trust", str(keys / "signing.pub")])  # fmt: skip
+    assert code == 2
+    assert f"{bad}, row {len(lines) - 2}: has" in capsys.readouterr().err
