@@ -1,0 +1,40 @@
+"""Reduced run of bench/replay_end_to_end.py: two copies of SKAB anomaly-free, a 2-epoch model.
+
+Proves the benchmark runs from a fresh clone and writes well-formed JSON; the figures are
+recorded by the full run in bench/results/, never asserted here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SKAB = ROOT.parent / "shared" / "datasets" / "skab" / "data" / "anomaly-free"
+
+
+@pytest.mark.skipif(not SKAB.is_dir(), reason="../shared/datasets/skab not present")
+def test_replay_end_to_end_bench_smoke(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "replay_end_to_end", ROOT / "bench" / "replay_end_to_end.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["replay_end_to_end"] = mod
+    spec.loader.exec_module(mod)
+    out = tmp_path / "replay.json"
+    report = mod.main(["--copies", "2", "--epochs", "2", "--repeats", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["data"]["rows"] == 2 * 9405
+    for side in ("desk", "reference"):
+        assert saved[side]["rows"] == 2 * 9405
+        assert saved[side]["channel_samples_per_s"] > 0
+    assert saved["desk"]["summary"].startswith("scored 18810 rows")
+    assert "desk" in saved["times_reference"]
+    assert saved["machine"]
