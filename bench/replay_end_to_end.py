@@ -15,7 +15,9 @@ and the desk's (this interpreter). The reference, in this process: pandas rollin
 features, scikit-learn ``IsolationForest`` fitted on the same fifth, the run's float Keras
 autoencoder on the windows the forest flags (``bench/pipeline_throughput.Reference``), scoring
 the file's values already in memory (scoring only: no reading, no writing). Every process is
-pinned to CPU 0 with one thread, as in ``pipeline_throughput.py``.
+pinned to CPU 0 with one thread, as in ``pipeline_throughput.py``. Also recorded: each replay
+process's peak RSS (VmHWM), and one more run of the same streamed loop with a clock around each
+step (imports, bundle verification and loading, reading, scoring, writing).
 
     python bench/replay_end_to_end.py --edge-python /path/to/edge-venv/bin/python
     python bench/replay_end_to_end.py --copies 2 --epochs 2 --repeats 1 --out X  # CI smoke
@@ -115,6 +117,56 @@ def fit_model(data: Path, rows: int, work: Path, epochs: int | None) -> dict[str
     }
 
 
+# Runs ``python -m edge_agent`` and reports the process's own peak RSS (VmHWM: the memory of
+# this program, not the pages of the parent it was forked from) on stderr at exit.
+WITH_PEAK_RSS = """
+import atexit, runpy, sys
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            print("VmHWM_KB", line.split()[1], file=sys.stderr)
+atexit.register(_peak)
+sys.argv = ["edge_agent", *sys.argv[1:]]
+runpy.run_module("edge_agent", run_name="__main__", alter_sys=True)
+"""
+# The streamed replay's own loop with a clock around each step (one run, after the timed ones).
+PHASES = """
+import json, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from edge_agent.bundle.verify import verify_bundle
+from edge_agent.data.table import iter_table
+from edge_agent.model_slot import load_cascade
+from edge_agent.pipeline import StreamingPipeline
+from edge_agent.replay import ScoreFile, _RowView
+from edge_agent.replay_format import score_lines
+t1 = time.perf_counter()
+bundle = verify_bundle(Path(sys.argv[1]), Path(sys.argv[2]))
+m = bundle.manifest
+pipe = StreamingPipeline(m, load_cascade(bundle, num_threads=1))
+rows = _RowView()
+t2 = time.perf_counter()
+spent = {"read": 0.0, "score": 0.0, "write": 0.0}
+blocks = iter(iter_table(sys.argv[3], channels=m.channel_names))
+with ScoreFile(Path(sys.argv[4])) as sink:
+    while True:
+        a = time.perf_counter()
+        block = next(blocks, None)
+        b = time.perf_counter()
+        spent["read"] += b - a
+        if block is None:
+            break
+        stage, score, p, alert = rows.of(pipe.push(block.timestamps, block.values))
+        c = time.perf_counter()
+        sink.write(score_lines(block.timestamps, stage, score, p, alert))
+        spent["score"] += c - b
+        spent["write"] += time.perf_counter() - c
+t3 = time.perf_counter()
+print(json.dumps({"imports": t1 - t0, "verify_and_load": t2 - t1, **spent,
+                  "rename": t3 - t2 - sum(spent.values())}))
+"""
+
+
 def _pin() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {BENCH_CPU})
@@ -122,9 +174,9 @@ def _pin() -> None:
 
 def time_replay(python: str, work: Path, data: Path, repeats: int) -> dict[str, Any]:
     """Fresh ``python -m edge_agent replay`` processes: wall seconds and peak RSS of each."""
-    cmd = [python, "-m", "edge_agent", "replay", "--bundle", str(work / "bundle"),
-           "--trust", str(work / "keys" / "signing.pub"), "--data", str(data),
-           "--out", str(work / "scores.csv")]  # fmt: skip
+    bundle, trust, out = work / "bundle", work / "keys" / "signing.pub", work / "scores.csv"
+    cmd = [python, "-c", WITH_PEAK_RSS, "replay", "--bundle", str(bundle), "--trust", str(trust),
+           "--data", str(data), "--out", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     seconds, rss = [], []
     log = work / "replay.log"
@@ -133,14 +185,19 @@ def time_replay(python: str, work: Path, data: Path, repeats: int) -> dict[str, 
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd, env=env, cwd=ROOT, preexec_fn=_pin,  # noqa: PLW1509
                                     stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
-            _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+            proc.wait()
             wall = time.perf_counter() - t0
-            proc.returncode = os.waitstatus_to_exitcode(status)
+        text = log.read_text()
         if proc.returncode != 0:
-            raise RuntimeError(f"replay failed ({python}): {log.read_text()[-2000:]}")
+            raise RuntimeError(f"replay failed ({python}): {text[-2000:]}")
         if i:  # the first run fills Numba's cache
             seconds.append(wall)
-            rss.append(usage.ru_maxrss / KB_PER_MB)
+            peak = [line.split()[1] for line in text.splitlines() if line.startswith("VmHWM_KB")]
+            rss.append(int(peak[0]) / KB_PER_MB if peak else float("nan"))
+    phases = subprocess.run(
+        [python, "-c", PHASES, str(bundle), str(trust), str(data), str(out)],
+        env=env, cwd=ROOT, preexec_fn=_pin, capture_output=True, text=True, check=True,
+    )  # fmt: skip
     med = float(np.median(seconds))
     return {
         "python": python,
@@ -149,8 +206,11 @@ def time_replay(python: str, work: Path, data: Path, repeats: int) -> dict[str, 
         "seconds": [round(s, 3) for s in seconds],
         "seconds_median": round(med, 3),
         "rows": _rows_written(work / "scores.csv"),
-        "summary": log.read_text().strip().splitlines()[-1],
+        "summary": next(ln for ln in text.splitlines() if ln.startswith("scored")),
         "peak_rss_mb": round(max(rss), 1),
+        "phases_seconds": {
+            k: round(v, 3) for k, v in json.loads(phases.stdout.splitlines()[-1]).items()
+        },
     }
 
 

@@ -63,10 +63,13 @@ def _templates() -> npt.NDArray[np.intp]:
 
 
 _TEMPLATES = _templates()
-_DIGIT_TABLE = _digits(np.arange(10**SIGNIFICANT, dtype=np.int64), SIGNIFICANT)
-_TRAILING_ZEROS = np.zeros(10**SIGNIFICANT, np.intp)
-for _i in range(1, SIGNIFICANT):
-    _TRAILING_ZEROS[:: 10**_i] += 1
+# Six digits are looked up as two halves of three: small tables, built at import in microseconds.
+HALF = SIGNIFICANT // 2
+_HALF_DIGITS = _digits(np.arange(10**HALF, dtype=np.int64), HALF)
+_TWO_DIGITS = _digits(np.arange(100, dtype=np.int64), 2)
+_HALF_ZEROS = np.zeros(10**HALF, np.intp)  # trailing zeros of 1..999 (0 counts as HALF)
+for _i in range(HALF):
+    _HALF_ZEROS[:: 10 ** (_i + 1)] += 1
 
 
 def format_g6(x: F64) -> U8:
@@ -90,11 +93,13 @@ def format_g6(x: F64) -> U8:
     carry = d >= 10**SIGNIFICANT
     d[carry] //= 10
     exp = SIGNIFICANT - 1 - k + carry  # the exponent "%e" would print
-    d = np.clip(d, 0, 10**SIGNIFICANT - 1)
-    sig = SIGNIFICANT - _TRAILING_ZEROS[d]
+    high, low = np.divmod(np.clip(d, 0, 10**SIGNIFICANT - 1), 10**HALF)
+    sig = SIGNIFICANT - np.where(low == 0, HALF + _HALF_ZEROS[high], _HALF_ZEROS[low])
     fixed = (exp >= LOWEST_FIXED) & (exp < SIGNIFICANT)
     x_eff = np.where(fixed, exp, 0) - LOWEST_FIXED
-    source = np.concatenate([_DIGIT_TABLE[d], np.broadcast_to(_CONSTANTS, (n, 3))], axis=1)
+    source = np.concatenate(
+        [_HALF_DIGITS[high], _HALF_DIGITS[low], np.broadcast_to(_CONSTANTS, (n, 3))], axis=1
+    )
     out = np.zeros((n, NUMBER_BYTES), np.uint8)
     out[:, 0] = np.where(np.signbit(x), ord("-"), 0)
     out[:, 1 : 1 + BODY_BYTES] = np.take_along_axis(source, _TEMPLATES[x_eff, sig - 1], axis=1)
@@ -135,19 +140,20 @@ def format_iso(t: F64) -> U8:
     us = np.where(us >= US_PER_S, us - US_PER_S, np.where(us < 0, us + US_PER_S, us))
     days, rest = np.divmod(sec, SECONDS_PER_DAY)
     year, month, day = civil_from_days(days)
-    out = np.zeros((n, ISO_BYTES), np.uint8)
-    out[:, 0:4] = _digits(year, 4)
+    minutes, second = np.divmod(rest, 60)
+    hour, minute = np.divmod(minutes, 60)
+    century, yy = np.divmod(np.clip(year, 0, 9999), 100)
+    two = _TWO_DIGITS
+    out = np.empty((n, ISO_BYTES), np.uint8)
+    out[:, 0:2], out[:, 2:4] = two[century], two[yy]
     out[:, 4] = out[:, 7] = ord("-")
-    out[:, 5:7] = _digits(month, 2)
-    out[:, 8:10] = _digits(day, 2)
+    out[:, 5:7], out[:, 8:10] = two[month], two[day]
     out[:, 10] = ord("T")
-    out[:, 11:13] = _digits(rest // 3600, 2)
+    out[:, 11:13], out[:, 14:16], out[:, 17:19] = two[hour], two[minute], two[second]
     out[:, 13] = out[:, 16] = ord(":")
-    out[:, 14:16] = _digits(rest // 60 % 60, 2)
-    out[:, 17:19] = _digits(rest % 60, 2)
     frac = t != whole  # ``t % 1`` is non-zero
     out[:, 19] = np.where(frac, ord("."), ord("Z"))
-    out[:, 20:23] = np.where(frac[:, None], _digits(us.astype(np.int64) // MS_PER_S, 3), 0)
+    out[:, 20:23] = np.where(frac[:, None], _HALF_DIGITS[us.astype(np.intp) // MS_PER_S], 0)
     out[:, 23] = np.where(frac, ord("Z"), 0)
     for i in np.flatnonzero((year < 1) | (year > 9999)).tolist():
         text = iso_text(float(t[i])).encode("ascii")  # raises out of datetime's range

@@ -36,5 +36,7 @@ def test_replay_end_to_end_bench_smoke(tmp_path: Path) -> None:
         assert saved[side]["rows"] == 2 * 9405
         assert saved[side]["channel_samples_per_s"] > 0
     assert saved["desk"]["summary"].startswith("scored 18810 rows")
+    assert {"imports", "read", "score", "write"} <= set(saved["desk"]["phases_seconds"])
+    assert saved["desk"]["peak_rss_mb"] > 0
     assert "desk" in saved["times_reference"]
     assert saved["machine"]
