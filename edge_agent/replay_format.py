@@ -89,12 +89,14 @@ def format_g6(x: F64) -> U8:
         scale = 10.0 ** np.abs(k[wrong])
         y[wrong] = np.where(k[wrong] >= 0, a[wrong] * scale, a[wrong] / scale)
     fine &= np.abs(y - np.floor(y) - 0.5) > TIE_MARGIN
-    d = np.rint(np.where(fine, y, 0.0)).astype(np.int64)
+    d = np.rint(np.where(fine, y, 0.0)).astype(np.int64)  # 0 for zeros: written "0"
     carry = d >= 10**SIGNIFICANT
     d[carry] //= 10
-    exp = SIGNIFICANT - 1 - k + carry  # the exponent "%e" would print
+    zero = x == 0
+    exp = np.where(zero, 0, SIGNIFICANT - 1 - k + carry)  # the exponent "%e" would print
     high, low = np.divmod(np.clip(d, 0, 10**SIGNIFICANT - 1), 10**HALF)
     sig = SIGNIFICANT - np.where(low == 0, HALF + _HALF_ZEROS[high], _HALF_ZEROS[low])
+    sig = np.maximum(sig, 1)
     fixed = (exp >= LOWEST_FIXED) & (exp < SIGNIFICANT)
     x_eff = np.where(fixed, exp, 0) - LOWEST_FIXED
     source = np.concatenate(
@@ -112,12 +114,7 @@ def format_g6(x: F64) -> U8:
         tail[:, 2:] = _digits(np.abs(e), 3)
         tail[np.abs(e) < 100, 2] = 0
         out[sci, 1 + BODY_BYTES :] = tail
-    zero = np.flatnonzero(np.isfinite(x) & (np.abs(x) == 0))
-    out[zero, 1:] = 0
-    out[zero, 1] = ord("0")
-    for i in np.flatnonzero(~fine).tolist():
-        if np.abs(x[i]) == 0:
-            continue
+    for i in np.flatnonzero(~fine & ~zero).tolist():  # not finite, far out, or near a tie
         text = f"{float(x[i]):.6g}".encode("ascii")
         out[i] = 0
         out[i, : len(text)] = np.frombuffer(text, np.uint8)

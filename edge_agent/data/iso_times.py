@@ -60,56 +60,54 @@ def civil_from_days(z: I64) -> tuple[I64, I64, I64]:
     return yoe + era * 400 + (m <= 2), m, d
 
 
-def _number(chars: U8, start: int, width: int) -> tuple[I64, BOOL]:
-    """The decimal number in columns [start, start + width) and whether they are all digits."""
-    digits = chars[:, start : start + width].astype(np.int64) - ASCII_ZERO
-    ok = np.asarray(((digits >= 0) & (digits <= 9)).all(axis=1), dtype=np.bool_)
-    value = np.zeros(chars.shape[0], np.int64)
-    for k in range(width):
-        value = value * 10 + digits[:, k]
-    return value, ok
-
-
 def _parse_group(chars: U8, template: str) -> tuple[F64, BOOL]:
     """Seconds since the epoch of rows laid out like ``template``; ``ok`` where they are."""
     match = _TEMPLATE.fullmatch(template)
     n, length = chars.shape
     if match is None or n == 0:
         return np.zeros(n), np.zeros(n, np.bool_)
-    ok = np.ones(n, np.bool_)
-    for pos in range(length):  # punctuation where the template has it
-        if not template[pos].isdigit():
-            ok &= chars[:, pos] == ord(template[pos])
-    year, ok_y = _number(chars, 0, 4)
-    month, ok_m = _number(chars, 5, 2)
-    day, ok_d = _number(chars, 8, 2)
-    ok &= ok_y & ok_m & ok_d & (year >= MIN_YEAR) & (month >= 1) & (month <= 12)
+    punct = [i for i, ch in enumerate(template) if not ch.isdigit()]
+    want = np.frombuffer("".join(template[i] for i in punct).encode("ascii"), np.uint8)
+    ok = np.asarray((chars[:, punct] == want).all(axis=1), dtype=np.bool_)
+    digits = chars - np.uint8(ASCII_ZERO)  # wraps: every byte but a digit becomes >= 10
+    numeric = np.ones(length, np.bool_)
+    numeric[punct] = False
+    ok &= (digits[:, numeric] <= 9).all(axis=1)
+    d = digits.astype(np.int32)
+
+    def number(start: int, width: int) -> npt.NDArray[np.int32]:
+        value = d[:, start]
+        for k in range(1, width):
+            value = value * 10 + d[:, start + k]
+        return value
+
+    year, month, day = number(0, 4), number(5, 2), number(8, 2)
+    ok &= (year >= MIN_YEAR) & (month >= 1) & (month <= 12)
     month = np.clip(month, 1, 12)
     leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
     ok &= (day >= 1) & (day <= _DAYS_IN_MONTH[month] + (leap & (month == 2)))
-    seconds = days_from_civil(year, month, day) * SECONDS_PER_DAY
+    days = days_from_civil(year.astype(np.int64), month.astype(np.int64), day.astype(np.int64))
+    seconds = days * SECONDS_PER_DAY
     micros = np.zeros(n, np.int64)
     if length > len("YYYY-MM-DD"):
-        hour, ok_h = _number(chars, 11, 2)
-        minute, ok_mi = _number(chars, 14, 2)
-        ok &= ok_h & ok_mi & (hour <= 23) & (minute <= 59)
-        seconds += hour * 3600 + minute * 60
+        hour, minute = number(11, 2), number(14, 2)
+        ok &= (hour <= 23) & (minute <= 59)
+        clock = hour * 3600 + minute * 60
         if len(template) > 16 and template[16] == ":":
-            sec, ok_s = _number(chars, 17, 2)
-            ok &= ok_s & (sec <= 59)
-            seconds += sec
+            sec = number(17, 2)
+            ok &= sec <= 59
+            clock += sec
         fraction, zone = match.group(1), match.group(2)
         if fraction:
-            frac, ok_f = _number(chars, 20, len(fraction))
-            ok &= ok_f
-            micros = frac * 10 ** (MAX_FRACTION_DIGITS - len(fraction))
+            scale = 10 ** (MAX_FRACTION_DIGITS - len(fraction))
+            micros = number(20, len(fraction)).astype(np.int64) * scale
         if zone and zone not in ("Z", "z"):
             at = length - len("+HH:MM")
-            zh, ok_zh = _number(chars, at + 1, 2)
-            zm, ok_zm = _number(chars, at + 4, 2)
-            ok &= ok_zh & ok_zm & (zh <= 23) & (zm <= 59)
-            sign = np.where(chars[:, at] == ord("-"), -1, 1)
-            seconds -= sign * (zh * 3600 + zm * 60)
+            zh, zm = number(at + 1, 2), number(at + 4, 2)
+            ok &= (zh <= 23) & (zm <= 59)
+            sign = np.where(chars[:, at] == ord("-"), -1, 1).astype(np.int32)
+            clock -= sign * (zh * 3600 + zm * 60)
+        seconds += clock
     total = seconds * US_PER_S + micros
     ok &= np.abs(total) < MAX_EXACT_US
     return total.astype(np.float64) / US_PER_S, ok
