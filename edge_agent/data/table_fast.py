@@ -27,7 +27,7 @@ from edge_agent.data.table_rows import (
 )
 
 # Widest time cell parsed in bulk; a cell this long or longer sends the block to the reference.
-TIME_TEXT_BYTES = 64
+TIME_TEXT_BYTES = 40  # the longest layout parsed in bulk, with microseconds and offset, is 32
 _REFUSED = (b'"', b"\r", b"\x00")
 
 

@@ -35,10 +35,11 @@ from edge_agent.data.table_rows import (
 from edge_agent.errors import DataError
 
 BOM = b"\xef\xbb\xbf"
-# The first block is small: it is split by ``csv`` to check field counts before the header's
-# columns are resolved, as the whole-file reader does. Later blocks are large (about 100k rows
-# of 8 channels) so the per-block costs vanish; ``replay`` holds two or three at a time.
-FIRST_BLOCK_BYTES = 1 << 20
+# The first block is small: it goes through the reference reader (``csv``), which checks field
+# counts before the header's columns are resolved, as the whole-file reader does. Later blocks
+# are large (about 100k rows of 8 channels) so the per-block costs vanish; ``replay`` holds two
+# or three at a time.
+FIRST_BLOCK_BYTES = 64 << 10
 BLOCK_BYTES = 8 << 20
 QUOTED_BLOCK_RECORDS = 65_536  # records per block once csv reads record by record
 
