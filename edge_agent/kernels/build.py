@@ -26,7 +26,6 @@ from typing import Any
 from edge_agent.fsutil import atomic_write
 from edge_agent.kernels.dispatch import (
     EXPORTS,
-    KERNEL_SOURCES,
     MODE_ENV,
     MODULE_DIR,
     MODULE_PREFIX,
@@ -35,6 +34,7 @@ from edge_agent.kernels.dispatch import (
     resolve,
 )
 from edge_agent.kernels.signature import Signature, TypeSpec
+from edge_agent.kernels.sources import KERNEL_SOURCES
 
 EXECUTABLE_MODE = 0o755
 BYTES_PER_MB = 1_000_000

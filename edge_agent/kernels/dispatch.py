@@ -27,7 +27,6 @@ editing a kernel in one file invalidates the fused kernels of the others that in
 
 from __future__ import annotations
 
-import hashlib
 import importlib.machinery
 import importlib.util
 import os
@@ -39,31 +38,17 @@ from types import ModuleType
 from typing import Any, Literal, TypeVar
 
 from edge_agent.kernels.signature import Signature, make_guard, parse_signature
+from edge_agent.kernels.sources import KERNEL_SOURCES, PACKAGE_DIR, sources_digest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 MODE_ENV = "EDGE_KERNELS"
 DIR_ENV = "EDGE_KERNELS_DIR"
 MODES = ("auto", "aot", "jit")
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # edge_agent/
 MODULE_DIR = Path(__file__).resolve().parent  # where the build puts the module by default
 MODULE_PREFIX = "_aot_"
 # Hex digits of the sources' SHA-256 in the module name (64 bits: no accidental match).
 DIGEST_CHARS = 16
-# Every file holding a decorated kernel, relative to edge_agent/. A kernel in a file not
-# listed here is refused at import (its edits would not change the digest).
-KERNEL_SOURCES = (
-    "data/grid.py",
-    "detect/alerts.py",
-    "detect/autoencoder.py",
-    "detect/cascade.py",
-    "detect/forest.py",
-    "detect/projection.py",
-    "detect/ring.py",
-    "detect/threshold.py",
-    "detect/windows.py",
-    "pipeline.py",
-)
 INSTALL_HINT = (
     "build the compiled kernels with scripts/build-kernels (needs numba and a C compiler at "
     "build time only; systemd/install.sh does this on a gateway), or install numba to "
@@ -95,16 +80,6 @@ class Exported:
 
 EXPORTS: dict[str, Exported] = {}
 _state: dict[str, Any] = {"backend": None, "module": None, "deferred": []}
-
-
-def sources_digest(root: Path = PACKAGE_DIR, files: tuple[str, ...] = KERNEL_SOURCES) -> str:
-    """SHA-256 over every kernel source file, names and contents, in a fixed order."""
-    h = hashlib.sha256()
-    for rel in files:
-        h.update(rel.encode() + b"\0")
-        h.update((root / rel).read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def module_name(digest: str) -> str:

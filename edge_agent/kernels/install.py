@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.fsutil import atomic_write
-from edge_agent.kernels.dispatch import MODULE_DIR, module_filename, sources_digest
+from edge_agent.kernels.dispatch import MODULE_DIR, module_filename
+from edge_agent.kernels.sources import sources_digest
 
 BUILD_REQUIREMENTS = ("numba>=0.60", "setuptools>=68")
 EXECUTABLE_MODE = 0o755

@@ -4,7 +4,7 @@ Used by ``edge_agent.kernels.dispatch`` when Numba's JIT runs the kernels. Numba
 cached kernel with a hash of the file that defines it, so a fused kernel
 (``pipeline._front`` inlines the grid, window and ring kernels of three other files) kept
 running its old machine code after one of those files changed. Here every kernel of
-:data:`~edge_agent.kernels.dispatch.KERNEL_SOURCES` is stamped with the hash of all of them:
+:data:`~edge_agent.kernels.sources.KERNEL_SOURCES` is stamped with the hash of all of them:
 any edit invalidates every cached kernel, which recompiles on its next call.
 
 This hooks Numba's cache locators (``numba.core.caching.CacheImpl._locator_classes``, named
@@ -25,7 +25,7 @@ _installed: dict[str, str] = {}
 
 
 def _kernel_files() -> set[str]:
-    from edge_agent.kernels.dispatch import KERNEL_SOURCES, PACKAGE_DIR
+    from edge_agent.kernels.sources import KERNEL_SOURCES, PACKAGE_DIR
 
     return {str((PACKAGE_DIR / rel).resolve()) for rel in KERNEL_SOURCES}
 

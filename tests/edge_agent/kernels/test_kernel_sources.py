@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.data import grid
-from edge_agent.kernels.dispatch import (
-    EXPORTS,
-    KERNEL_SOURCES,
-    PACKAGE_DIR,
-    backend,
-    module_name,
-    sources_digest,
-)
+from edge_agent.kernels.dispatch import EXPORTS, backend, module_name
 from edge_agent.kernels.signature import parse_signature
+from edge_agent.kernels.sources import KERNEL_SOURCES, PACKAGE_DIR, sources_digest
 from edge_agent.pipeline import _front
 
 
