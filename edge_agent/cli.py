@@ -14,9 +14,11 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from edge_agent import __version__
 from edge_agent.errors import EdgeAnomalyError
+from edge_agent.events import EventKind
 from edge_agent.logs import setup_logging
 
 EXIT_INPUT_ERROR = 2
@@ -79,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--json", action="store_true", help="one JSON object per line")
     ev.add_argument("--limit", type=int, default=50, help="how many (default 50)")
-    ev.add_argument("--kind", choices=["anomaly", "sensor_fault"], help="only this kind")
+    ev.add_argument("--kind", choices=get_args(EventKind), help="only this kind")
     sim = with_config(
         "simulate",
         "serve the plant simulator over the config's Modbus/serial endpoints",

@@ -24,6 +24,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics_endpoint import REPO, scrape, serving
 
+from edge_agent.ota.report import OtaMetrics
+
 DASHBOARD = REPO / "docs" / "grafana" / "edge-agent-dashboard.json"
 GRID_COLUMNS = 24
 MIN_SCHEMA_VERSION = 36  # Grafana 9.x; 38 and up are Grafana 10
@@ -81,6 +83,11 @@ def served() -> Served:
         m.events.labels("anomaly", "open").inc()
         m.latency.observe(0.002)
         m.refused.labels("busy").inc()
+        ota = OtaMetrics(m.registry)  # registered as an agent with [ota] enabled does
+        ota.show("active")
+        ota.activated.inc()
+        ota.rejected.inc()
+        ota.rolled_back.inc()
         status, _, body = scrape(endpoint.port)
     assert status == 200
     out = Served({}, {})
