@@ -25,7 +25,7 @@ from edge_agent.detect.cascade import STAGE_NONE, Cascade, WindowScores
 from edge_agent.detect.projection import _sample_stats
 from edge_agent.detect.ring import WindowRing, ring_push
 from edge_agent.detect.windows import normalize, window_ends
-from edge_agent.kernels import kernel
+from edge_agent.kernels import CALL, bind, kernel
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -122,13 +122,15 @@ class StreamingPipeline:
         proj = cascade.forest.projection
         self._aligner = a = GridAligner(s.period_s, s.max_hold, mean)
         self._ring = r = WindowRing(w.length, w.hop, c, n_stats, s.max_imputed_fraction)
-        # The fused kernel's arguments after the rows, in its order.
+        # The fused kernel's arguments after the rows, in its order: checked here, once (the
+        # aligner and the ring mutate their arrays in place), not at every pushed row.
         self._args = (
             mean, scale, a.period_s, a.max_hold, a.last_t, a.held, a.state,
             np.zeros((c, 0)) if proj is None else proj.components,
             np.zeros(0) if proj is None else proj.variances, proj is not None,
             r.window, r.hop, r.max_imputed_fraction, r.buf_x, r.buf_s, r.buf_imp, r.state,
         )  # fmt: skip
+        self._front = bind(_front, CALL, CALL, *self._args)
         self._alerts = AlertState(manifest.alerts)
         self._alert_segment = -1
         self._empty = _empty_batch(c)
@@ -159,7 +161,7 @@ class StreamingPipeline:
 
     def _push(self, ts: F64, vals: F64) -> WindowBatch:
         first_id = self._ring.windows_emitted
-        windows, features, end_index, end_time, seg, row_window = _front(ts, vals, *self._args)
+        windows, features, end_index, end_time, seg, row_window = self._front(ts, vals)
         current = self._aligner.segment_start
         if not end_index.shape[0]:
             return replace(

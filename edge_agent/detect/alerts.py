@@ -14,7 +14,7 @@ import numpy.typing as npt
 from pydantic import Field
 
 from edge_agent.config.strict import StrictModel
-from edge_agent.kernels import kernel
+from edge_agent.kernels import CALL, bind, kernel
 
 
 class AlertPolicy(StrictModel):
@@ -51,14 +51,11 @@ class AlertState:
     def __init__(self, policy: AlertPolicy) -> None:
         self.policy = policy
         self._state = np.zeros(3, dtype=np.int64)
+        # Policy and state checked once; the state is only ever changed in place.
+        self._update = bind(_hysteresis, CALL, policy.open_after, policy.close_after, self._state)
 
     def update(self, raw: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-        return _hysteresis(
-            np.ascontiguousarray(raw, dtype=np.bool_),
-            self.policy.open_after,
-            self.policy.close_after,
-            self._state,
-        )
+        return self._update(np.ascontiguousarray(raw, dtype=np.bool_))
 
     def reset(self) -> None:
         self._state[:] = 0

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.interpreter import TFLiteInterpreter, allocate, load_interpreter
-from edge_agent.kernels import kernel
+from edge_agent.kernels import CALL, bind, kernel
 
 INT8_MIN = int(np.iinfo(np.int8).min)
 INT8_MAX = int(np.iinfo(np.int8).max)
@@ -128,6 +128,15 @@ class Int8Autoencoder:
         self._output_q = _quantization(out_details, "output")
         if (self._input_q is None) != (self._output_q is None):
             raise ValueError("model mixes int8 and float32 input/output tensors")
+        # The (de)quantization kernels with the model's parameters checked once.
+        self._to_int8 = (
+            None if self._input_q is None else bind(_quantize_kernel, CALL, *self._input_q)
+        )
+        self._from_int8 = (
+            None
+            if self._output_q is None
+            else bind(_dequantize_kernel, CALL, *self._output_q, CALL)
+        )
         # What an all-zero window quantizes to (static-batch padding).
         self._pad_value = self._quantize(np.zeros((1, shape[1], shape[2]), np.float32))[0]
 
@@ -204,10 +213,10 @@ class Int8Autoencoder:
         self._interpreter.set_tensor(self._input_index, batch)
         self._interpreter.invoke()
         y = self._interpreter.get_tensor(self._output_index)
-        if self._output_q is None:
+        if self._from_int8 is None:
             out[:] = y[:size]
         else:
-            _dequantize_kernel(y, self._output_q[0], self._output_q[1], out)
+            self._from_int8(y, out)
 
     def _ensure_batch(self, size: int) -> None:
         if size == self._batch:
@@ -221,11 +230,11 @@ class Int8Autoencoder:
 
     def _quantize(self, x: FloatArray) -> npt.NDArray[Any]:
         """The model's input for float32 windows ``x``; ValueError if a value is not finite."""
-        if self._input_q is None:
+        if self._to_int8 is None:
             if not np.isfinite(x).all():
                 raise ValueError("windows contain NaN or infinite values")
             return x
-        q, finite = _quantize_kernel(x, self._input_q[0], self._input_q[1])
+        q, finite = self._to_int8(x)
         if not finite:
             raise ValueError("windows contain NaN or infinite values")
         return q

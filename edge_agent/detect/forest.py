@@ -20,6 +20,7 @@ latency. Scores are bit-identical to a plain walk over the stored arrays.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy.typing as npt
 
 from edge_agent.detect.projection import Projection
 from edge_agent.errors import BundleError
-from edge_agent.kernels import jit, kernel
+from edge_agent.kernels import CALL, bind, jit, kernel
 
 EULER_GAMMA = 0.5772156649015329
 LEAF = -1
@@ -287,17 +288,16 @@ class FlatForest:
             raise ValueError(
                 f"forest expects features of shape (n, {self.n_features}), got {x.shape}"
             )
+        return self._scorer(x)
+
+    @cached_property
+    def _scorer(self) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]]:
+        # The layout's arrays are checked once here, not at every scored row.
         lay = self._layout
-        return _score_kernel(
-            x,
-            lay.nodes,
-            lay.thresholds,
-            lay.leaf_value,
-            lay.roots,
-            lay.depth,
-            lay.feature_bits,
-            lay.norm,
-        )
+        return bind(
+            _score_kernel, CALL, lay.nodes, lay.thresholds, lay.leaf_value, lay.roots,
+            lay.depth, lay.feature_bits, lay.norm,
+        )  # fmt: skip
 
     @cached_property
     def _layout(self) -> _Layout:

@@ -34,7 +34,7 @@ import numpy.typing as npt
 from pydantic import Field
 
 from edge_agent.config.strict import StrictModel
-from edge_agent.kernels import jit, kernel
+from edge_agent.kernels import CALL, bind, jit, kernel
 
 F64 = npt.NDArray[np.float64]
 # Below this |xi| the GPD is treated as its exponential limit, avoiding 0/0.
@@ -52,7 +52,7 @@ class _Table:
     that its fields are still the objects the table was made from.
     """
 
-    __slots__ = ("levels", "pot_args", "sources", "values")
+    __slots__ = ("levels", "pot_args", "sources", "tail", "values")
 
     def __init__(self, levels: list[float], values: list[float], pot: PotTail | None) -> None:
         if not levels or len(levels) != len(values):
@@ -69,6 +69,11 @@ class _Table:
             (False, 0.0, 1.0, 0.0, 1.0)
             if pot is None
             else (True, pot.u, pot.sigma, pot.xi, pot.tail_fraction)
+        )
+        # The kernel with this table checked once; indexed by ``complement``.
+        self.tail = tuple(
+            bind(_tail_kernel, CALL, self.levels, self.values, *self.pot_args, complement)
+            for complement in (False, True)
         )
 
     def made_from(self, levels: list[float], values: list[float], pot: PotTail | None) -> bool:
@@ -116,7 +121,7 @@ class ThresholdModel(StrictModel):
         e = np.asarray(errors, dtype=np.float64)
         # The compiled kernel takes a contiguous 1-d array; other shapes are flattened and restored.
         flat = np.ascontiguousarray(e).reshape(-1)
-        out: F64 = _tail_kernel(flat, t.levels, t.values, *t.pot_args, complement)
+        out: F64 = t.tail[complement](flat)
         return out if e.ndim == 1 else out.reshape(e.shape)
 
     def tail_probability(self, errors: F64) -> F64:

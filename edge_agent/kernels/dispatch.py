@@ -8,7 +8,8 @@ Every Numba kernel of the pipeline (``edge_agent.data.grid``, ``edge_agent.detec
   (``edge_agent.kernels.signature``). ``scripts/build-kernels`` compiles these with
   ``numba.pycc`` into one extension module, ``_aot_<digest>``, where ``digest`` is a hash of
   every kernel source file (:data:`KERNEL_SOURCES`). Loading that module needs neither
-  Numba nor LLVM; its functions are called behind argument guards.
+  Numba nor LLVM; its functions are called behind argument guards (or, on the per-row hot
+  path, with their fixed arguments checked once: ``edge_agent.kernels.bind``).
 * :func:`jit` marks a helper that compiled code calls, and kernels only the desk calls
   (training, ``prepare``). They are compiled into the module through the kernels that call
   them; called from Python, they need Numba.
@@ -37,6 +38,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
+from edge_agent.kernels.bind import register
 from edge_agent.kernels.signature import Signature, make_guard, parse_signature
 from edge_agent.kernels.sources import KERNEL_SOURCES, PACKAGE_DIR, sources_digest
 
@@ -211,7 +213,9 @@ def kernel(signature: str) -> Callable[[F], F]:
             target = getattr(_state["module"], name, None)
             if target is None:
                 raise KernelsUnavailable(f"{b.detail} has no kernel {name}; rebuild it")
-            return make_guard(name, sig, target)  # type: ignore[return-value]
+            guarded = make_guard(name, sig, target)
+            register(guarded, name, sig, target)
+            return guarded  # type: ignore[return-value]
         if b.kind == "none":
             return _unavailable(name)  # type: ignore[return-value]
         if name in EXPORTS and EXPORTS[name].py_func is not fn:

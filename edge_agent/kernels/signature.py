@@ -211,13 +211,19 @@ def _scalar_check(kernel: str, index: int, spec: TypeSpec) -> Check:
     return check_bool
 
 
+def argument_checks(kernel: str, signature: Signature) -> list[Check]:
+    """One check per argument of ``signature``: returns the value to pass (scalars converted to
+    exact Python types, arrays as they are) or raises :class:`KernelArgumentError`."""
+    return [
+        (_array_check if a.ndim else _scalar_check)(kernel, i, a)
+        for i, a in enumerate(signature.args)
+    ]
+
+
 def make_guard(kernel: str, signature: Signature, target: Callable[..., Any]) -> Callable[..., Any]:
     """``target`` behind the checks of ``signature``: scalars are converted to exact Python
     types, arrays are passed as they are or refused."""
-    checks = tuple(
-        (_array_check if a.ndim else _scalar_check)(kernel, i, a)
-        for i, a in enumerate(signature.args)
-    )
+    checks = tuple(argument_checks(kernel, signature))
     count = len(checks)
 
     def guarded(*args: Any) -> Any:
