@@ -12,6 +12,10 @@ a fresh simulated stretch (another seed) two ways, in the same process and on th
   bundle). Streaming: append the row to a deque, rebuild the latest window's features, call
   ``score_samples`` on one row and the Keras model on one window.
 
+The ``ours`` block runs in this process on the JIT (``EDGE_KERNELS=jit``); the ``aot`` block
+(``bench/kernels_side_by_side.py``) runs the same loops in fresh processes on the JIT and on
+the kernels compiled ahead of time (for this CPU and generic), alternating, in the same run.
+
 Reported: batch rows/s and channel-samples/s of both; per-window streaming latency (the push
 that completed the window) p50/p95/p99/max for ours by stage and overall, and for the
 reference (on fewer windows: it is slow). Numba compilation and other first-call costs are
@@ -46,6 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+os.environ.setdefault("EDGE_KERNELS", "jit")  # the ours block: the JIT (the aot block: both)
 
 HISTORY_SEED = 21  # make_bundle's default
 LIVE_SEED = 22
@@ -85,6 +90,12 @@ def _one_core() -> dict[str, Any]:
         # but the affinity above still keeps it on one CPU.
         setup["tensorflow_threads"] = "already initialized (pinned to one CPU)"
     return setup
+
+
+def _backend_kind() -> str:
+    from edge_agent.kernels import backend
+
+    return backend().kind
 
 
 def _latency(ms: list[float] | np.ndarray) -> dict[str, float | int]:
@@ -438,6 +449,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also time a fresh process with an empty Numba cache (about 20 s of compiling)",
     )
     ap.add_argument(
+        "--aot-rounds",
+        type=int,
+        default=3,
+        help="rounds of the JIT / compiled-kernels side by side (0: skip it)",
+    )
+    ap.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "pipeline_throughput.json"
     )
     a = ap.parse_args(argv)
@@ -462,6 +479,7 @@ def _run(a: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
     import sklearn
 
     from bench.common import machine, make_bundle
+    from bench.kernels_side_by_side import side_by_side
     from edge_agent.bundle.verify import verify_bundle
     from edge_agent.data.table import read_table
     from edge_agent.model_slot import load_cascade
@@ -494,6 +512,16 @@ def _run(a: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
             else {"skipped": True}
         )
 
+        aot = (
+            side_by_side(
+                bundle_dir, pub, work / "live.csv", work, repeats=a.repeats,
+                windows=a.stream_windows, rounds=a.aot_rounds,
+            )
+            if a.aot_rounds
+            else {"skipped": True}
+        )  # fmt: skip
+        load["after_aot"] = round(os.getloadavg()[0], 2)
+
         ref = Reference(m, cascade.forest.projection, model)
         ref_fit_s = ref.fit(history, history.labels["anomaly"])
         reference = bench_reference(ref, live, c, max(1, min(a.repeats, 2)), a.ref_stream_windows)
@@ -514,6 +542,7 @@ def _run(a: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
         "setup": {
             **setup,
             "interpreter_threads": 1,
+            "kernels": _backend_kind(),
             "history_rows": a.history,
             "live_rows": a.live,
             "channels": c,
@@ -533,6 +562,7 @@ def _run(a: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
             "forest_fit_seconds": round(ref_fit_s, 2),
             **reference,
         },
+        "aot": aot,
         "ours_streaming_on_the_reference_windows": same,
         "agreement": agreement,
         "speedup": {

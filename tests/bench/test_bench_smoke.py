@@ -56,7 +56,8 @@ def test_pipeline_throughput_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     report = _load("pipeline_throughput").main(
         ["--history", "8000", "--live", "3000", "--epochs", "2", "--stream-windows", "300",
-         "--ref-stream-windows", "40", "--repeats", "1", "--no-cold-start", "--out", str(out)]
+         "--ref-stream-windows", "40", "--repeats", "1", "--no-cold-start", "--aot-rounds", "1",
+         "--out", str(out)]
     )  # fmt: skip
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
@@ -69,6 +70,10 @@ def test_pipeline_throughput_bench_smoke(tmp_path: Path) -> None:
         assert set(latency) == {"stage1", "stage2", "overall"}
         assert {"p50_ms", "p99_ms", "max_ms"} <= set(latency["overall"])
     assert saved["ours"]["streaming"]["windows"] == 300
+    aot = saved["aot"]  # the same loops on the JIT and on both compiled builds, in children
+    assert {"jit", "aot_host", "aot_generic"} <= set(aot)
+    assert all(r["streaming"]["windows"] == 300 for r in aot["full_runs"]["aot_host"])
+    assert set(aot["ratio_to_jit"]) == {"aot_host", "aot_generic"}
     assert saved["reference"]["streaming"]["windows"] == 40
     assert saved["machine"]
     assert {"batch", "streaming_p50", "streaming_p99"} <= set(saved["speedup"])
