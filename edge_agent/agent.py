@@ -52,6 +52,7 @@ from edge_agent.ota.updater import Updater
 from edge_agent.recent_rows import RecentRows
 from edge_agent.sampler import Sampler
 from edge_agent.service import notify
+from edge_agent.service.pages import release_file_pages
 from edge_agent.service.supervisor import TaskHealth, stalled
 from edge_agent.sources.base import Source
 from edge_agent.sources.config import ReplaySource
@@ -185,6 +186,7 @@ class Agent:
         waiting = "; waiting for model" if self.model is None else ""
         notify.ready(f"watching {self.cfg.machine_id}: {len(self.sources)} source(s){waiting}")
         log.info("ready: %s, %d source(s)%s", self.cfg.machine_id, len(self.sources), waiting)
+        release_file_pages()  # start-up's clean library pages (edge_agent.service.pages)
 
     def _start_uplink(self) -> None:
         if self.cfg.mqtt is None:
