@@ -4,9 +4,12 @@ Runs in the updater's thread (never the main loop), after verification and befor
 switch. The candidate must load, allocate and run; then it scores the last ``[ota]
 canary_s`` of clean rows the agent saw, row by row as the daemon would, next to a second
 instance of the running model loaded in this same thread (the running model's interpreter
-belongs to the main loop and is not thread-safe). It passes when its p99 time per window
-fits the budget and its share of alerting windows is at most ``max(canary_alert_floor,
-canary_max_alert_ratio x the running model's share)`` on the same rows. Every figure goes
+belongs to the main loop and is not thread-safe). It passes when its p99 CPU time per window
+fits the budget (this thread's CPU time, not wall time: a gateway whose cores are briefly busy
+with other work, or twenty agents canarying at once on two cores, must not reject a model for
+the machine's load; what is judged is the model's own cost) and its share of alerting
+windows is at most ``max(canary_alert_floor, canary_max_alert_ratio x the running model's
+share)`` on the same rows. Every figure goes
 into the report, pass or fail.
 """
 
@@ -60,7 +63,7 @@ class Scored:
 
     windows: int  # windows scored (screened or stage 2)
     alerts: int  # of which in the alert state
-    p99_ms: float  # p99 of the time of a push that completed a window
+    p99_ms: float  # p99 of the CPU time (this thread) of a push that completed a window
 
     @property
     def share(self) -> float:
@@ -75,14 +78,15 @@ class Verdict:
 
 
 def score(model: Model, ts: F64, rows: F64) -> Scored:
-    """Push the rows one at a time through a fresh pipeline of ``model``, timing each push."""
+    """Push the rows one at a time through a fresh pipeline of ``model``, timing each push in
+    this thread's CPU time."""
     pipe = StreamingPipeline(model.manifest, model.cascade)
     times: list[float] = []
     windows = alerts = 0
     for i in range(ts.shape[0]):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         batch = pipe.push(ts[i : i + 1], rows[i : i + 1])
-        took = time.perf_counter() - t0
+        took = time.thread_time() - t0
         if batch.size:
             times.append(took)
             scored = (batch.stage == STAGE_SCREEN) | (batch.stage == STAGE_AUTOENCODER)
@@ -125,7 +129,7 @@ def judge(candidate: Model, active: Model | None, history: History | None,
         return Verdict(True, None, figures)
     if cand.p99_ms > cfg.canary_latency_ms:
         return Verdict(False, (
-            f"canary: p99 time per window {cand.p99_ms:.1f} ms is over the "
+            f"canary: p99 CPU time per window {cand.p99_ms:.1f} ms is over the "
             f"{cfg.canary_latency_ms:g} ms budget ([ota] canary_latency_ms)"
         ), figures)
     if cand.share > bound:

@@ -56,7 +56,7 @@ class OtaConfig(StrictModel):
     )
     canary_latency_ms: float = Field(
         default=DEFAULT_CANARY_LATENCY_MS, gt=0, description="Budget of the candidate's p99 "
-        "time to score one window at canary, in ms"
+        "CPU time (the scoring thread's, not wall time) to score one window at canary, in ms"
     )
     probation_s: float = Field(
         default=DEFAULT_PROBATION_S, ge=0, description="Seconds of running time a new model "
