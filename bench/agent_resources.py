@@ -46,6 +46,30 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+# Lines of /proc/PID/smaps_rollup kept in the memory breakdown, and their names here.
+ROLLUP = {
+    "Rss": "rss", "Pss": "pss", "Shared_Clean": "shared_clean", "Private_Clean": "private_clean",
+    "Private_Dirty": "private_dirty", "Anonymous": "anonymous",
+}  # fmt: skip
+
+
+def _breakdown(pid: int) -> dict[str, float]:
+    """Where the resident memory is (MB): file pages shared with other processes (the venv's
+    libraries, mapped by every Python here too, which MADV_PAGEOUT leaves alone) vs private."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ROLLUP:
+            out[ROLLUP[key] + "_mb"] = round(int(rest.split()[0]) / 1024, 1)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("RssFile:", "RssAnon:")):
+            out[line.split(":")[0].lower().replace("rss", "rss_") + "_mb"] = round(
+                int(line.split()[1]) / 1024, 1
+            )
+    out["uss_mb"] = round(out.get("private_clean_mb", 0.0) + out.get("private_dirty_mb", 0.0), 1)
+    return out
+
+
 def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -245,6 +269,7 @@ def run_agent(config: Path, env: dict[str, str], minutes: float) -> dict[str, An
             samples.append((time.perf_counter() - t0, _rss_mb(proc.pid), _fds(proc.pid)))
             time.sleep(min(SAMPLE_EVERY_S, max(0.0, end - time.perf_counter())))
         samples.append((time.perf_counter() - t0, _rss_mb(proc.pid), _fds(proc.pid)))
+        memory_at_end = _breakdown(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -280,6 +305,7 @@ def run_agent(config: Path, env: dict[str, str], minutes: float) -> dict[str, An
         ),
         "rss_mb_max": round(max(s[1] for s in samples), 1),
         "rss_growth_mb": round(mean([s[1] for s in late]) - mean([s[1] for s in early]), 2),
+        "memory_at_end": memory_at_end,
         "fds_first": samples[0][2],
         "fds_last": samples[-1][2],
         "fds_max": max(s[2] for s in samples),
@@ -315,6 +341,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             cfg = _config(work, bundle, pub, data, a.speed, port)
             soak = run_agent(cfg, device, a.soak_minutes)
+            kept = run_agent(
+                cfg, {**device, "EDGE_AGENT_PAGEOUT": "0"}, a.soak_minutes * a.jit_share
+            )
             cache_written = (
                 sorted(str(p) for p in aot_cache.rglob("*")) if aot_cache.exists() else []
             )
@@ -337,6 +366,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "aot_jit_cache_files_written": cache_written,
         "import_cost_numba_absent": imports,
         "jit": {**jit, "agent": jit_run},
+        "aot_without_page_release": {
+            "note": "the same AOT daemon with EDGE_AGENT_PAGEOUT=0 (edge_agent.service.pages "
+            "skipped), for the release's effect; shorter run",
+            **kept,
+        },
         "soak": {
             "kernels": "aot, numba absent",
             "minutes": a.soak_minutes,

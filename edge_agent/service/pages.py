@@ -13,7 +13,8 @@ never anonymous memory (the heap, numpy arrays), never a writable mapping (its p
 private copies that would need swap), never a special one (``[vdso]``, ``[stack]``). Pages
 shared with another process are left where they are by the kernel. Where the kernel or the
 platform refuses (not Linux, an older kernel, a seccomp filter), it reports why and the agent
-goes on: this is an optimisation, not a requirement.
+goes on: this is an optimisation, not a requirement. ``EDGE_AGENT_PAGEOUT=0`` in the
+environment skips it (``bench/agent_resources.py`` measures the daemon with and without).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MAPS = Path("/proc/self/maps")
+SWITCH_ENV = "EDGE_AGENT_PAGEOUT"  # "0": keep the pages (a measurement without the release)
 MADV_PAGEOUT = 21  # linux/mman.h; Python 3.11's mmap module does not name it
 READ_ONLY_PERMS = ("r--p", "r-xp", "r--s", "r-xs")  # readable, not writable
 BYTES_PER_MB = 1_000_000
@@ -62,6 +64,8 @@ def read_only_file_mappings(maps_text: str) -> list[tuple[int, int, str]]:
 
 def release_file_pages() -> PagesReleased:
     """Advise ``MADV_PAGEOUT`` over this process's read-only file mappings; never raises."""
+    if os.environ.get(SWITCH_ENV) == "0":
+        return PagesReleased(0, 0, 0, f"skipped: {SWITCH_ENV}=0")
     if not sys.platform.startswith("linux"):
         return PagesReleased(0, 0, 0, f"not Linux ({sys.platform})")
     try:
