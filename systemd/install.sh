@@ -33,8 +33,9 @@ Steps:
   2. /etc/modules-load.d/edge-agent.conf: load ${SERIAL_MODULES[*]} at boot
   3. venv $VENV with: pip install --upgrade "SOURCE[edge]" (no numba, no LLVM), then the
      pipeline's kernels compiled ahead of time for this CPU: numba is installed into a
-     throw-away directory, builds the module into the venv and is deleted (needs gcc and
-     python3-dev now; nothing at run time). --kernels FILE installs a prebuilt one instead.
+     throw-away directory, builds the module into the venv and is deleted (needs gcc, g++
+     and python3-dev now: numba.pycc checks for a C++ compiler too; nothing at run time).
+     --kernels FILE installs a prebuilt one instead.
   4. $CONF from --config (mode 0640, root:$SERVICE_USER);
      an existing one is kept unless --force; validated first when the agent has 'validate'
   5. /etc/systemd/system/$UNIT, systemctl daemon-reload, enable, (re)start
@@ -216,7 +217,7 @@ if [[ -n "$KERNELS" ]]; then
         || die "the kernel module $KERNELS cannot be used here (see above)"
 else
     run "$R$VENV/bin/python" -m edge_agent.kernels.install --build \
-        || die "could not build the kernels (see above); or give --kernels FILE"
+        || die "could not build the kernels (see above; the build needs gcc, g++ and python3-dev: apt-get install gcc g++ python3-dev); or give --kernels FILE"
 fi
 if [[ -f "$SCRIPT_DIR/README.md" ]]; then
     write_file 0644 "$R$PREFIX/README.md" <"$SCRIPT_DIR/README.md"
