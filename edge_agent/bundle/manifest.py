@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edge_agent.config.strict import StrictModel
 from edge_agent.detect.alerts import AlertPolicy
@@ -18,7 +18,9 @@ from edge_agent.detect.threshold import ThresholdModel
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
-
+# Personalisation bounds: a gateway may scale its alert threshold within these by default.
+DEFAULT_THRESHOLD_SCALE_MIN = 0.8
+DEFAULT_THRESHOLD_SCALE_MAX = 1.5
 
 
 class ChannelSpec(StrictModel):
@@ -76,6 +78,46 @@ class TrainingSpec(StrictModel):
     trainer_version: str
 
 
+class LearningLayerSpec(StrictModel):
+    units: int = Field(ge=1, description="Output width of the dense layer")
+    activation: Literal["relu", "linear"] = Field(description="Activation after the layer")
+
+
+class LearningSpec(StrictModel):
+    """Fleet learning (issue 11): whether and how the gateway may fine-tune this model.
+
+    Only the ``dense`` kind is trainable on the device (``edge_agent.learn.dense``); for other
+    kinds ``trainable`` is false, no weights file ships and ``reason`` says why.
+    """
+
+    kind: str = Field(description="Autoencoder kind the float weights belong to, e.g. dense")
+    trainable: bool = Field(description="True when the gateway can train these weights")
+    file: str | None = Field(
+        default=None, description="Float32 weights (npz, WeightSet), listed in files"
+    )
+    layers: list[LearningLayerSpec] = Field(
+        default_factory=list, description="Dense layers in order (input flattened W*C)"
+    )
+    reason: str = Field(default="", description="Why the model is not trainable on the device")
+    threshold_scale_min: float = Field(
+        default=DEFAULT_THRESHOLD_SCALE_MIN,
+        gt=0,
+        le=1,
+        description="Lowest factor a gateway may apply to the alert threshold (personalisation)",
+    )
+    threshold_scale_max: float = Field(
+        default=DEFAULT_THRESHOLD_SCALE_MAX,
+        ge=1,
+        description="Highest factor a gateway may apply to the alert threshold (personalisation)",
+    )
+
+    @model_validator(mode="after")
+    def _trainable_has_weights(self) -> LearningSpec:
+        if self.trainable and (self.file is None or not self.layers):
+            raise ValueError("a trainable model needs its weights file and its layers")
+        return self
+
+
 class Manifest(StrictModel):
     schema_version: int
     model_version: str
@@ -93,6 +135,16 @@ class Manifest(StrictModel):
         default_factory=dict, description="Accelerator variants: file names and build notes"
     )
     files: dict[str, str] = Field(description="SHA-256 (hex) of every other file in the bundle")
+    learning: LearningSpec | None = Field(
+        default=None, description="Fleet learning; absent in bundles exported before it"
+    )
+
+    @model_validator(mode="after")
+    def _learning_file_is_signed(self) -> Manifest:
+        learning = self.learning
+        if learning is not None and learning.file is not None and learning.file not in self.files:
+            raise ValueError(f"learning.file {learning.file!r} is not listed in files")
+        return self
 
     @property
     def channel_names(self) -> list[str]:
