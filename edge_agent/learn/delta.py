@@ -1,0 +1,297 @@
+"""The signed, compressed model delta a gateway sends upstream (the delta wire format).
+
+Pipeline position: fleet learning (issue 11). After a local round the gateway subtracts the
+global weights from its trained ones, adds the residual it kept from the previous round and
+sparsifies the sum (``edge_agent.learn.residual``, ``edge_agent.learn.sparse``); this module
+frames, compresses and signs the result with the gateway's own Ed25519 key
+(``edge_agent.learn.device_key``). The outbox carries it on ``<prefix>/<machine>/delta``; the
+desk aggregator (``trainer.federate``) opens it with :func:`decode_delta`.
+
+Envelope (all integers big-endian)::
+
+    b"EADL" | version u8 | id_len u8 | machine id (ascii, id_len bytes)
+    | header_len u32 | header (canonical JSON) | body (zlib level 9) | Ed25519 signature (64)
+
+The signature covers every byte before it. The machine id sits in the fixed framing only to
+pick the key to check it with; the header repeats it and must agree. :func:`decode_delta`
+checks, in order: the size limit; the framing (magic, version, machine id syntax); that the
+machine is known; the signature. Only then is anything else parsed: the header
+(:class:`DeltaHeader`), base fingerprint, round, the body against the header's counts, and the
+norm of the values actually sent. Every refusal is a :class:`DeltaError` with a ``reason``.
+The body is :func:`edge_agent.learn.sparse.pack` output: per-tensor float32 scales, int8 codes,
+index coding; see that module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+import struct
+import zlib
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import Field, ValidationError, model_validator
+
+from edge_agent.config.strict import StrictModel
+from edge_agent.errors import EdgeAnomalyError
+from edge_agent.learn.sparse import SparseDelta, max_packed_bytes, pack, unpack
+from edge_agent.learn.weights import WeightSet
+
+MAGIC = b"EADL"
+FORMAT_VERSION: Literal[1] = 1
+SIGNATURE_BYTES = 64  # Ed25519
+ZLIB_LEVEL = 9
+MAX_MACHINE_ID_BYTES = 64  # as AgentConfig.machine_id
+MACHINE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # topic-safe, as AgentConfig.machine_id
+ROUND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+MAX_ROUND_ID_CHARS = 64
+MAX_HEADER_BYTES = 16 * 1024  # a header lists counts and hashes, never data
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # a delta of 1 % of a 60k-parameter model is ~2 KB
+DEFAULT_MAX_PARAMETERS = 16 * 1024 * 1024  # dense size a decoder allocates at most (64 MiB)
+NORM_REL_TOLERANCE = 1e-4  # header norm vs the norm recomputed from the body (float32 sums)
+_ID_LEN = struct.Struct(">B")
+_HEADER_LEN = struct.Struct(">I")
+_PREFIX_BYTES = len(MAGIC) + 1 + _ID_LEN.size  # magic, version, id_len
+
+Reason = Literal[
+    "too_large", "malformed", "unknown_machine", "bad_signature", "wrong_base",
+    "wrong_round", "replayed_round", "norm_bound",
+]
+
+
+class DeltaError(EdgeAnomalyError):
+    """A delta that cannot be accepted; ``reason`` is a short code for records and metrics."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason: Reason = reason
+
+
+class DeltaHeader(StrictModel):
+    """Who sent the delta, against which base, and how the body is laid out (signed JSON)."""
+
+    format: Literal[1] = Field(description="Delta format version (the envelope's version byte)")
+    machine_id: str = Field(
+        max_length=MAX_MACHINE_ID_BYTES, pattern=MACHINE_ID_PATTERN,
+        description="The gateway that trained and signed it",
+    )
+    model_version: str = Field(min_length=1, description="Base bundle's model_version")
+    base_fingerprint: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="WeightSet.fingerprint() of the base weights"
+    )
+    round_id: str = Field(
+        max_length=MAX_ROUND_ID_CHARS, pattern=ROUND_ID_PATTERN,
+        description="The aggregation round this delta answers",
+    )
+    samples: int = Field(ge=1, description="Local windows trained on (the FedAvg weight)")
+    epochs: int = Field(ge=1, description="Local epochs run")
+    norm: float = Field(ge=0, allow_inf_nan=False, description="L2 norm of the sent values")
+    size: int = Field(ge=1, description="Dense parameter count")
+    k: int = Field(ge=1, description="Entries sent (top-k)")
+    tensor_sizes: tuple[int, ...] = Field(
+        min_length=1, description="Parameters per tensor, WeightSet order (one scale each)"
+    )
+    layout_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the tensor names and shapes"
+    )
+    created_at: str = Field(description="When the gateway made it (ISO 8601 UTC)")
+
+    @model_validator(mode="after")
+    def _counts_agree(self) -> DeltaHeader:
+        if min(self.tensor_sizes) < 1 or sum(self.tensor_sizes) != self.size:
+            raise ValueError(f"tensor_sizes {self.tensor_sizes} do not sum to size {self.size}")
+        if self.k > self.size:
+            raise ValueError(f"k {self.k} is larger than size {self.size}")
+        return self
+
+
+@dataclass(frozen=True)
+class DecodedDelta:
+    """An accepted delta: its header, what was sent, and the dense float32 vector."""
+
+    header: DeltaHeader
+    sparse: SparseDelta
+    vector: np.ndarray  # float32, header.size long, WeightSet.flat() order
+    wire_bytes: int  # length of the signed envelope
+
+
+def layout_sha256(weights: WeightSet) -> str:
+    """SHA-256 (hex) of the tensor names and shapes, in order."""
+    digest = hashlib.sha256()
+    for name, shape in zip(weights.names, weights.shapes, strict=True):
+        digest.update(name.encode("utf-8") + b"\0" + ",".join(map(str, shape)).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def canonical_json(header: DeltaHeader) -> bytes:
+    return json.dumps(
+        header.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
+    ).encode("ascii")
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def encode_delta(
+    sparse: SparseDelta,
+    *,
+    base: WeightSet,
+    machine_id: str,
+    model_version: str,
+    round_id: str,
+    samples: int,
+    epochs: int,
+    key: Ed25519PrivateKey,
+    created_at: str | None = None,
+) -> bytes:
+    """The signed envelope for ``sparse``, a delta against ``base``. Deterministic for a given
+    ``created_at`` (Ed25519 signatures are)."""
+    sizes = tuple(int(a.size) for a in base.arrays)
+    if sparse.tensor_sizes != sizes:
+        raise ValueError(
+            f"sparse delta tensor sizes {sparse.tensor_sizes} are not the base's {sizes}"
+        )
+    try:
+        header = DeltaHeader(
+            format=FORMAT_VERSION, machine_id=machine_id, model_version=model_version,
+            base_fingerprint=base.fingerprint(), round_id=round_id, samples=samples,
+            epochs=epochs, norm=sparse.l2_norm(), size=sparse.size, k=sparse.k,
+            tensor_sizes=sizes, layout_sha256=layout_sha256(base),
+            created_at=created_at or utc_now(),
+        )
+    except ValidationError as exc:
+        raise ValueError(f"cannot make a delta header:\n{exc}") from None
+    head = canonical_json(header)
+    ident = machine_id.encode("ascii")
+    signed = b"".join([
+        MAGIC, bytes([FORMAT_VERSION]), _ID_LEN.pack(len(ident)), ident,
+        _HEADER_LEN.pack(len(head)), head, zlib.compress(pack(sparse), ZLIB_LEVEL),
+    ])
+    return signed + key.sign(signed)
+
+
+def _framing(data: bytes) -> str:
+    """The machine id from the fixed framing; nothing else is read before the signature."""
+    if len(data) < _PREFIX_BYTES + 1 + _HEADER_LEN.size + SIGNATURE_BYTES:
+        raise DeltaError("malformed", f"{len(data)} bytes is too short for a delta envelope")
+    if data[: len(MAGIC)] != MAGIC:
+        raise DeltaError(
+            "malformed", f"not a delta: starts with {data[: len(MAGIC)]!r}, not {MAGIC!r}"
+        )
+    if data[len(MAGIC)] != FORMAT_VERSION:
+        raise DeltaError(
+            "malformed",
+            f"delta format version {data[len(MAGIC)]}, this reader knows {FORMAT_VERSION}",
+        )
+    (id_len,) = _ID_LEN.unpack_from(data, len(MAGIC) + 1)
+    if _PREFIX_BYTES + id_len + _HEADER_LEN.size + SIGNATURE_BYTES > len(data):
+        raise DeltaError("malformed", f"machine id of {id_len} bytes does not fit the envelope")
+    raw_id = data[_PREFIX_BYTES : _PREFIX_BYTES + id_len]
+    ident = raw_id.decode("ascii", errors="replace")
+    if not 1 <= id_len <= MAX_MACHINE_ID_BYTES or not re.match(MACHINE_ID_PATTERN, ident):
+        raise DeltaError("malformed", f"machine id {raw_id!r} in the framing is not a machine id")
+    return ident
+
+
+def decode_delta(
+    data: bytes,
+    *,
+    public_keys: Mapping[str, Ed25519PublicKey],
+    expected_base_fingerprint: str,
+    seen_rounds: Container[tuple[str, str]] = (),
+    expected_round: str | None = None,
+    expected_size: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_norm: float = math.inf,
+) -> DecodedDelta:
+    """Verify and open a delta; :class:`DeltaError` for anything not acceptable.
+
+    ``public_keys`` maps machine ids to their registered keys; ``seen_rounds`` holds the
+    ``(machine_id, round_id)`` pairs already accepted; ``max_norm`` bounds the L2 norm of the
+    values sent, recomputed from the body.
+    """
+    if len(data) > max_bytes:
+        raise DeltaError(
+            "too_large", f"delta of {len(data)} bytes is over the {max_bytes}-byte limit"
+        )
+    machine = _framing(data)
+    key = public_keys.get(machine)
+    if key is None:
+        raise DeltaError("unknown_machine", f"no registered key for machine {machine!r}")
+    signed, signature = data[:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
+    try:
+        key.verify(signature, signed)
+    except InvalidSignature:
+        raise DeltaError(
+            "bad_signature", f"signature does not match machine {machine!r}'s key: modified, "
+            "or signed by another key"
+        ) from None
+    header, body = _parse_signed(signed, machine)
+    if header.base_fingerprint != expected_base_fingerprint:
+        raise DeltaError(
+            "wrong_base", f"delta from {machine!r} is against base {header.base_fingerprint[:12]}… "
+            f"(model {header.model_version}), not {expected_base_fingerprint[:12]}…"
+        )
+    if expected_size is not None and header.size != expected_size:
+        raise DeltaError(
+            "malformed", f"delta has {header.size} parameters, the base {expected_size}"
+        )
+    if header.size > DEFAULT_MAX_PARAMETERS:
+        raise DeltaError("too_large", f"delta claims {header.size} parameters")
+    if expected_round is not None and header.round_id != expected_round:
+        raise DeltaError(
+            "wrong_round", f"delta from {machine!r} answers round {header.round_id!r}, "
+            f"not {expected_round!r}"
+        )
+    if (machine, header.round_id) in seen_rounds:
+        raise DeltaError("replayed_round", f"{machine!r} already sent round {header.round_id!r}")
+    sparse = _open_body(body, header)
+    norm = sparse.l2_norm()
+    if not math.isclose(norm, header.norm, rel_tol=NORM_REL_TOLERANCE, abs_tol=1e-12):
+        raise DeltaError("malformed", f"header norm {header.norm} but the values' norm is {norm}")
+    if norm > max_norm:
+        raise DeltaError(
+            "norm_bound", f"delta norm {norm:.6g} from {machine!r} is over {max_norm:.6g}"
+        )
+    return DecodedDelta(header, sparse, sparse.dense(), len(data))
+
+
+def _parse_signed(signed: bytes, machine: str) -> tuple[DeltaHeader, bytes]:
+    at = _PREFIX_BYTES + len(machine)
+    (head_len,) = _HEADER_LEN.unpack_from(signed, at)
+    at += _HEADER_LEN.size
+    if head_len > MAX_HEADER_BYTES or at + head_len > len(signed):
+        raise DeltaError("malformed", f"header length {head_len} does not fit the envelope")
+    try:
+        header = DeltaHeader.model_validate_json(signed[at : at + head_len])
+    except ValidationError as exc:
+        raise DeltaError("malformed", f"header (signed, but not understood):\n{exc}") from None
+    if header.machine_id != machine:
+        raise DeltaError(
+            "malformed", f"header names machine {header.machine_id!r}, the framing {machine!r}"
+        )
+    return header, signed[at + head_len :]
+
+
+def _open_body(body: bytes, header: DeltaHeader) -> SparseDelta:
+    limit = max_packed_bytes(header.size, len(header.tensor_sizes), header.k)
+    inflate = zlib.decompressobj()
+    try:
+        raw = inflate.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise DeltaError("malformed", f"body does not inflate ({exc})") from None
+    if len(raw) > limit or inflate.unconsumed_tail or not inflate.eof or inflate.unused_data:
+        raise DeltaError("malformed", f"body is not one zlib stream of at most {limit} bytes")
+    try:
+        return unpack(raw, header.size, header.tensor_sizes, header.k)
+    except ValueError as exc:
+        raise DeltaError("malformed", f"body: {exc}") from None
