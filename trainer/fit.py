@@ -398,13 +398,17 @@ def _write_run(
     model: Any,
     arrays: dict[str, npt.NDArray[Any]],
     overwrite: bool,
+    extra_files: dict[str, bytes] | None = None,
 ) -> None:
+    """Write a run directory atomically; ``extra_files`` (name → bytes) go in with the rest."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / FOREST_FILE).write_bytes(forest_bytes)
         model.save(tmp / MODEL_FILE)
         np.savez(tmp / CALIBRATION_FILE, **arrays)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         (tmp / RUN_FILE).write_text(record.to_json(), encoding="utf-8")
         # mkdtemp makes the directory private; a bundle/run is meant to be readable.
         tmp.chmod(0o755)

@@ -62,6 +62,23 @@ class ValidationSummary(StrictModel):
     )
 
 
+class FederationSummary(StrictModel):
+    """How a run made by ``trainer federate`` came from its base run (fleet learning)."""
+
+    round_id: str = Field(description="Federated round the gateways' deltas belong to")
+    clients_accepted: int = Field(ge=1, description="Gateway deltas aggregated into this run")
+    clients_refused: int = Field(ge=0, description="Gateway deltas refused (federate.json: why)")
+    samples: int = Field(ge=0, description="Local training windows summed over accepted deltas")
+    rule: str = Field(description="Aggregation rule: fedavg, trimmed_mean or median")
+    server_opt: str = Field(description="Server optimizer: none, avgm or adam")
+    base_fingerprint: str = Field(
+        pattern=SHA256_HEX_PATTERN, description="Weights fingerprint of the base run's model"
+    )
+    weights_fingerprint: str = Field(
+        pattern=SHA256_HEX_PATTERN, description="Weights fingerprint of this run's model"
+    )
+
+
 class RunRecord(StrictModel):
     """Everything a run directory says about its models besides the model files themselves."""
 
@@ -90,6 +107,9 @@ class RunRecord(StrictModel):
     alerts: AlertPolicy = Field(description="Hysteresis from window decisions to alert state")
     validation: ValidationSummary = Field(description="Held-out figures of the float model")
     fit_seconds: float = Field(ge=0, description="Wall time of the whole fit, in seconds")
+    federation: FederationSummary | None = Field(
+        default=None, description="Set on runs made by `trainer federate`: round and base model"
+    )
 
     def training_spec(self, *, sources: list[str] | None = None) -> TrainingSpec:
         """Provenance for a manifest; ``sources`` defaults to the history file's name."""
@@ -107,4 +127,6 @@ class RunRecord(StrictModel):
         ``json.dumps`` rather than pydantic's serializer, which writes a non-finite loss as
         ``null`` (unreadable as a float) where ``json`` writes ``NaN`` (read back as NaN).
         """
-        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+        # A fitted run has no federation key at all, so its run.json stays as it was.
+        skip = {"federation"} if self.federation is None else set()
+        return json.dumps(self.model_dump(mode="json", exclude=skip), indent=2) + "\n"
