@@ -56,9 +56,7 @@ class WeightSet:
     def __post_init__(self) -> None:
         names = tuple(self.names)
         if len(names) != len(self.arrays):
-            raise ValueError(
-                f"weight set: {len(names)} names but {len(self.arrays)} arrays"
-            )
+            raise ValueError(f"weight set: {len(names)} names but {len(self.arrays)} arrays")
         if not names:
             raise ValueError("weight set: no tensors")
         seen: set[str] = set()
@@ -113,9 +111,7 @@ class WeightSet:
     def check_like(self, other: WeightSet) -> None:
         """Raise ``ValueError`` naming the first tensor whose name or shape differs."""
         if len(self.names) != len(other.names):
-            raise ValueError(
-                f"weight sets differ: {len(self.names)} tensors vs {len(other.names)}"
-            )
+            raise ValueError(f"weight sets differ: {len(self.names)} tensors vs {len(other.names)}")
         for i, (name, other_name) in enumerate(zip(self.names, other.names, strict=True)):
             if name != other_name:
                 raise ValueError(f"weight sets differ at tensor {i}: {name!r} vs {other_name!r}")
@@ -128,14 +124,16 @@ class WeightSet:
     def subtract(self, other: WeightSet) -> WeightSet:
         """``self - other`` tensor by tensor (a delta when ``other`` is the starting point)."""
         self.check_like(other)
-        return WeightSet(self.names, tuple(a - b for a, b in zip(self.arrays, other.arrays,
-                                                                  strict=True)))
+        return WeightSet(
+            self.names, tuple(a - b for a, b in zip(self.arrays, other.arrays, strict=True))
+        )
 
     def add(self, other: WeightSet) -> WeightSet:
         """``self + other`` tensor by tensor (apply a delta)."""
         self.check_like(other)
-        return WeightSet(self.names, tuple(a + b for a, b in zip(self.arrays, other.arrays,
-                                                                  strict=True)))
+        return WeightSet(
+            self.names, tuple(a + b for a, b in zip(self.arrays, other.arrays, strict=True))
+        )
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the names, shapes and little-endian float32 bytes, in order."""
@@ -151,8 +149,10 @@ class WeightSet:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
             members = [(NAMES_KEY, np.array(self.names, dtype=np.str_))]
-            members += [(n, a.astype(_DTYPE, copy=False))
-                        for n, a in zip(self.names, self.arrays, strict=True)]
+            members += [
+                (n, a.astype(_DTYPE, copy=False))
+                for n, a in zip(self.names, self.arrays, strict=True)
+            ]
             for key, array in members:
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
                 info.external_attr = 0o644 << 16

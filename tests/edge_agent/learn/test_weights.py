@@ -55,8 +55,9 @@ def test_subtract_add_and_norm() -> None:
 
 def test_mismatched_sets_name_the_tensor() -> None:
     a = _weights()
-    renamed = WeightSet(("dense_0/kernel", "dense_0/bias", "dense_9/kernel", "dense_1/bias"),
-                        a.arrays)
+    renamed = WeightSet(
+        ("dense_0/kernel", "dense_0/bias", "dense_9/kernel", "dense_1/bias"), a.arrays
+    )
     with pytest.raises(ValueError, match="'dense_1/kernel' vs 'dense_9/kernel'"):
         a.subtract(renamed)
     reshaped = WeightSet(a.names, (a.arrays[0].reshape(4, 6), *a.arrays[1:]))
@@ -77,8 +78,9 @@ def test_mismatched_sets_name_the_tensor() -> None:
         ((), (), "no tensors"),
     ],
 )
-def test_bad_sets_are_refused(names: tuple[str, ...], arrays: tuple[object, ...],
-                              message: str) -> None:
+def test_bad_sets_are_refused(
+    names: tuple[str, ...], arrays: tuple[object, ...], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         WeightSet(names, arrays)  # type: ignore[arg-type]
 
@@ -117,14 +119,28 @@ def _npz(members: dict[str, np.ndarray]) -> bytes:
     [
         (b"not a zip at all", r"w\.npz: not a readable npz"),
         (_npz({"k": np.zeros(2, np.float32)}), "missing the '__names__'"),
-        (_npz({NAMES_KEY: np.array(["k", "b"]), "k": np.zeros(2, np.float32)}),
-         "'b' is named but not stored"),
-        (_npz({NAMES_KEY: np.array(["k"]), "k": np.zeros(2, np.float32),
-               "z": np.zeros(1, np.float32)}), "'z' is stored but not named"),
-        (_npz({NAMES_KEY: np.array(["k"]), "k": np.zeros(2, np.float64)}),
-         "'k' is float64, expected float32"),
-        (_npz({NAMES_KEY: np.array(["k"]), "k": np.array([np.inf], np.float32)}),
-         r"w\.npz: weight tensor 'k': contains NaN"),
+        (
+            _npz({NAMES_KEY: np.array(["k", "b"]), "k": np.zeros(2, np.float32)}),
+            "'b' is named but not stored",
+        ),
+        (
+            _npz(
+                {
+                    NAMES_KEY: np.array(["k"]),
+                    "k": np.zeros(2, np.float32),
+                    "z": np.zeros(1, np.float32),
+                }
+            ),
+            "'z' is stored but not named",
+        ),
+        (
+            _npz({NAMES_KEY: np.array(["k"]), "k": np.zeros(2, np.float64)}),
+            "'k' is float64, expected float32",
+        ),
+        (
+            _npz({NAMES_KEY: np.array(["k"]), "k": np.array([np.inf], np.float32)}),
+            r"w\.npz: weight tensor 'k': contains NaN",
+        ),
     ],
 )
 def test_malformed_npz_names_the_source(data: bytes, message: str) -> None:
