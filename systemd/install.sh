@@ -14,6 +14,8 @@ readonly PREFIX=/opt/edge-agent
 readonly VENV="$PREFIX/venv"
 readonly CONF_DIR=/etc/edge-agent
 readonly CONF="$CONF_DIR/agent.toml"
+# The gateway's own Ed25519 key: signs the model deltas it sends (fleet learning).
+readonly DEVICE_KEY="$CONF_DIR/device.key"
 readonly MIN_PYTHON="3.11"
 # Serial drivers whose device groups the unit's DeviceAllow= names; loading them at boot puts
 # ttyUSB/ttyACM into /proc/devices before the service starts, even with no adapter plugged in.
@@ -37,7 +39,9 @@ Steps:
      and python3-dev now: numba.pycc checks for a C++ compiler too; nothing at run time).
      --kernels FILE installs a prebuilt one instead.
   4. $CONF from --config (mode 0640, root:$SERVICE_USER);
-     an existing one is kept unless --force; validated first when the agent has 'validate'
+     an existing one is kept unless --force; validated first when the agent has 'validate';
+     $DEVICE_KEY (0640 root:$SERVICE_USER) and device.pub: this gateway's
+     delta-signing key, created once and never replaced (register device.pub with the fleet)
   5. /etc/systemd/system/$UNIT, systemctl daemon-reload, enable, (re)start
 
 Options:
@@ -255,6 +259,16 @@ elif [[ -f "$R$CONF" ]]; then
     run chmod 0640 "$R$CONF"
 fi
 
+if [[ -f "$R$DEVICE_KEY" ]]; then
+    printf '  = %s kept\n' "$R$DEVICE_KEY"
+    run chown "$owner:$group" "$R$DEVICE_KEY"
+    run chmod 0640 "$R$DEVICE_KEY"
+else
+    # Created 0640 with the group set before the secret is written (never readable by others).
+    run "$R$VENV/bin/python" -m edge_agent.learn.device_key --out "$R$CONF_DIR" --group "$group" \
+        || die "could not create the device key $R$DEVICE_KEY (see above)"
+fi
+
 # ---- 5. unit
 step "unit $UNIT"
 run install -d -m 0755 "$R/etc/systemd/system"
@@ -284,4 +298,5 @@ Done$([[ $DRY_RUN -eq 1 ]] && printf ' (dry run: nothing was changed)').
   state:             systemctl status edge-agent
   recent events:     sudo -u $SERVICE_USER $VENV/bin/python -m edge_agent events --config $CONF
   after editing $CONF:  systemctl reload edge-agent   (SIGHUP; an invalid file is rejected)
+  fleet learning:    register ${DEVICE_KEY%.key}.pub with the fleet as <machine_id>.pub
 EOF

@@ -212,6 +212,8 @@ def test_install_into_fake_root(tmp_path: Path, fake_python: Path, config: Path)
     assert f"-m pip install --disable-pip-version-check --upgrade {ROOT}[edge]" in calls
     assert f"-m edge_agent validate --config {config}" in calls
     assert "-m edge_agent.kernels.install --build" in calls  # compiled kernels, no numba
+    # The delta-signing key is made by the agent's own module, readable by its group.
+    assert f"-m edge_agent.learn.device_key --out {root}/etc/edge-agent --group {gid}" in calls
 
     # Idempotent: a second run changes no file and does not rebuild the venv.
     before = _snapshot(root)
@@ -249,3 +251,23 @@ def test_existing_config_needs_force(tmp_path: Path, fake_python: Path, config: 
     assert res.returncode == 0, res.stdout + res.stderr
     assert installed.read_text() == other.read_text()
     assert stat.S_IMODE(installed.stat().st_mode) == 0o640
+
+
+@needs_systemd_tools
+@needs_root
+def test_existing_device_key_is_kept(tmp_path: Path, fake_python: Path, config: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc/edge-agent").mkdir(parents=True)
+    key = root / "etc/edge-agent/device.key"
+    key.write_bytes(b"the gateway's key\n")
+    key.chmod(0o600)
+    res = _install(root, fake_python, "--config", str(config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{key} kept" in res.stdout
+    assert key.read_bytes() == b"the gateway's key\n"
+    st = key.stat()
+    gid = int(next(ln.split(":")[2] for ln in (root / "etc/group").read_text().split()
+                   if ln.startswith("edge-agent:")))
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 0, gid)
+    calls = (root / "opt/edge-agent/venv/calls.log").read_text()
+    assert "edge_agent.learn.device_key" not in calls
