@@ -13,12 +13,15 @@ from edge_agent.simulator.plant import (
     SimulatedPlant,
     simulate_plant,
 )
+from edge_agent.simulator.profile import DEFAULT_PROFILE, MachineProfile
 
 __all__ = [
     "CHANNELS",
+    "DEFAULT_PROFILE",
     "FAULT_KINDS",
     "UNITS",
     "FaultEpisode",
+    "MachineProfile",
     "PlantStream",
     "SimulatedPlant",
     "simulate_plant",

@@ -13,7 +13,10 @@ unloaded for longer than the run-on timer, the motor stops until pressure falls 
 setpoint again. Air demand follows a shift pattern, wanders slowly and drops to leakage during
 occasional idle periods, which changes the duty cycle. Faults come from
 :mod:`edge_agent.simulator.faults`, on a random stream of their own, so the normal process of a
-seed is the same with and without faults.
+seed is the same with and without faults. A :class:`MachineProfile`
+(:mod:`edge_agent.simulator.profile`) makes one machine of a fleet differ from the reference
+compressor (setpoints, room temperature, demand, transmitter noise, wear); the default profile
+changes nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from edge_agent.simulator.faults import (
     inject_faults,
     plan_episodes,
 )
+from edge_agent.simulator.profile import DEFAULT_PROFILE, MachineProfile
 
 CHANNELS: tuple[str, ...] = (
     "pressure_bar",
@@ -151,7 +155,7 @@ _SECONDS_PER_DAY = 86_400.0
 _SECONDS_PER_HOUR = 3_600.0
 
 
-def _fault_specs() -> tuple[ChannelFaultSpec, ...]:
+def _fault_specs(noise_scale: float = 1.0) -> tuple[ChannelFaultSpec, ...]:
     specs = []
     for index, name in enumerate(CHANNELS):
         kinds = frozenset(FAULT_KINDS) - _EXCLUDED_KINDS.get(name, frozenset())
@@ -159,7 +163,8 @@ def _fault_specs() -> tuple[ChannelFaultSpec, ...]:
             ChannelFaultSpec(
                 name=name,
                 scale=FAULT_SCALE[index],
-                noise_sd=math.hypot(WHITE_NOISE_SD[index], CORRELATED_NOISE_SD[index]),
+                noise_sd=math.hypot(WHITE_NOISE_SD[index], CORRELATED_NOISE_SD[index])
+                * noise_scale,
                 floor=CHANNEL_FLOOR[index],
                 drift_sign=DRIFT_SIGN[index],
                 kinds=kinds,
@@ -169,6 +174,11 @@ def _fault_specs() -> tuple[ChannelFaultSpec, ...]:
 
 
 FAULT_SPECS: tuple[ChannelFaultSpec, ...] = _fault_specs()
+
+
+def fault_specs(profile: MachineProfile = DEFAULT_PROFILE) -> tuple[ChannelFaultSpec, ...]:
+    """The per-channel fault specs of a machine (its noise level sets the faults' noise)."""
+    return FAULT_SPECS if profile.noise_scale == 1.0 else _fault_specs(profile.noise_scale)
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,12 +279,14 @@ def simulate_plant(
     fault_kinds: Sequence[str] = FAULT_KINDS,
     warmup_fraction: float = 0.2,
     start_time: float = 1_767_225_600.0,
+    profile: MachineProfile = DEFAULT_PROFILE,
 ) -> SimulatedPlant:
     """Simulate ``rows`` samples of the compressor every ``period_s`` seconds, with faults.
 
     No fault starts in the first ``warmup_fraction`` of the rows, so that part can serve as
     training history. Episodes cover ``round(anomaly_fraction * rows)`` rows in total and every
-    requested kind gets at least one episode when that budget allows. Raises ValueError for
+    requested kind gets at least one episode when that budget allows. ``profile`` is the
+    machine's departure from the reference compressor (none by default). Raises ValueError for
     arguments outside their documented ranges.
     """
     _check_arguments(
@@ -292,19 +304,22 @@ def simulate_plant(
             f"pick from: {', '.join(FAULT_KINDS)}"
         )
 
+    if not isinstance(profile, MachineProfile):
+        raise ValueError(f"profile must be a MachineProfile, got {type(profile).__name__}")
     process = simulate_normal_process(
-        rows=rows, period_s=period_s, seed=seed, start_time=start_time
+        rows=rows, period_s=period_s, seed=seed, start_time=start_time, profile=profile
     )
     fault_rng = np.random.default_rng([seed, _FAULT_STREAM])
+    specs = fault_specs(profile)
     episodes = plan_episodes(
         rows=rows,
         first_row=math.ceil(warmup_fraction * rows),
         target_points=round(anomaly_fraction * rows),
         kinds=kinds,
-        specs=FAULT_SPECS,
+        specs=specs,
         rng=fault_rng,
     )
-    return faulty_plant(process, episodes, fault_rng, period_s)
+    return faulty_plant(process, episodes, fault_rng, period_s, profile=profile)
 
 
 def faulty_plant(
@@ -312,9 +327,12 @@ def faulty_plant(
     episodes: Sequence[FaultEpisode],
     rng: np.random.Generator,
     period_s: float,
+    *,
+    profile: MachineProfile = DEFAULT_PROFILE,
 ) -> SimulatedPlant:
     """``process`` with ``episodes`` injected (magnitudes drawn from ``rng``), read-only."""
-    injected = inject_faults(process.values, process.counterfactual, episodes, FAULT_SPECS, rng)
+    specs = fault_specs(profile)
+    injected = inject_faults(process.values, process.counterfactual, episodes, specs, rng)
     arrays = (process.timestamps, injected.values, injected.labels, injected.fault_kind)
     for array in arrays:
         array.setflags(write=False)
@@ -358,7 +376,12 @@ def _check_arguments(
 
 
 def simulate_normal_process(
-    *, rows: int, period_s: float, seed: int, start_time: float
+    *,
+    rows: int,
+    period_s: float,
+    seed: int,
+    start_time: float,
+    profile: MachineProfile = DEFAULT_PROFILE,
 ) -> NormalProcess:
     """The fault-free compressor for ``seed``: exactly what :func:`simulate_plant` starts from."""
     # The bare seed drives the process; faults use the separate stream [seed, _FAULT_STREAM].
@@ -374,13 +397,16 @@ def simulate_normal_process(
     idle_count = int(rng.poisson(rows * period_s / IDLE_MEAN_INTERVAL_S))
     idle_starts = rng.uniform(0.0, rows * period_s, size=idle_count)
     idle_lengths = rng.uniform(*IDLE_DURATION_S, size=idle_count)
-    initial_pressure = float(rng.uniform(LOAD_PRESSURE_BAR, UNLOAD_PRESSURE_BAR))
+    offset = profile.pressure_offset_bar
+    initial_pressure = float(rng.uniform(LOAD_PRESSURE_BAR + offset, UNLOAD_PRESSURE_BAR + offset))
 
-    demand = _demand(hour, wander_innovations, idle_starts, idle_lengths, period_s)
-    ambient = AMBIENT_MEAN_C + AMBIENT_DAILY_SWING_C * np.cos(
+    demand = _demand(
+        hour, wander_innovations, idle_starts, idle_lengths, period_s, profile.demand_scale
+    )
+    ambient = (AMBIENT_MEAN_C + profile.ambient_offset_c) + AMBIENT_DAILY_SWING_C * np.cos(
         2.0 * np.pi * (hour - AMBIENT_PEAK_HOUR) / 24.0
     )
-    pressure, mode, oil = _integrate(demand, ambient, period_s, initial_pressure)
+    pressure, mode, oil = _integrate(demand, ambient, period_s, initial_pressure, offset)
 
     phi = np.exp(-period_s / np.asarray(CORRELATION_TIME_S))
     correlated = _ar1(
@@ -388,10 +414,12 @@ def simulate_normal_process(
         phi,
     )
     noise = white * np.asarray(WHITE_NOISE_SD) + correlated
+    if profile.noise_scale != 1.0:
+        noise = noise * profile.noise_scale
 
     opposite = np.where(mode == MODE_LOADED, MODE_UNLOADED, MODE_LOADED).astype(np.int8)
-    values = _measure(pressure, oil, mode, noise)
-    counterfactual = _measure(pressure, oil, opposite, noise)
+    values = _measure(pressure, oil, mode, noise, profile)
+    counterfactual = _measure(pressure, oil, opposite, noise, profile)
     return NormalProcess(timestamps, values, mode, demand, counterfactual)
 
 
@@ -401,15 +429,19 @@ def _demand(
     idle_starts: npt.NDArray[np.float64],
     idle_lengths: npt.NDArray[np.float64],
     period_s: float,
+    scale: float = 1.0,
 ) -> npt.NDArray[np.float64]:
-    """Air demand in m³/min of free air, per row."""
+    """Air demand in m³/min of free air, per row (``scale`` multiplies the working demand)."""
     shift = np.interp(hour, SHIFT_PATTERN_HOURS, SHIFT_PATTERN_DEMAND, period=24.0)
     phi = math.exp(-period_s / DEMAND_WANDER_TIME_S)
     wander = _ar1(
         (wander_innovations * DEMAND_WANDER_SD * math.sqrt(1.0 - phi**2))[:, None],
         np.array([phi]),
     )[:, 0]
-    fraction = np.clip(shift + wander, MIN_DEMAND, MAX_DEMAND)
+    working = shift + wander
+    if scale != 1.0:
+        working = working * scale
+    fraction = np.clip(working, MIN_DEMAND, MAX_DEMAND)
     elapsed = np.arange(hour.shape[0], dtype=np.float64) * period_s
     for start, length in zip(idle_starts.tolist(), idle_lengths.tolist(), strict=True):
         fraction[(elapsed >= start) & (elapsed < start + length)] = IDLE_LEAK_DEMAND
@@ -422,8 +454,12 @@ def _integrate(
     ambient: npt.NDArray[np.float64],
     period_s: float,
     initial_pressure: float,
+    setpoint_offset_bar: float = 0.0,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int8], npt.NDArray[np.float64]]:
-    """Receiver pressure, operating mode and oil temperature at each sampling instant."""
+    """Receiver pressure, operating mode and oil temperature at each sampling instant.
+
+    ``setpoint_offset_bar`` moves the load, unload and nominal pressures together.
+    """
     rows = demand.shape[0]
     steps = max(1, math.ceil(period_s / MAX_INTEGRATION_STEP_S - 1e-9))
     dt = period_s / steps
@@ -431,7 +467,9 @@ def _integrate(
     bar_per_m3min_s = ATMOSPHERIC_PRESSURE_BAR / (60.0 * RECEIVER_VOLUME_M3)
     oil_alpha = 1.0 - math.exp(-dt / OIL_TIME_CONSTANT_S)
     oil_rise = (0.0, OIL_RISE_UNLOADED_K, OIL_RISE_LOADED_K)
-    absolute_nominal = NOMINAL_PRESSURE_BAR + ATMOSPHERIC_PRESSURE_BAR
+    load_bar = LOAD_PRESSURE_BAR + setpoint_offset_bar
+    unload_bar = UNLOAD_PRESSURE_BAR + setpoint_offset_bar
+    absolute_nominal = NOMINAL_PRESSURE_BAR + setpoint_offset_bar + ATMOSPHERIC_PRESSURE_BAR
 
     pressure_out = np.empty(rows, dtype=np.float64)
     oil_out = np.empty(rows, dtype=np.float64)
@@ -461,10 +499,10 @@ def _integrate(
             consumed = consumed_nominal * (p + ATMOSPHERIC_PRESSURE_BAR) / absolute_nominal
             p += (inflow - consumed) * bar_per_m3min_s * dt
             if mode == MODE_LOADED:
-                if p >= UNLOAD_PRESSURE_BAR:
+                if p >= unload_bar:
                     mode = MODE_UNLOADED
                     unloaded_s = 0.0
-            elif p <= LOAD_PRESSURE_BAR:
+            elif p <= load_bar:
                 mode = MODE_LOADED
             elif mode == MODE_UNLOADED:
                 unloaded_s += dt
@@ -502,8 +540,14 @@ def _measure(
     oil: npt.NDArray[np.float64],
     mode: npt.NDArray[np.int8],
     noise: npt.NDArray[np.float64],
+    profile: MachineProfile = DEFAULT_PROFILE,
 ) -> npt.NDArray[np.float64]:
-    """Transmitter readings for the given true state and mode, noise included."""
+    """Transmitter readings for the given true state and mode, noise included.
+
+    The delivery and current curves are referred to the reference load setpoint, so a machine
+    run at higher pressure (``profile.pressure_offset_bar``) draws more current and delivers a
+    little less; wear adds to current and vibration while the motor runs.
+    """
     loaded = mode == MODE_LOADED
     unloaded = mode == MODE_UNLOADED
     above_load = pressure - LOAD_PRESSURE_BAR
@@ -531,6 +575,11 @@ def _measure(
         ],
         STOPPED_VIBRATION_MMS,
     )
+    running = loaded | unloaded
+    if profile.current_offset_a:
+        current = np.where(running, current + profile.current_offset_a, current)
+    if profile.vibration_offset_mms:
+        vibration = np.where(running, vibration + profile.vibration_offset_mms, vibration)
     clean = np.stack([pressure, current, oil, flow, vibration], axis=1)
     scale = np.asarray(NOISE_SCALE_BY_MODE)[mode]
     measured: npt.NDArray[np.float64] = np.maximum(clean + scale * noise, np.asarray(CHANNEL_FLOOR))
@@ -557,6 +606,7 @@ class PlantStream:
         fault_kinds: Sequence[str] = FAULT_KINDS,
         warmup_fraction: float = 0.2,
         start_time: float = 1_767_225_600.0,
+        profile: MachineProfile = DEFAULT_PROFILE,
     ) -> None:
         self._chunk_rows = chunk_rows
         self._period_s = period_s
@@ -565,6 +615,7 @@ class PlantStream:
         self._fault_kinds = tuple(fault_kinds) if not isinstance(fault_kinds, str) else fault_kinds
         self._warmup_fraction = warmup_fraction
         self._start_time = start_time
+        self._profile = profile
         self._chunk = 0
         self._row = 0
         self._last_row = -1
@@ -580,6 +631,7 @@ class PlantStream:
             fault_kinds=self._fault_kinds,
             warmup_fraction=self._warmup_fraction,
             start_time=self._start_time + chunk * self._chunk_rows * self._period_s,
+            profile=self._profile,
         )
 
     @property
