@@ -35,6 +35,7 @@ from export.errors import ExportError
 from export.keys import load_private_key
 from export.run_dir import load_run
 from export.sign import file_digests, utc_stamp, write_signed
+from export.train_weights import learning_files
 from trainer.calibrate import calibrate_threshold, screen_threshold
 from trainer.fit import FOREST_FILE, KerasReconstructor, features_of_windows
 
@@ -128,6 +129,8 @@ def build_bundle(
             INT8_FILE: int8_bytes,
             FOREST_FILE: (run_dir / FOREST_FILE).read_bytes(),
         }
+        learning, weight_files = learning_files(model, record.autoencoder.kind)
+        files.update(weight_files)
         variant_info = _build_variants(variants, model, rep, pw, tmp)
         for name in (tmp / "variants").iterdir() if (tmp / "variants").exists() else []:
             if name.is_file():
@@ -157,6 +160,7 @@ def build_bundle(
             parity=parity,
             variants=variant_info,
             files=file_digests(tmp, files),
+            learning=learning,
         )
         write_signed(tmp, manifest, key)
         # mkdtemp makes the directory private; a bundle/run is meant to be readable.
