@@ -49,6 +49,7 @@ _PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("metrics", "tls", "certfile"),
     ("metrics", "tls", "keyfile"),
     ("metrics", "tls", "client_ca_file"),
+    ("learn", "device_key"),
 )
 
 Loc = tuple[str | int, ...]

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from edge_agent.config.strict import StrictModel
 from edge_agent.deliver.config import MqttConfig, OutboxConfig
+from edge_agent.learn.config import LearnConfig
 from edge_agent.ota.config import OtaConfig
 from edge_agent.sources.config import ReplaySource, SourceConfig, source_channels
 
@@ -177,12 +178,19 @@ class AgentConfig(StrictModel):
     ota: OtaConfig = Field(
         default_factory=OtaConfig, description="Over-the-air model updates (off by default)"
     )
+    learn: LearnConfig = Field(
+        default_factory=LearnConfig, description="Fleet learning (off by default)"
+    )
 
     @model_validator(mode="after")
     def _ota_needs_a_broker(self) -> AgentConfig:
         if self.ota.enabled and self.mqtt is None:
             raise ValueError(
                 "[ota] enabled needs [mqtt]: deployments and bundles come over the broker"
+            )
+        if self.learn.enabled and self.mqtt is None:
+            raise ValueError(
+                "[learn] enabled needs [mqtt]: rounds and deltas go over the broker"
             )
         return self
 
