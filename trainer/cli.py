@@ -2,7 +2,8 @@
 
 Subcommands: ``fit`` (history → run directory), ``evaluate`` (labelled data → metrics.json and
 an HTML report), ``simulate`` (write plant-simulator history with labelled faults), ``demo``
-(simulate → fit → bundle → replay, end to end), ``demo-plot`` (a live demo run as a PNG).
+(simulate → fit → bundle → replay, end to end), ``demo-plot`` (a live demo run as a PNG),
+``federate`` (the gateways' model deltas → the next run; ``trainer.federate``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from edge_agent.errors import EdgeAnomalyError
 from export.errors import ExportError
 from trainer.demo import HISTORY_ROWS, LIVE_ROWS
 from trainer.demo_plot import add_arguments as add_demo_plot_arguments
+from trainer.federate.cli import add_arguments as add_federate_arguments
 from trainer.quiet import quiet_unless
 
 EXIT_INPUT_ERROR = 2
@@ -110,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
             description="PNG of a `watch --record` timeline with the simulator's truth file.",
         )
     )
+    add_federate_arguments(
+        sub.add_parser(
+            "federate",
+            help="aggregate the gateways' signed model deltas into the next run",
+            description="Verify signed deltas, aggregate them robustly, write a new run "
+            "that `export bundle` packs (docs/fleet-learning.md).",
+        )
+    )
     return p
 
 
@@ -121,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with quiet_unless(args.verbose):
         try:
+            if args.command == "federate":
+                from trainer.federate.cli import run as federate
+
+                return federate(args)
             return _run(args)
         except (EdgeAnomalyError, ExportError, FileExistsError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -103,24 +103,38 @@ def recalibrated_record(
     )
 
 
+def build_new_run(
+    base: BaseRun, weights: WeightSet, federation: FederationSummary, *, seconds: float
+) -> tuple[RunRecord, Any]:
+    """Load ``weights`` into the base run's model and recalibrate: (new record, model).
+
+    ValueError naming the first tensor when ``weights`` do not fit the model.
+    """
+    model = base.run.model
+    set_keras_weights(model, weights)
+    return recalibrated_record(base, model, federation, seconds), model
+
+
+def check_out_dir(out: Path, base_run: Path, *, overwrite: bool = False) -> None:
+    """Refuse a non-empty ``out`` (without ``overwrite``) or the base run itself, up front."""
+    if out.resolve() == base_run.resolve():
+        raise ValueError(f"{out}: the new run cannot replace its base run")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+
+
 def write_new_run(
     out: Path,
     base: BaseRun,
-    weights: WeightSet,
-    federation: FederationSummary,
+    record: RunRecord,
+    model: Any,
     *,
-    seconds: float,
     extra_files: dict[str, bytes],
     overwrite: bool = False,
-) -> RunRecord:
-    """Write ``out``: the base run with ``weights``, recalibrated, plus ``extra_files``."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    if out.resolve() == base.path.resolve():
-        raise ValueError(f"{out}: the new run cannot replace its base run")
-    model = base.run.model
-    set_keras_weights(model, weights)
-    record = recalibrated_record(base, model, federation, seconds)
+) -> None:
+    """Write ``out`` atomically: the base run's forest and calibration windows, ``model``,
+    ``record`` as run.json, and ``extra_files`` (federate.json, the server state)."""
+    check_out_dir(out, base.path, overwrite=overwrite)
     _write_run(
         out,
         record=record,
@@ -130,4 +144,3 @@ def write_new_run(
         overwrite=overwrite,
         extra_files=extra_files,
     )
-    return record

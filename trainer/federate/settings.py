@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from edge_agent.config.strict import StrictModel
+from edge_agent.learn.delta import DEFAULT_MAX_BYTES, MAX_ROUND_ID_CHARS, ROUND_ID_PATTERN
 
 # Clip each update to this multiple of the median update norm when no fixed bound is given:
 # honest clients' norms spread over a factor of a few (different sample counts and drift), so
@@ -29,8 +30,6 @@ DEFAULT_ADAM_LR = 1e-2
 # A delta whose L2 norm exceeds this is refused outright (faulty device): normalized-window
 # autoencoders move their weights by far less than this in a few local epochs.
 DEFAULT_MAX_NORM = 1e3
-# The largest delta message accepted, in bytes: a dense delta of a 1 M-parameter model.
-DEFAULT_MAX_DELTA_BYTES = 4 * 1024 * 1024
 
 Rule = Literal["fedavg", "trimmed_mean", "median"]
 ServerOpt = Literal["none", "avgm", "adam"]
@@ -41,9 +40,9 @@ class FederateSettings(StrictModel):
 
     round_id: str = Field(
         min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="Round id every accepted delta must carry (topic-safe text)",
+        max_length=MAX_ROUND_ID_CHARS,
+        pattern=ROUND_ID_PATTERN,
+        description="Round id every accepted delta must carry (the delta header's round_id)",
     )
     rule: Rule = Field(
         default="fedavg",
@@ -90,10 +89,10 @@ class FederateSettings(StrictModel):
     max_norm: float = Field(
         default=DEFAULT_MAX_NORM,
         gt=0,
-        description="A delta whose stated L2 norm is above this is refused (norm_bound)",
+        description="A delta whose L2 norm (of its decoded values) is above this is refused",
     )
     max_delta_bytes: int = Field(
-        default=DEFAULT_MAX_DELTA_BYTES,
+        default=DEFAULT_MAX_BYTES,
         ge=64,
         description="A delta message longer than this many bytes is refused (too_large)",
     )

@@ -16,7 +16,13 @@ from edge_agent.bundle.verify import verify_bundle
 from edge_agent.learn.weights import WeightSet
 from export.cli import main as export_main
 from export.run_dir import load_run
-from trainer.federate.run_out import BaseRun, keras_weight_set, load_base, write_new_run
+from trainer.federate.run_out import (
+    BaseRun,
+    build_new_run,
+    keras_weight_set,
+    load_base,
+    write_new_run,
+)
 from trainer.fit import CALIBRATION_FILE, FOREST_FILE
 from trainer.run_record import RUN_FILE, FederationSummary, RunRecord
 
@@ -41,14 +47,8 @@ def base(trained_run: Path) -> BaseRun:
 
 def test_zero_delta_reproduces_the_base_thresholds(base: BaseRun, tmp_path: Path) -> None:
     out = tmp_path / "same"
-    record = write_new_run(
-        out,
-        base,
-        base.weights,
-        _summary(base, base.weights),
-        seconds=1.0,
-        extra_files={"federate.json": b"{}\n"},
-    )
+    record, model = build_new_run(base, base.weights, _summary(base, base.weights), seconds=1)
+    write_new_run(out, base, record, model, extra_files={"federate.json": b"{}\n"})
     # Same weights, same calibration windows, the trainer's own calibration: same thresholds.
     base_record = base.run.record
     assert record.threshold.alert_threshold == pytest.approx(
@@ -69,7 +69,8 @@ def test_new_weights_land_in_the_run_and_export_to_a_bundle(
     step = rng.normal(0.0, 1e-3, flat.size).astype(np.float32)
     new = WeightSet.from_flat(base.weights, flat + step)
     out = tmp_path / "new"
-    write_new_run(out, base, new, _summary(base, new), seconds=2.5, extra_files={})
+    record, model = build_new_run(base, new, _summary(base, new), seconds=2.5)
+    write_new_run(out, base, record, model, extra_files={})
 
     text = (out / RUN_FILE).read_text()
     record = RunRecord.model_validate(json.loads(text))
@@ -98,27 +99,15 @@ def test_refuses_to_overwrite(base: BaseRun, tmp_path: Path) -> None:
     out = tmp_path / "full"
     out.mkdir()
     (out / "x").write_text("keep me")
+    record, model = build_new_run(base, base.weights, _summary(base, base.weights), seconds=0)
     with pytest.raises(FileExistsError, match="not empty"):
-        write_new_run(
-            out, base, base.weights, _summary(base, base.weights), seconds=0, extra_files={}
-        )
+        write_new_run(out, base, record, model, extra_files={})
     with pytest.raises(ValueError, match="cannot replace its base run"):
-        write_new_run(
-            base.path,
-            base,
-            base.weights,
-            _summary(base, base.weights),
-            seconds=0,
-            extra_files={},
-            overwrite=True,
-        )
+        write_new_run(base.path, base, record, model, extra_files={}, overwrite=True)
     assert (out / "x").read_text() == "keep me"
 
 
-def test_weights_that_do_not_fit_are_named(base: BaseRun, tmp_path: Path) -> None:
+def test_weights_that_do_not_fit_are_named(base: BaseRun) -> None:
     wrong = WeightSet(("dense_0/kernel",), (np.zeros((2, 2), np.float32),))
     with pytest.raises(ValueError, match="weight sets differ"):
-        write_new_run(
-            tmp_path / "bad", base, wrong, _summary(base, base.weights), seconds=0, extra_files={}
-        )
-    assert not (tmp_path / "bad").exists()
+        build_new_run(base, wrong, _summary(base, base.weights), seconds=0)
