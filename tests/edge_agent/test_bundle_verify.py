@@ -27,7 +27,8 @@ def copy(bundle: Path, tmp_path: Path) -> Path:
 
 def test_good_bundle_verifies(bundle: Path, keys: Path) -> None:
     b = verify_bundle(bundle, keys / "signing.pub")
-    assert set(b.files) == {"forest.npz", "model_int8.tflite"}
+    # train_weights.npz: the float weights for fleet learning (a dense model).
+    assert set(b.files) == {"forest.npz", "model_int8.tflite", "train_weights.npz"}
     assert b.manifest.schema_version == 1
     assert (keys / "signing.key").stat().st_mode & 0o777 == 0o600
 
@@ -182,7 +183,9 @@ def test_a_link_to_the_bundle_is_followed_once(
     monkeypatch.setattr(verify_module, "read_no_follow", read_then_repoint)
     b = verify_bundle(current, keys / "signing.pub")
     assert reads[:2] == ["manifest.json", "manifest.sig"]
-    assert set(reads) == {"manifest.json", "manifest.sig", "forest.npz", "model_int8.tflite"}
+    assert set(reads) == {
+        "manifest.json", "manifest.sig", "forest.npz", "model_int8.tflite", "train_weights.npz"
+    }
     assert b.path == old.resolve()
     assert b.files["forest.npz"] == forest
     assert b.manifest.model_version != "new"
