@@ -24,17 +24,10 @@ import numpy as np
 from edge_agent.detect.cascade import reconstruction_error
 from edge_agent.learn.weights import WeightSet
 from export.run_dir import LoadedRun, load_run
+from export.train_weights import keras_weight_set
 from trainer.calibrate import calibrate_threshold, screen_threshold
 from trainer.fit import FOREST_FILE, KerasReconstructor, _write_run, features_of_windows
 from trainer.run_record import FederationSummary, RunRecord, ValidationSummary
-
-
-def keras_weight_set(model: Any) -> WeightSet:
-    """A Keras model's weights as a WeightSet: ``model.weights`` order, Keras 3 paths as names."""
-    return WeightSet(
-        tuple(str(v.path) for v in model.weights),
-        tuple(np.asarray(v.numpy(), dtype=np.float32) for v in model.weights),
-    )
 
 
 def set_keras_weights(model: Any, weights: WeightSet) -> None:

@@ -20,10 +20,10 @@ from edge_agent.learn.sparse import sparsify
 from edge_agent.learn.weights import WeightSet
 from export.keys import keygen, load_private_key
 from export.run_dir import load_run
+from export.train_weights import keras_weight_set
 from trainer.cli import main
 from trainer.federate.collect import load_device_keys
 from trainer.federate.report import REPORT_FILE, FederateReport
-from trainer.federate.run_out import keras_weight_set
 from trainer.federate.server_opt import STATE_FILE
 from trainer.run_record import RUN_FILE, RunRecord
 

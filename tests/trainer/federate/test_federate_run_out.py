@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from edge_agent.bundle.verify import verify_bundle
+from edge_agent.learn.bundle_weights import load_train_weights
 from edge_agent.learn.weights import WeightSet
 from export.cli import main as export_main
 from export.run_dir import load_run
+from export.train_weights import keras_weight_set
 from trainer.federate.run_out import (
     BaseRun,
     build_new_run,
-    keras_weight_set,
     load_base,
     write_new_run,
 )
@@ -93,6 +94,10 @@ def test_new_weights_land_in_the_run_and_export_to_a_bundle(
     assert export_main([*argv, "--variants", "none"]) == 0
     verified = verify_bundle(bundle, keys / "signing.pub")
     assert verified.manifest.channel_names == [c.name for c in record.channels]
+    # The gateway's base for the next round is exactly what this round produced.
+    shipped = load_train_weights(bundle, verified.manifest)
+    assert shipped is not None
+    assert shipped.fingerprint() == new.fingerprint()
 
 
 def test_refuses_to_overwrite(base: BaseRun, tmp_path: Path) -> None:
