@@ -24,9 +24,6 @@ index coding; see that module.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 import math
 import re
 import struct
@@ -38,21 +35,32 @@ from typing import Literal
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError
 
-from edge_agent.config.strict import StrictModel
 from edge_agent.errors import EdgeAnomalyError
+from edge_agent.learn.delta_header import (
+    FORMAT_VERSION,
+    MACHINE_ID_PATTERN,
+    MAX_MACHINE_ID_BYTES,
+    MAX_ROUND_ID_CHARS,
+    ROUND_ID_PATTERN,
+    DeltaHeader,
+    canonical_json,
+    layout_sha256,
+    utc_now,
+)
 from edge_agent.learn.sparse import SparseDelta, max_packed_bytes, pack, unpack
 from edge_agent.learn.weights import WeightSet
 
+__all__ = [  # the header's names are re-exported: callers import the format from here
+    "DEFAULT_MAX_BYTES", "FORMAT_VERSION", "MACHINE_ID_PATTERN", "MAX_MACHINE_ID_BYTES",
+    "MAX_ROUND_ID_CHARS", "ROUND_ID_PATTERN", "DecodedDelta", "DeltaError", "DeltaHeader",
+    "canonical_json", "decode_delta", "encode_delta", "layout_sha256",
+]
+
 MAGIC = b"EADL"
-FORMAT_VERSION: Literal[1] = 1
 SIGNATURE_BYTES = 64  # Ed25519
 ZLIB_LEVEL = 9
-MAX_MACHINE_ID_BYTES = 64  # as AgentConfig.machine_id
-MACHINE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # topic-safe, as AgentConfig.machine_id
-ROUND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
-MAX_ROUND_ID_CHARS = 64
 MAX_HEADER_BYTES = 16 * 1024  # a header lists counts and hashes, never data
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # a delta of 1 % of a 60k-parameter model is ~2 KB
 DEFAULT_MAX_PARAMETERS = 16 * 1024 * 1024  # dense size a decoder allocates at most (64 MiB)
@@ -75,44 +83,6 @@ class DeltaError(EdgeAnomalyError):
         self.reason: Reason = reason
 
 
-class DeltaHeader(StrictModel):
-    """Who sent the delta, against which base, and how the body is laid out (signed JSON)."""
-
-    format: Literal[1] = Field(description="Delta format version (the envelope's version byte)")
-    machine_id: str = Field(
-        max_length=MAX_MACHINE_ID_BYTES, pattern=MACHINE_ID_PATTERN,
-        description="The gateway that trained and signed it",
-    )
-    model_version: str = Field(min_length=1, description="Base bundle's model_version")
-    base_fingerprint: str = Field(
-        pattern=r"^[0-9a-f]{64}$", description="WeightSet.fingerprint() of the base weights"
-    )
-    round_id: str = Field(
-        max_length=MAX_ROUND_ID_CHARS, pattern=ROUND_ID_PATTERN,
-        description="The aggregation round this delta answers",
-    )
-    samples: int = Field(ge=1, description="Local windows trained on (the FedAvg weight)")
-    epochs: int = Field(ge=1, description="Local epochs run")
-    norm: float = Field(ge=0, allow_inf_nan=False, description="L2 norm of the sent values")
-    size: int = Field(ge=1, description="Dense parameter count")
-    k: int = Field(ge=1, description="Entries sent (top-k)")
-    tensor_sizes: tuple[int, ...] = Field(
-        min_length=1, description="Parameters per tensor, WeightSet order (one scale each)"
-    )
-    layout_sha256: str = Field(
-        pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the tensor names and shapes"
-    )
-    created_at: str = Field(description="When the gateway made it (ISO 8601 UTC)")
-
-    @model_validator(mode="after")
-    def _counts_agree(self) -> DeltaHeader:
-        if min(self.tensor_sizes) < 1 or sum(self.tensor_sizes) != self.size:
-            raise ValueError(f"tensor_sizes {self.tensor_sizes} do not sum to size {self.size}")
-        if self.k > self.size:
-            raise ValueError(f"k {self.k} is larger than size {self.size}")
-        return self
-
-
 @dataclass(frozen=True)
 class DecodedDelta:
     """An accepted delta: its header, what was sent, and the dense float32 vector."""
@@ -121,24 +91,6 @@ class DecodedDelta:
     sparse: SparseDelta
     vector: np.ndarray  # float32, header.size long, WeightSet.flat() order
     wire_bytes: int  # length of the signed envelope
-
-
-def layout_sha256(weights: WeightSet) -> str:
-    """SHA-256 (hex) of the tensor names and shapes, in order."""
-    digest = hashlib.sha256()
-    for name, shape in zip(weights.names, weights.shapes, strict=True):
-        digest.update(name.encode("utf-8") + b"\0" + ",".join(map(str, shape)).encode() + b"\0")
-    return digest.hexdigest()
-
-
-def canonical_json(header: DeltaHeader) -> bytes:
-    return json.dumps(
-        header.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
-    ).encode("ascii")
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def encode_delta(

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.fsutil import atomic_write, read_no_follow
-from edge_agent.learn.delta import layout_sha256
+from edge_agent.learn.delta_header import layout_sha256
 from edge_agent.learn.sparse import SparseDelta, sparsify
 from edge_agent.learn.weights import WeightSet
 
