@@ -32,9 +32,9 @@ DISCOVER_WAIT_S = 5.0  # the longest wait for the retained reports before publis
 DOWNGRADE_EXPIRY_S = 24 * 3600.0
 
 
-def add_broker_options(p: argparse.ArgumentParser) -> None:
+def add_broker_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     d = MqttConfig.model_fields
-    p.add_argument("--broker", required=True, metavar="HOST[:PORT]",
+    p.add_argument("--broker", required=required, metavar="HOST[:PORT]",
                    help=f"the fleet's broker (port {DEFAULT_MQTT_PORT}, {DEFAULT_MQTTS_PORT} "
                    "with TLS)")
     p.add_argument("--topic-prefix", default=d["topic_prefix"].default,

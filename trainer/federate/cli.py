@@ -12,26 +12,38 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from export.errors import ExportError
-from trainer.federate.settings import DEFAULT_CLIP_MULTIPLE, DEFAULT_MAX_NORM, FederateSettings
+from export.ota_cli import add_broker_options
+from trainer.federate.settings import (
+    DEFAULT_CLIP_MULTIPLE,
+    DEFAULT_GROUP,
+    DEFAULT_MAX_NORM,
+    DEFAULT_ROUND_TIMEOUT_S,
+    FederateSettings,
+)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from trainer.federate.report import FederateReport
 
 EXIT_ROUND_FAILED = 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, required=True, help="base run (the model the fleet has)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--deltas", type=Path, nargs="+", metavar="DELTA", help="delta files the gateways sent"
-    )
-    src.add_argument(
-        "--broker",
-        metavar="HOST[:PORT]",
-        help="collect the deltas from the fleet's broker (not available yet)",
+    p.add_argument(
+        "--deltas",
+        type=Path,
+        nargs="+",
+        metavar="DELTA",
+        help="delta files the gateways sent (or --broker to announce the round and collect)",
     )
     p.add_argument(
         "--trust-devices",
@@ -81,6 +93,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="refuse a delta whose L2 norm is above X (default %(default)g)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_broker_arguments(p)
+
+
+def _add_broker_arguments(p: argparse.ArgumentParser) -> None:
+    from edge_agent.learn import config as learn
+
+    b = p.add_argument_group("--broker mode (announce the round, collect the fleet's deltas)")
+    b.add_argument(
+        "--bundle",
+        type=Path,
+        help="the fleet's current bundle, exported from --run (its model_version is announced)",
+    )
+    b.add_argument("--key", type=Path, help="fleet signing key (signing.key) for the announcement")
+    b.add_argument(
+        "--round-timeout",
+        type=float,
+        default=DEFAULT_ROUND_TIMEOUT_S,
+        metavar="S",
+        help="seconds the round stays open (default %(default)g); it closes earlier when "
+        "every registered gateway has answered",
+    )
+    b.add_argument(
+        "--group",
+        default=DEFAULT_GROUP,
+        help="MQTT v5 shared-subscription group of the aggregators (default %(default)s)",
+    )
+    b.add_argument(
+        "--spool", type=Path, help="directory for the received deltas (default: OUT.deltas)"
+    )
+    b.add_argument(
+        "--epochs",
+        type=int,
+        default=learn.DEFAULT_EPOCHS,
+        help="local epochs (default %(default)d)",
+    )
+    b.add_argument(
+        "--batch-size",
+        type=int,
+        default=learn.DEFAULT_BATCH_SIZE,
+        help="local batch size (default %(default)d)",
+    )
+    b.add_argument(
+        "--learning-rate",
+        type=float,
+        default=learn.DEFAULT_LEARNING_RATE,
+        help="local Adam learning rate (default %(default)g)",
+    )
+    b.add_argument("--prox-mu", type=float, default=0.0, help="FedProx proximal weight (0: off)")
+    b.add_argument(
+        "--topk-fraction",
+        type=float,
+        default=learn.DEFAULT_TOPK_FRACTION,
+        help="share of delta entries the gateways send (default %(default)g)",
+    )
+    b.add_argument(
+        "--min-windows",
+        type=int,
+        default=learn.DEFAULT_MIN_WINDOWS,
+        help="fewest buffered windows a gateway needs to take part (default %(default)d)",
+    )
+    b.add_argument("--seed", type=int, default=0, help="local shuffling seed (default 0)")
+    add_broker_options(b, required=False)  # type: ignore[arg-type]
 
 
 def settings_from(args: argparse.Namespace) -> FederateSettings:
@@ -117,23 +191,23 @@ def run(args: argparse.Namespace) -> int:
     from trainer.federate.round import RoundFailed, run_round
 
     settings = settings_from(args)
-    if args.broker is not None:
-        raise ExportError(
-            "--broker: collecting deltas over MQTT is not implemented yet; "
-            "pass the delta files with --deltas"
-        )
+    if (args.deltas is None) == (args.broker is None):
+        raise ExportError("give either --deltas DELTA... or --broker HOST[:PORT], not both")
     if not args.run.is_dir():
         raise ExportError(f"{args.run}: base run directory not found")
     keys = load_device_keys(args.trust_devices)
     try:
-        report = run_round(
-            args.run,
-            file_sources(args.deltas),
-            keys,
-            settings,
-            args.out,
-            overwrite=args.overwrite,
-        )
+        if args.broker is not None:
+            report = _broker_round(args, settings, keys)
+        else:
+            report = run_round(
+                args.run,
+                file_sources(args.deltas),
+                keys,
+                settings,
+                args.out,
+                overwrite=args.overwrite,
+            )
     except RoundFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         for c in exc.clients:
@@ -152,3 +226,45 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _broker_round(
+    args: argparse.Namespace,
+    settings: FederateSettings,
+    keys: Mapping[str, Ed25519PublicKey],
+) -> FederateReport:
+    from export.keys import load_private_key
+    from export.ota_cli import mqtt_config
+    from trainer.federate.broker import broker_round
+
+    if args.bundle is None or args.key is None:
+        raise ExportError("--broker needs --bundle (the fleet's current bundle) and --key")
+    if args.round_timeout <= 0:
+        raise ExportError(f"--round-timeout {args.round_timeout:g}: must be positive seconds")
+    spool = args.spool or args.out.with_name(args.out.name + ".deltas")
+    training = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "prox_mu": args.prox_mu,
+        "topk_fraction": args.topk_fraction,
+        "min_windows": args.min_windows,
+        "seed": args.seed,
+    }
+    report, got = broker_round(
+        mqtt_config(args),
+        base_run=args.run,
+        bundle=args.bundle,
+        key=load_private_key(args.key),
+        keys=keys,
+        settings=settings,
+        training=training,
+        group=args.group,
+        spool=spool,
+        timeout_s=args.round_timeout,
+        out=args.out,
+        overwrite=args.overwrite,
+    )
+    how = "the deadline passed" if got.timed_out else "every registered gateway answered"
+    print(f"round {settings.round_id}: {len(got.sources)} deltas spooled in {spool}; {how}")
+    return report

@@ -105,11 +105,16 @@ def run_round(
     out: Path,
     *,
     overwrite: bool = False,
+    base: BaseRun | None = None,
 ) -> FederateReport:
-    """Run one round over ``sources`` and write ``out``; RoundFailed when too few are accepted."""
+    """Run one round over ``sources`` and write ``out``; RoundFailed when too few are accepted.
+
+    ``base``: the base run already loaded from ``base_run`` (the broker round loads it first).
+    """
     t0 = time.perf_counter()
     check_out_dir(out, base_run, overwrite=overwrite)
-    base = load_base(base_run)
+    if base is None:
+        base = load_base(base_run)
     size = base.weights.size
     clip = NormClip.from_settings(settings)
     agg = make_aggregator(settings, size)

@@ -31,6 +31,12 @@ DEFAULT_ADAM_LR = 1e-2
 # autoencoders move their weights by far less than this in a few local epochs.
 DEFAULT_MAX_NORM = 1e3
 
+# --broker mode: the aggregators' MQTT v5 shared-subscription group, and how long a round
+# stays open for the fleet's deltas (a local round takes ~10 s of CPU on a Pi 4, plus the
+# wait for the gateways that are busy or offline).
+DEFAULT_GROUP = "federate"
+DEFAULT_ROUND_TIMEOUT_S = 600.0
+
 Rule = Literal["fedavg", "trimmed_mean", "median"]
 ServerOpt = Literal["none", "avgm", "adam"]
 
