@@ -7,6 +7,8 @@ different compressor from the plant simulator (warmer room, some wear), as a gat
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +177,40 @@ def test_blas_runs_on_one_thread_during_a_round() -> None:
         ]
     assert inside
     assert set(inside) == {1}
+
+
+PROBE_TIMEOUT_S = 120
+# 40 windows in batches of 8 for 2 epochs: 10 steps, with the desk's stacks made unimportable.
+NO_DESK_PROBE = """
+import sys
+for name in ("tensorflow", "sklearn", "keras", "scipy", "pandas", "matplotlib"):
+    sys.modules[name] = None
+import numpy as np
+from edge_agent.bundle.manifest import LearningLayerSpec
+from edge_agent.learn import bundle_weights, history  # noqa: F401
+from edge_agent.learn.local import LocalTrainingConfig, train_local
+from edge_agent.learn.weights import WeightSet
+rng = np.random.default_rng(0)
+shapes = [(12, 4), (4,), (4, 12), (12,)]
+names = ("dense_0/kernel", "dense_0/bias", "dense_1/kernel", "dense_1/bias")
+start = WeightSet(names, tuple(rng.normal(size=s).astype(np.float32) for s in shapes))
+layers = [LearningLayerSpec(units=4, activation="relu"),
+          LearningLayerSpec(units=12, activation="linear")]
+windows = rng.normal(size=(40, 4, 3)).astype(np.float32)
+result = train_local(start, windows, LocalTrainingConfig(epochs=2, batch_size=8), layers)
+print("STEPS", result.steps)
+"""
+
+
+def test_local_training_runs_without_desk_stacks() -> None:
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_DESK_PROBE],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=PROBE_TIMEOUT_S,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "STEPS 10" in proc.stdout
