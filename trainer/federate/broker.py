@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from edge_agent.deliver.config import MqttConfig
@@ -35,9 +35,7 @@ from edge_agent.learn.rounds import RoundAnnouncement, iso_utc, round_topic, sig
 from export.broker import DeskLink
 from export.errors import ExportError
 from trainer.federate.collect import DeltaSource, file_sources
-from trainer.federate.report import FederateReport
-from trainer.federate.round import run_round
-from trainer.federate.run_out import check_out_dir, load_base
+from trainer.federate.run_out import BaseRun
 from trainer.federate.settings import FederateSettings
 
 DELTA_SUFFIX = "delta"
@@ -133,52 +131,53 @@ def base_model_version(bundle_dir: Path, key: Ed25519PrivateKey, base_fingerprin
     return verified.manifest.model_version
 
 
-def broker_round(
+def broker_collect(
     cfg: MqttConfig,
     *,
-    base_run: Path,
-    bundle: Path,
-    key: Ed25519PrivateKey,
-    keys: Mapping[str, Ed25519PublicKey],
+    base: BaseRun,
+    bundle: Path | None,
+    key: Ed25519PrivateKey | None,
+    registered: set[str],
     settings: FederateSettings,
     training: Mapping[str, object],
     group: str,
     spool: Path,
     timeout_s: float,
-    out: Path,
-    overwrite: bool = False,
-) -> tuple[FederateReport, Collected]:
-    """Announce, collect until the deadline (or every registered gateway answered), then
-    run the round over the spooled deltas. ``training``: the announcement's local settings
-    (epochs, batch_size, learning_rate, prox_mu, topk_fraction, min_windows, seed)."""
-    check_out_dir(out, base_run, overwrite=overwrite)
+) -> Collected:
+    """Subscribe, announce the round (when ``key`` and ``bundle`` are given: one process of a
+    split round announces, the others only collect), and spool the deltas until the deadline
+    or until every ``registered`` machine has answered (an empty set: the deadline only).
+    ``training``: the announcement's local settings (epochs, batch_size, learning_rate,
+    prox_mu, topk_fraction, min_windows, seed)."""
     if spool.exists() and any(spool.iterdir()):
         raise ExportError(f"{spool}: the spool of an earlier round is in the way; move it")
-    base = load_base(base_run)
     now = time.time()
-    try:
-        announcement = RoundAnnouncement.model_validate(
-            {
-                **training,
-                "round_id": settings.round_id,
-                "base_model_version": base_model_version(bundle, key, base.fingerprint),
-                "base_fingerprint": base.fingerprint,
-                "issued_at": iso_utc(now),
-                "deadline": iso_utc(now + timeout_s),
-            }
-        )
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ExportError(f"round announcement: {problems}") from None
-    with DeskLink(cfg, client_id=f"federate-{settings.round_id}") as link:
+    announcement = None
+    if key is not None and bundle is not None:
+        try:
+            announcement = RoundAnnouncement.model_validate(
+                {
+                    **training,
+                    "round_id": settings.round_id,
+                    "base_model_version": base_model_version(bundle, key, base.fingerprint),
+                    "base_fingerprint": base.fingerprint,
+                    "issued_at": iso_utc(now),
+                    "deadline": iso_utc(now + timeout_s),
+                }
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise ExportError(f"round announcement: {problems}") from None
+    with DeskLink(cfg) as link:
         link.subscribe([delta_filter(cfg.topic_prefix, group)])
-        announce(link, cfg.topic_prefix, announcement, key)
-        got = collect(
+        if announcement is not None and key is not None:
+            announce(link, cfg.topic_prefix, announcement, key)
+        return collect(
             link,
             prefix=cfg.topic_prefix,
             spool=spool,
-            registered=set(keys),
+            registered=registered,
             deadline=now + timeout_s,
         )
-    report = run_round(base_run, got.sources, keys, settings, out, overwrite=overwrite, base=base)
-    return report, got

@@ -10,11 +10,7 @@ exception that ``trainer.cli`` prints as ``error: ...``.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -27,13 +23,6 @@ from trainer.federate.settings import (
     DEFAULT_ROUND_TIMEOUT_S,
     FederateSettings,
 )
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    from trainer.federate.report import FederateReport
-
-EXIT_ROUND_FAILED = 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,11 +37,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trust-devices",
         type=Path,
-        required=True,
         metavar="KEYDIR",
         help="registered gateway keys: KEYDIR/<machine id>.pub (PEM Ed25519)",
     )
-    p.add_argument("--out", type=Path, required=True, help="new run directory to create")
+    p.add_argument("--out", type=Path, help="new run directory to create")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="PARTIAL",
+        help="finish a split round: add the partial sums several aggregators wrote",
+    )
+    p.add_argument(
+        "--partial-out",
+        type=Path,
+        metavar="FILE",
+        help="write this aggregator's partial sums (fedavg) instead of a run, for --merge",
+    )
     p.add_argument("--round", required=True, metavar="ID", help="round id the deltas answer")
     p.add_argument(
         "--rule",
@@ -105,7 +106,12 @@ def _add_broker_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="the fleet's current bundle, exported from --run (its model_version is announced)",
     )
-    b.add_argument("--key", type=Path, help="fleet signing key (signing.key) for the announcement")
+    b.add_argument(
+        "--key",
+        type=Path,
+        help="fleet signing key (signing.key): with --bundle, this process announces the round "
+        "(in a split round, one process announces and the others only collect)",
+    )
     b.add_argument(
         "--round-timeout",
         type=float,
@@ -187,84 +193,7 @@ def settings_from(args: argparse.Namespace) -> FederateSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.federate.collect import file_sources, load_device_keys
-    from trainer.federate.round import RoundFailed, run_round
+    """Run the subcommand (``trainer.federate.command``); the exit code."""
+    from trainer.federate.command import run_command
 
-    settings = settings_from(args)
-    if (args.deltas is None) == (args.broker is None):
-        raise ExportError("give either --deltas DELTA... or --broker HOST[:PORT], not both")
-    if not args.run.is_dir():
-        raise ExportError(f"{args.run}: base run directory not found")
-    keys = load_device_keys(args.trust_devices)
-    try:
-        if args.broker is not None:
-            report = _broker_round(args, settings, keys)
-        else:
-            report = run_round(
-                args.run,
-                file_sources(args.deltas),
-                keys,
-                settings,
-                args.out,
-                overwrite=args.overwrite,
-            )
-    except RoundFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        for c in exc.clients:
-            if c.status == "refused":
-                print(f"  refused {c.source}: {c.message}", file=sys.stderr)
-        return EXIT_ROUND_FAILED
-    summary = {
-        "run": str(args.out),
-        "round": report.round_id,
-        "accepted": report.accepted,
-        "refused": {c.source: c.reason for c in report.clients if c.status == "refused"},
-        "samples": report.samples,
-        "bytes_received": report.bytes_received,
-        "step_norm": report.step_norm,
-        "alert_threshold": report.alert_threshold,
-    }
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-def _broker_round(
-    args: argparse.Namespace,
-    settings: FederateSettings,
-    keys: Mapping[str, Ed25519PublicKey],
-) -> FederateReport:
-    from export.keys import load_private_key
-    from export.ota_cli import mqtt_config
-    from trainer.federate.broker import broker_round
-
-    if args.bundle is None or args.key is None:
-        raise ExportError("--broker needs --bundle (the fleet's current bundle) and --key")
-    if args.round_timeout <= 0:
-        raise ExportError(f"--round-timeout {args.round_timeout:g}: must be positive seconds")
-    spool = args.spool or args.out.with_name(args.out.name + ".deltas")
-    training = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "prox_mu": args.prox_mu,
-        "topk_fraction": args.topk_fraction,
-        "min_windows": args.min_windows,
-        "seed": args.seed,
-    }
-    report, got = broker_round(
-        mqtt_config(args),
-        base_run=args.run,
-        bundle=args.bundle,
-        key=load_private_key(args.key),
-        keys=keys,
-        settings=settings,
-        training=training,
-        group=args.group,
-        spool=spool,
-        timeout_s=args.round_timeout,
-        out=args.out,
-        overwrite=args.overwrite,
-    )
-    how = "the deadline passed" if got.timed_out else "every registered gateway answered"
-    print(f"round {settings.round_id}: {len(got.sources)} deltas spooled in {spool}; {how}")
-    return report
+    return run_command(args, settings_from(args))

@@ -48,7 +48,9 @@ class FederateReport(StrictModel):
     parameters: int = Field(ge=1, description="Float parameters of the trainable model")
     settings: FederateSettings = Field(description="Settings the round ran with")
     clip_mode: str = Field(description="fixed, median_multiple or off")
-    clip_bound: float | None = Field(description="L2 bound updates were clipped to (None: off)")
+    clip_bounds: list[float] = Field(
+        description="L2 bound updates were clipped to, one per aggregator process (empty: off)"
+    )
     server_state: str = Field(description="Whether the optimizer state continued, and from where")
     clients: list[ClientResult] = Field(description="Every delta offered, in the order read")
     accepted: int = Field(ge=0, description="Deltas aggregated")

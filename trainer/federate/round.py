@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.learn.delta import DecodedDelta, DeltaError, decode_delta
 from edge_agent.learn.weights import WeightSet
+from trainer.federate.aggregate import Aggregator
 from trainer.federate.clip import NormClip
 from trainer.federate.collect import DeltaSource
 from trainer.federate.report import REPORT_FILE, ClientResult, FederateReport
@@ -97,27 +99,34 @@ def _verify(
     return result, decoded, digest
 
 
-def run_round(
-    base_run: Path,
+@dataclass
+class Tally:
+    """A round's verified, clipped and aggregated deltas, before the server step.
+
+    ``clip_bounds``: the bound each aggregator process clipped to (one entry per process;
+    several after ``partial.merge_partials``).
+    """
+
+    aggregator: Aggregator
+    clients: list[ClientResult]
+    clip_mode: str
+    clip_bounds: list[float] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[ClientResult]:
+        return [c for c in self.clients if c.status == "accepted"]
+
+
+def tally(
+    base: BaseRun,
     sources: Sequence[DeltaSource],
     keys: Mapping[str, Ed25519PublicKey],
     settings: FederateSettings,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    base: BaseRun | None = None,
-) -> FederateReport:
-    """Run one round over ``sources`` and write ``out``; RoundFailed when too few are accepted.
-
-    ``base``: the base run already loaded from ``base_run`` (the broker round loads it first).
-    """
-    t0 = time.perf_counter()
-    check_out_dir(out, base_run, overwrite=overwrite)
-    if base is None:
-        base = load_base(base_run)
-    size = base.weights.size
+) -> Tally:
+    """Verify every source, clip and aggregate the accepted ones (two passes when the clip
+    bound is a multiple of the median norm)."""
     clip = NormClip.from_settings(settings)
-    agg = make_aggregator(settings, size)
+    agg = make_aggregator(settings, base.weights.size)
     two_pass = clip.mode == "median_multiple"
     results: list[ClientResult] = []
     seen: set[tuple[str, str]] = set()
@@ -145,16 +154,55 @@ def run_round(
         c = clip.clip(decoded.vector)
         agg.add(c.vector, decoded.header.samples)
         results[i] = results[i].model_copy(update={"clip_scale": c.scale})
+    bound = clip.bound()
+    return Tally(agg, results, clip.mode, [] if bound is None else [bound])
 
-    accepted = [r for r in results if r.status == "accepted"]
+
+def run_round(
+    base_run: Path,
+    sources: Sequence[DeltaSource],
+    keys: Mapping[str, Ed25519PublicKey],
+    settings: FederateSettings,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    base: BaseRun | None = None,
+) -> FederateReport:
+    """Run one round over ``sources`` and write ``out``; RoundFailed when too few are accepted.
+
+    ``base``: the base run already loaded from ``base_run`` (the broker round loads it first).
+    """
+    t0 = time.perf_counter()
+    check_out_dir(out, base_run, overwrite=overwrite)
+    if base is None:
+        base = load_base(base_run)
+    return finish_round(
+        base, tally(base, sources, keys, settings), settings, out, overwrite=overwrite, t0=t0
+    )
+
+
+def finish_round(
+    base: BaseRun,
+    counted: Tally,
+    settings: FederateSettings,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    t0: float | None = None,
+) -> FederateReport:
+    """Server step over the tally, recalibrate, write ``out`` with federate.json and the
+    optimizer state; RoundFailed when fewer than ``settings.min_clients`` were accepted."""
+    t0 = time.perf_counter() if t0 is None else t0
+    results, accepted = counted.clients, counted.accepted
     if len(accepted) < settings.min_clients:
         raise RoundFailed(
             f"round {settings.round_id}: {len(accepted)} of {len(results)} deltas accepted, "
             f"{settings.min_clients} needed (--min-clients); no new run written",
             results,
         )
-    mean = agg.result()
-    state, note = resume_state(base_run, settings, size, base.fingerprint)
+    size = base.weights.size
+    mean = counted.aggregator.result()
+    state, note = resume_state(base.path, settings, size, base.fingerprint)
     base_flat = base.weights.flat()
     new_flat, state = server_step(base_flat, mean, state, settings)
     new = WeightSet.from_flat(base.weights, new_flat)
@@ -172,13 +220,13 @@ def run_round(
     record, model = build_new_run(base, new, federation, seconds=time.perf_counter() - t0)
     report = FederateReport(
         round_id=settings.round_id,
-        base_run=str(base_run),
+        base_run=str(base.path),
         base_fingerprint=base.fingerprint,
         weights_fingerprint=federation.weights_fingerprint,
         parameters=size,
         settings=settings,
-        clip_mode=clip.mode,
-        clip_bound=clip.bound(),
+        clip_mode=counted.clip_mode,
+        clip_bounds=counted.clip_bounds,
         server_state=note,
         clients=results,
         accepted=len(accepted),

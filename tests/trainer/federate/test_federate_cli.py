@@ -9,16 +9,14 @@ with the gateway's own encoder (``edge_agent.learn.delta.encode_delta`` over a t
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from federate_support import ROUND, Fleet, update
 
-from edge_agent.learn.delta import decode_delta, encode_delta
-from edge_agent.learn.sparse import sparsify
+from edge_agent.learn.delta import decode_delta
 from edge_agent.learn.weights import WeightSet
-from export.keys import keygen, load_private_key
 from export.run_dir import load_run
 from export.train_weights import keras_weight_set
 from trainer.cli import main
@@ -27,62 +25,8 @@ from trainer.federate.report import REPORT_FILE, FederateReport
 from trainer.federate.server_opt import STATE_FILE
 from trainer.run_record import RUN_FILE, RunRecord
 
-ROUND = "r1"
-FRACTION = 0.05
 HONEST = ("gw-a", "gw-b", "gw-c")
 SAMPLES = {"gw-a": 100, "gw-b": 300, "gw-c": 600}
-
-
-class Fleet:
-    """Gateway keys (private ones kept here, public ones in ``keydir``) and delta files."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.keydir = root / "devices"
-        self.keydir.mkdir(parents=True)
-        self.keys: dict[str, Path] = {}
-
-    def register(self, machine: str) -> None:
-        priv, pub = keygen(self.root / "gateways" / machine)
-        shutil.copy(pub, self.keydir / f"{machine}.pub")
-        self.keys[machine] = priv
-
-    def delta(
-        self,
-        machine: str,
-        base: WeightSet,
-        update: np.ndarray,
-        *,
-        round_id: str = ROUND,
-        samples: int = 100,
-        signer: str | None = None,
-        name: str | None = None,
-    ) -> Path:
-        sizes = tuple(int(a.size) for a in base.arrays)
-        data = encode_delta(
-            sparsify(update, sizes, FRACTION),
-            base=base,
-            machine_id=machine,
-            model_version="v1",
-            round_id=round_id,
-            samples=samples,
-            epochs=1,
-            key=load_private_key(self.keys[signer or machine]),
-        )
-        path = self.root / "deltas" / f"{name or machine}.eadl"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(data)
-        return path
-
-
-def _update(base: WeightSet, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.normal(0.0, 1e-3, base.size).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def base_weights(trained_run: Path) -> WeightSet:
-    return keras_weight_set(load_run(trained_run).model)
 
 
 def _federate(run: Path, deltas: list[Path], keydir: Path, out: Path, *extra: str) -> int:
@@ -100,22 +44,22 @@ def test_round_accepts_good_deltas_and_records_why_others_are_refused(
     fleet.register("gw-stranger")
     (fleet.keydir / "gw-stranger.pub").unlink()  # a key the fleet never registered
     good = {
-        m: fleet.delta(m, base_weights, _update(base_weights, i), samples=SAMPLES[m])
+        m: fleet.delta(m, base_weights, update(base_weights, i), samples=SAMPLES[m])
         for i, m in enumerate(HONEST)
     }
-    tampered = fleet.delta("gw-tamper", base_weights, _update(base_weights, 10))
+    tampered = fleet.delta("gw-tamper", base_weights, update(base_weights, 10))
     raw = bytearray(tampered.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     tampered.write_bytes(bytes(raw))
     other_base = WeightSet.from_flat(base_weights, base_weights.flat() + 1.0)
     bad = [
         tampered,
-        fleet.delta("gw-stranger", base_weights, _update(base_weights, 11)),
-        fleet.delta("gw-replay", base_weights, _update(base_weights, 12), round_id="r0"),
-        fleet.delta("gw-replay", base_weights, _update(base_weights, 13), name="gw-replay-2"),
-        fleet.delta("gw-replay", base_weights, _update(base_weights, 14), name="gw-replay-3"),
-        fleet.delta("gw-wrongbase", other_base, _update(base_weights, 15)),
-        fleet.delta("gw-a", base_weights, _update(base_weights, 16), signer="gw-b", name="forged"),
+        fleet.delta("gw-stranger", base_weights, update(base_weights, 11)),
+        fleet.delta("gw-replay", base_weights, update(base_weights, 12), round_id="r0"),
+        fleet.delta("gw-replay", base_weights, update(base_weights, 13), name="gw-replay-2"),
+        fleet.delta("gw-replay", base_weights, update(base_weights, 14), name="gw-replay-3"),
+        fleet.delta("gw-wrongbase", other_base, update(base_weights, 15)),
+        fleet.delta("gw-a", base_weights, update(base_weights, 16), signer="gw-b", name="forged"),
         tmp_path / "missing.eadl",
     ]
     out = tmp_path / "new"
@@ -171,8 +115,8 @@ def test_too_few_accepted_fails_with_exit_1_and_no_run(
 ) -> None:
     fleet = Fleet(tmp_path)
     fleet.register("gw-a")
-    ok = fleet.delta("gw-a", base_weights, _update(base_weights, 0))
-    late = fleet.delta("gw-a", base_weights, _update(base_weights, 1), round_id="r0", name="old")
+    ok = fleet.delta("gw-a", base_weights, update(base_weights, 0))
+    late = fleet.delta("gw-a", base_weights, update(base_weights, 1), round_id="r0", name="old")
     out = tmp_path / "new"
     assert _federate(trained_run, [ok, late], fleet.keydir, out, "--min-clients", "2") == 1
     err = capsys.readouterr().err
@@ -187,7 +131,7 @@ def test_operator_errors_exit_2(
 ) -> None:
     fleet = Fleet(tmp_path)
     fleet.register("gw-a")
-    d = [fleet.delta("gw-a", base_weights, _update(base_weights, 0))]
+    d = [fleet.delta("gw-a", base_weights, update(base_weights, 0))]
     out = tmp_path / "new"
     cases = [
         (tmp_path / "no-run", d, fleet.keydir, (), "base run directory not found"),
@@ -206,7 +150,7 @@ def test_operator_errors_exit_2(
     argv = ["federate", "--run", str(trained_run)]
     argv += ["--trust-devices", str(fleet.keydir), "--out", str(out), "--round", ROUND]
     assert main(argv) == 2
-    assert "either --deltas" in capsys.readouterr().err
+    assert "give one of --deltas" in capsys.readouterr().err
 
 
 def test_server_momentum_continues_into_the_next_round(
@@ -215,7 +159,7 @@ def test_server_momentum_continues_into_the_next_round(
     fleet = Fleet(tmp_path)
     fleet.register("gw-a")
     opt = ("--server-opt", "avgm", "--no-clip")
-    up = _update(base_weights, 0)
+    up = update(base_weights, 0)
     first = tmp_path / "round1"
     assert (
         _federate(trained_run, [fleet.delta("gw-a", base_weights, up)], fleet.keydir, first, *opt)
