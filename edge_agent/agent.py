@@ -42,6 +42,8 @@ from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SKIPPED
 from edge_agent.errors import ConfigError, EdgeAnomalyError
 from edge_agent.events import SEVERITY_CRITICAL, Event
 from edge_agent.health import AgentHealth, AgentSnapshot, LoopCounts, new_counts
+from edge_agent.learn.learner import Learner
+from edge_agent.learn.report import LearnMetrics
 from edge_agent.logs import Throttle, setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import ModelSlot, check_channels, slot_for_config
@@ -121,6 +123,13 @@ class Agent:
             reporter = Reporter(cfg.machine_id, cfg.ota.groups, self.outbox, self._wake_uplink,
                                 OtaMetrics(self.metrics.registry))
             self.ota = Updater(cfg, startup, reporter)
+        self.learner: Learner | None = None
+        if cfg.learn.enabled:  # fleet learning (edge_agent.learn)
+            self.learner = Learner(cfg, self.outbox, self._wake_uplink,
+                                   LearnMetrics(self.metrics.registry))
+            self.learner.use_model(self.model)
+            if self.ota is not None:
+                self.ota.ledger.personaliser = self.learner.personaliser
 
     # --- assembly ---------------------------------------------------------------------------
     @staticmethod
@@ -180,6 +189,8 @@ class Agent:
         self._start_uplink()
         if self.ota is not None and self.uplink is not None:
             self.ota.start(self.uplink)
+        if self.learner is not None and self.uplink is not None:
+            self.learner.start(self.uplink)
         for s in self.sources:
             s.start(self.sampler)
         self._wait_first_reading()
@@ -217,6 +228,9 @@ class Agent:
         deadline = time.monotonic() + STOP_BUDGET_S
         if self.ota is not None:
             self.ota.stop()
+        if self.learner is not None:
+            self.learner.stop()
+            self.learner.flush()
         self._stop_sources(SOURCE_STOP_S)
         self._close_episodes(STOP_REASON)
         if self.uplink is not None:
@@ -380,6 +394,9 @@ class Agent:
             self.metrics.latency.observe(time.perf_counter() - t0)
             self.metrics.record_window(batch, self.model.cascade.threshold.alert_threshold)
         events = self.model.episodes.update(batch, self.clock.wall())
+        if self.learner is not None:
+            self.learner.record(ts, rows, batch, fault=bool(faults or self.quality.faulty()),
+                                open_episode=self.model.episodes.open_episode is not None)
         self.counts["rows"] += ts.shape[0]
         self.counts["windows"] += n
         s2 = int(np.count_nonzero(batch.stage == STAGE_AUTOENCODER))
@@ -450,6 +467,8 @@ class Agent:
             self._start_uplink()
             if self.ota is not None and self.uplink is not None:
                 self.ota.attach(self.uplink)
+            if self.learner is not None and self.uplink is not None:
+                self.learner.attach(self.uplink)
         notify.ready(f"reloaded: watching {new.machine_id}")
         if config_changed:
             log.info("config reloaded from %s", self.config_path)
@@ -473,6 +492,8 @@ class Agent:
         before, channels = self.version, self.channels
         self._close_episodes(f"model {before} replaced by {new.version} ({reason})")
         self.model = new
+        if self.learner is not None:
+            self.learner.use_model(new)  # its local threshold, before a row is scored
         if restart_inputs or new.channels != channels:
             self._restart_inputs()
         else:

@@ -26,6 +26,7 @@ from edge_agent.config.model import AgentConfig, EventsConfig
 from edge_agent.detect.cascade import Cascade
 from edge_agent.detect.episodes import EpisodeTracker
 from edge_agent.detect.forest import FlatForest
+from edge_agent.detect.threshold import ThresholdModel
 from edge_agent.detect.windows import FEATURE_SET_VERSION
 from edge_agent.errors import BundleError, ConfigError
 from edge_agent.events import Event
@@ -175,6 +176,11 @@ class ModelSlot:
         """What makes two slots score and report alike: bundle digest, machine, event
         settings, interpreter threads. A reload keeps the running slot when it is unchanged."""
         return (self.digest, self.machine_id, self.events_config, self.num_threads)
+
+    def use_threshold(self, threshold: ThresholdModel) -> None:
+        """Score with ``threshold`` instead of the manifest's: this machine's own alert
+        threshold (``edge_agent.learn.personalise``, within the manifest's bounds)."""
+        self.cascade.threshold = threshold
 
     def warm_up(self) -> None:
         """Compile and run every kernel once on a throw-away pipeline, so the first real

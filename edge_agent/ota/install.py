@@ -48,7 +48,10 @@ def _install(ledger: Ledger, job: Download, history: History | None) -> Handover
     new = _candidate(ledger, job)
     if new is None:
         return None
+    # Personalisation (edge_agent.learn): the candidate's local threshold, before it is judged.
+    local = {} if ledger.personaliser is None else ledger.personaliser.calibrate(new)
     verdict = judge(new, ledger.second_copy(), history, ledger.cfg.ota)
+    verdict.figures.update(local)
     log.info("deployment %s canary: %s", dep.deployment_id, verdict.figures)
     if not verdict.passed:
         ledger.reject(dep, verdict.reason or "canary failed", canary=verdict.figures)

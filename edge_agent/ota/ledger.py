@@ -13,7 +13,7 @@ import errno
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from edge_agent.config.model import AgentConfig
 from edge_agent.events import CanaryFigures, UpdateState
@@ -35,6 +35,15 @@ from edge_agent.ota.protocol import Deployment, Progress
 from edge_agent.ota.report import Reporter
 
 log = logging.getLogger("edge_agent.ota")
+
+
+class LocalThresholds(Protocol):
+    """Personalisation's hook (``edge_agent.learn.personalise.Personaliser``): calibrate a
+    candidate at canary, give every other copy of a model its stored local threshold."""
+
+    def calibrate(self, model: ModelSlot) -> CanaryFigures: ...
+
+    def apply(self, model: ModelSlot, *, running: bool = ...) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class Ledger:
         self.active = startup.slot
         self.source: ModelSource | None = startup.source
         self.rejected = read_rejected(self.paths)
+        self.personaliser: LocalThresholds | None = None  # set by the agent with [learn]
 
     @property
     def version(self) -> str | None:
@@ -109,10 +119,13 @@ class Ledger:
         if a is None:
             return None
         try:
-            return ModelSlot.from_verified(
+            copy = ModelSlot.from_verified(
                 a.bundle, machine_id=self.cfg.machine_id, events=self.cfg.events,
                 num_threads=self.cfg.model.threads,
             )
+            if self.personaliser is not None:
+                self.personaliser.apply(copy)  # judged as it runs: with its local threshold
+            return copy
         except Exception as exc:
             log.warning("canary: cannot load a second copy of the running model: %s", exc)
             return None

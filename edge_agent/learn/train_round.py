@@ -1,0 +1,84 @@
+"""One local round from buffered windows to the signed delta: the code the gateway and its
+offline twin share.
+
+Pipeline position: fleet learning, after the buffer (``edge_agent.learn.buffer``) and before
+the outbox. The daemon's learner (``edge_agent.learn.learner``) runs it in its training
+thread; ``python -m edge_agent adapt`` runs it on a history file. Same windows, round and
+settings in, the same bytes out: training is seeded (``edge_agent.learn.local``), Ed25519
+signatures are deterministic, and ``created_at`` is an input, not the clock.
+
+Steps: train the bundle's float weights (``train_local``), take the difference to the
+global weights, add the residual carried from the last round and keep the top-k, quantized
+(``edge_agent.learn.residual.error_feedback``), then frame and sign
+(``edge_agent.learn.delta.encode_delta``). The caller stores the new residual once the delta is
+safely in the outbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.bundle.manifest import Manifest
+from edge_agent.learn.delta import encode_delta
+from edge_agent.learn.local import LocalResult, LocalTrainingConfig, train_local
+from edge_agent.learn.residual import error_feedback
+from edge_agent.learn.rounds import RoundAnnouncement
+from edge_agent.learn.weights import WeightSet
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a gateway allows one round, whatever the round asks."""
+
+    max_cpu_s: float
+    max_windows: int
+
+
+@dataclass(frozen=True)
+class RoundOutput:
+    """A finished local round: the envelope to send and what to keep for the next one."""
+
+    payload: bytes
+    residual: F32  # the new error-feedback residual (store it once the payload is queued)
+    local: LocalResult
+    k: int  # entries sent
+    norm: float  # L2 norm of what was sent
+
+
+def training_config(announcement: RoundAnnouncement, budget: Budget) -> LocalTrainingConfig:
+    return LocalTrainingConfig(
+        epochs=announcement.epochs, batch_size=announcement.batch_size,
+        learning_rate=announcement.learning_rate, prox_mu=announcement.prox_mu,
+        seed=announcement.seed, max_cpu_s=budget.max_cpu_s, max_windows=budget.max_windows,
+    )
+
+
+def run_round(
+    manifest: Manifest, global_weights: WeightSet, windows: F32,
+    announcement: RoundAnnouncement, budget: Budget, *, machine_id: str,
+    key: Ed25519PrivateKey, residual: F32 | None, created_at: str,
+) -> RoundOutput:
+    """Train on ``windows`` and make the signed delta for ``announcement``.
+
+    ``ValueError`` when the model is not trainable here or training fails (diverges)."""
+    learning = manifest.learning
+    if learning is None or not learning.trainable:
+        why = "no learning section" if learning is None else learning.reason or "not trainable"
+        raise ValueError(f"model {manifest.model_version} is not trainable on the device: {why}")
+    local = train_local(global_weights, windows, training_config(announcement, budget),
+                        learning.layers)
+    update = local.weights.subtract(global_weights).flat()
+    sizes = tuple(int(a.size) for a in global_weights.arrays)
+    step = error_feedback(update, residual, sizes, announcement.topk_fraction)
+    payload = encode_delta(
+        step.sparse, base=global_weights, machine_id=machine_id,
+        model_version=manifest.model_version, round_id=announcement.round_id,
+        samples=local.samples, epochs=max(1, local.epochs_run), key=key, created_at=created_at,
+    )
+    return RoundOutput(payload, step.residual, local, step.sparse.k, step.sparse.l2_norm())
