@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics_endpoint import REPO, scrape, serving
 
+from edge_agent.learn.report import LearnMetrics
 from edge_agent.ota.report import OtaMetrics
 
 DASHBOARD = REPO / "docs" / "grafana" / "edge-agent-dashboard.json"
@@ -88,6 +89,9 @@ def served() -> Served:
         ota.activated.inc()
         ota.rejected.inc()
         ota.rolled_back.inc()
+        learn = LearnMetrics(m.registry)  # registered as an agent with [learn] enabled does
+        learn.rounds.labels("sent").inc()
+        learn.watch_buffer(lambda: 600.0, lambda: 20_000.0)
         status, _, body = scrape(endpoint.port)
     assert status == 200
     out = Served({}, {})
