@@ -2,8 +2,9 @@
 
 Subcommands: ``run`` (the daemon), ``validate`` (check a config), ``events`` (recent events
 from the local store), ``watch`` (a live view of a running agent), ``simulate`` (the plant
-simulator behind real Modbus/serial endpoints), ``replay`` (the device pipeline over a file)
-and ``version``. Errors in input (data, bundle, config) print one clear message and exit with
+simulator behind real Modbus/serial endpoints), ``replay`` (the device pipeline over a file),
+``adapt`` (a gateway's fleet-learning round on a file, ``edge_agent.learn.adapt_cli``) and
+``version``. Errors in input (data, bundle, config) print one clear message and exit with
 code 2.
 """
 
@@ -19,6 +20,7 @@ from typing import get_args
 from edge_agent import __version__
 from edge_agent.errors import EdgeAnomalyError
 from edge_agent.events import EventKind
+from edge_agent.learn import adapt_cli
 from edge_agent.logs import setup_logging
 
 EXIT_INPUT_ERROR = 2
@@ -47,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--time-col", help="timestamp column (default: timestamp/datetime/time)")
     r.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    r.add_argument(
+        "--local-history", type=Path, help="a machine's own history CSV: calibrate the alert "
+        "threshold on its normal windows first, as that gateway does (fleet learning)",
+    )
+    adapt_cli.add_parser(sub)
     sub.add_parser("version", help="print the agent version")
 
     def with_config(name: str, help_: str, description: str) -> argparse.ArgumentParser:
@@ -173,6 +180,27 @@ def _command(args: argparse.Namespace) -> int:
     )
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from edge_agent.replay import replay_stream
+
+    res = replay_stream(
+        args.bundle,
+        args.data,
+        args.out,
+        args.trust,
+        time_col=args.time_col,
+        num_threads=args.threads,
+        local_history=args.local_history,
+    )
+    if res.local_threshold is not None:
+        print(res.local_threshold)
+    print(
+        f"scored {res.rows} rows: {res.stage2_rows} reached stage 2, "
+        f"{res.alert_rows} in alert; wrote {args.out}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
@@ -184,22 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "version":
             print(__version__)
             return 0
-        if args.command == "replay":
-            from edge_agent.replay import replay_stream
-
-            res = replay_stream(
-                args.bundle,
-                args.data,
-                args.out,
-                args.trust,
-                time_col=args.time_col,
-                num_threads=args.threads,
-            )
-            print(
-                f"scored {res.rows} rows: {res.stage2_rows} reached stage 2, "
-                f"{res.alert_rows} in alert; wrote {args.out}"
-            )
-            return 0
+        offline = {"replay": _replay, "adapt": adapt_cli.run}  # no config: files in, out
+        if args.command in offline:
+            return offline[args.command](args)
         return _command(args)
     except KeyboardInterrupt:
         return 130

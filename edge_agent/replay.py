@@ -50,6 +50,7 @@ class ReplaySummary:
     stage2_rows: int
     alert_rows: int
     windows: int
+    local_threshold: str | None = None  # --local-history: the threshold used, and why
 
 
 def replay(
@@ -81,11 +82,20 @@ def replay_stream(
     time_col: str | None = None,
     num_threads: int = 1,
     block_bytes: int = BLOCK_BYTES,
+    local_history: Path | None = None,
 ) -> ReplaySummary:
-    """Read, score and write ``data`` block by block (about ``block_bytes`` of text each)."""
+    """Read, score and write ``data`` block by block (about ``block_bytes`` of text each).
+
+    ``local_history``: first set the alert threshold as the gateway whose history it is
+    would (``edge_agent.learn.offline.local_threshold``)."""
     bundle = verify_bundle(bundle_dir, trust)
     m = bundle.manifest
     cascade = load_cascade(bundle, num_threads=num_threads)
+    note = None
+    if local_history is not None:
+        from edge_agent.learn.offline import personalise_cascade
+
+        note = personalise_cascade(bundle, cascade, local_history, time_col=time_col)
     log.info("bundle %s verified; scoring %s", m.model_version, data)
     pipe = StreamingPipeline(m, cascade)
     rows = _RowView()
@@ -97,7 +107,7 @@ def replay_stream(
             sink.write(score_lines(block.timestamps, stage, score, p_anomaly, alert))
             counts += np.array([stage.size, np.count_nonzero(stage == STAGE_AUTOENCODER),
                                 np.count_nonzero(alert)], np.int64)  # fmt: skip
-    return ReplaySummary(int(counts[0]), int(counts[1]), int(counts[2]), rows.windows)
+    return ReplaySummary(int(counts[0]), int(counts[1]), int(counts[2]), rows.windows, note)
 
 
 class _RowView:

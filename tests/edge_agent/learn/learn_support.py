@@ -16,12 +16,12 @@ from edge_agent.data.table import read_table
 from edge_agent.learn.bundle_weights import load_train_weights
 from edge_agent.learn.device_key import write_key_pair
 from edge_agent.learn.learner import Learner
+from edge_agent.learn.offline import PUSH_ROWS
 from edge_agent.learn.rounds import RoundAnnouncement, iso_utc, sign_round
 from edge_agent.model_slot import ModelSlot
 from export.keys import load_private_key
 
 MACHINE = "press-7"
-PUSH_ROWS = 500  # rows per push, as a replay source hands them over
 HOUR_S = 3600.0
 # A fast round: few windows, one epoch; a generous CPU budget keeps it deterministic.
 ROUND = {"epochs": 1, "batch_size": 64, "learning_rate": 1e-3, "prox_mu": 0.0,
@@ -74,10 +74,12 @@ def signed(a: RoundAnnouncement, keys: Path) -> bytes:
     return sign_round(a, load_private_key(keys / "signing.key"))
 
 
-def feed(learner: Learner, slot: ModelSlot, data: Path, rows: int) -> int:
-    """Push the first ``rows`` rows of ``data`` through ``slot``'s pipeline into the learner,
-    as the agent's loop does; returns the rows the buffer kept."""
+def feed(learner: Learner, slot: ModelSlot, data: Path, rows: int | None = None) -> int:
+    """Push the first ``rows`` rows of ``data`` (all: None) through ``slot``'s pipeline into
+    the learner, as the agent's loop does, in the pushes ``adapt`` makes; returns the rows the
+    buffer kept."""
     table = read_table(data, channels=slot.channels).select(slot.channels)
+    rows = table.rows if rows is None else rows
     for a in range(0, rows, PUSH_ROWS):
         ts = table.timestamps[a : min(a + PUSH_ROWS, rows)]
         values = table.values[a : min(a + PUSH_ROWS, rows)]
