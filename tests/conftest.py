@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from broker import mosquitto  # noqa: F401 (a real broker on an ephemeral port, any test)
+from built_once import built_once
 from disk import small_disk  # noqa: F401 (a small tmpfs to fill up, any test)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -51,60 +52,38 @@ def fast_config(work: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(work: Path, sim_csv: Path, fast_config: Path) -> Path:
+def trained_run(
+    tmp_path_factory: pytest.TempPathFactory, sim_csv: Path, fast_config: Path
+) -> Path:
     from trainer.cli import main
 
-    out = work / "run"
-    # Train on the fault-free warm-up part only, as an engineer would with known-good history.
-    assert (
-        main(
-            [
-                "fit",
-                "--data",
-                str(sim_csv),
-                "--out",
-                str(out),
-                "--label-col",
-                "anomaly",
-                "--config",
-                str(fast_config),
-                "--seed",
-                "1",
-            ]
-        )
-        == 0
-    )
+    with built_once(tmp_path_factory, "run") as (out, built):
+        # Train on the fault-free warm-up part only, as an engineer would with known-good
+        # history.
+        if not built:
+            args = ["fit", "--data", str(sim_csv), "--out", str(out), "--label-col", "anomaly",
+                    "--config", str(fast_config), "--seed", "1"]  # fmt: skip
+            assert main(args) == 0
     return out
 
 
 @pytest.fixture(scope="session")
-def keys(work: Path) -> Path:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from export.cli import main
 
-    kd = work / "keys"
-    assert main(["keygen", "--out", str(kd)]) == 0
+    with built_once(tmp_path_factory, "keys") as (kd, built):
+        if not built:
+            assert main(["keygen", "--out", str(kd)]) == 0
     return kd
 
 
 @pytest.fixture(scope="session")
-def bundle(work: Path, trained_run: Path, keys: Path) -> Path:
+def bundle(tmp_path_factory: pytest.TempPathFactory, trained_run: Path, keys: Path) -> Path:
     from export.cli import main
 
-    out = work / "bundle"
-    assert (
-        main(
-            [
-                "bundle",
-                "--run",
-                str(trained_run),
-                "--out",
-                str(out),
-                "--key",
-                str(keys / "signing.key"),
-                "--variants",
-                "none",
-            ]
-        )
-        == 0
-    )
+    with built_once(tmp_path_factory, "bundle") as (out, built):
+        if not built:
+            args = ["bundle", "--run", str(trained_run), "--out", str(out),
+                    "--key", str(keys / "signing.key"), "--variants", "none"]  # fmt: skip
+            assert main(args) == 0
     return out

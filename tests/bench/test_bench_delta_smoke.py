@@ -6,21 +6,14 @@ beyond what the format guarantees.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_loader import load_bench
 
 
 def test_delta_size_bench_smoke(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("delta_size", ROOT / "bench" / "delta_size.py")
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["delta_size"] = mod
-    spec.loader.exec_module(mod)
+    mod = load_bench("delta_size")
     out = tmp_path / "delta.json"
     report = mod.main(["--rows", "4000", "--epochs", "1", "--out", str(out)])
     saved = json.loads(out.read_text())

@@ -4,24 +4,14 @@ and writes well-formed JSON; the figures are recorded by the full run, never ass
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_loader import load_bench
 
 
 def test_ota_rollout_bench_smoke(tmp_path: Path, bundle: Path, keys: Path) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))  # the script imports its `common` helpers
-    spec = importlib.util.spec_from_file_location(
-        "bench_ota_rollout", ROOT / "bench" / "ota_rollout.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
+    mod = load_bench("ota_rollout")
     out = tmp_path / "ota.json"
     mod.main(
         [

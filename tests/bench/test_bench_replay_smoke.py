@@ -6,27 +6,18 @@ recorded by the full run in bench/results/, never asserted here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from bench_loader import SKAB, load_bench
 
-ROOT = Path(__file__).resolve().parents[2]
-SKAB = ROOT.parent / "shared" / "datasets" / "skab" / "data" / "anomaly-free"
+SKAB_FREE = SKAB / "anomaly-free"
 
 
-@pytest.mark.skipif(not SKAB.is_dir(), reason="../shared/datasets/skab not present")
+@pytest.mark.skipif(not SKAB_FREE.is_dir(), reason="../shared/datasets/skab not present")
 def test_replay_end_to_end_bench_smoke(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "replay_end_to_end", ROOT / "bench" / "replay_end_to_end.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["replay_end_to_end"] = mod
-    spec.loader.exec_module(mod)
+    mod = load_bench("replay_end_to_end")
     out = tmp_path / "replay.json"
     report = mod.main(["--copies", "2", "--epochs", "2", "--repeats", "1", "--out", str(out)])
     saved = json.loads(out.read_text())

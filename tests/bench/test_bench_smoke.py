@@ -6,32 +6,17 @@ figures themselves are recorded in bench/results/ by the full runs, never assert
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-SKAB = ROOT.parent / "shared" / "datasets" / "skab" / "data"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from bench_loader import SKAB, load_bench
 
 
 @pytest.mark.skipif(not SKAB.is_dir(), reason="../shared/datasets/skab not present")
 def test_skab_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "skab.json"
-    report = _load("skab").main(["--limit", "1", "--jobs", "1", "--out", str(out)])
+    report = load_bench("skab").main(["--limit", "1", "--jobs", "1", "--out", str(out)])
     assert report["files"] == 2  # valve1/0.csv and valve2/0.csv
     saved = json.loads(out.read_text())
     for side in ("int8", "float"):
@@ -43,7 +28,7 @@ def test_skab_bench_smoke(tmp_path: Path) -> None:
 
 def test_simulator_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "sim.json"
-    report = _load("simulator").main(
+    report = load_bench("simulator").main(
         ["--history", "8000", "--live", "6000", "--epochs", "8", "--out", str(out)]
     )
     saved = json.loads(out.read_text())
@@ -54,7 +39,7 @@ def test_simulator_bench_smoke(tmp_path: Path) -> None:
 
 def test_pipeline_throughput_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
-    report = _load("pipeline_throughput").main(
+    report = load_bench("pipeline_throughput").main(
         ["--history", "8000", "--live", "3000", "--epochs", "2", "--stream-windows", "300",
          "--ref-stream-windows", "40", "--repeats", "1", "--no-cold-start", "--aot-rounds", "1",
          "--out", str(out)]

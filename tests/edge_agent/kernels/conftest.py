@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from built_once import built_once
 
 from edge_agent.kernels.bind import register
 from edge_agent.kernels.dispatch import EXPORTS, backend, module_filename, module_name
@@ -27,21 +28,23 @@ BUILD_TIMEOUT_S = 600
 @pytest.fixture(scope="session")
 def aot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the module built from this checkout (scripts/build-kernels)."""
-    out = tmp_path_factory.mktemp("aot")
-    proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build-kernels"), "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_S,
-        check=False,
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("EDGE_KERNELS")},
-            "PYTHON": sys.executable,
-        },
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (out / module_filename(backend().digest)).is_file(), proc.stdout
+    with built_once(tmp_path_factory, "aot") as (out, built):
+        if not built:
+            out.mkdir()
+            proc = subprocess.run(
+                ["bash", str(ROOT / "scripts" / "build-kernels"), "--out", str(out)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=BUILD_TIMEOUT_S,
+                check=False,
+                env={
+                    **{k: v for k, v in os.environ.items() if not k.startswith("EDGE_KERNELS")},
+                    "PYTHON": sys.executable,
+                },
+            )
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / module_filename(backend().digest)).is_file(), sorted(out.iterdir())
     return out
 
 
