@@ -146,6 +146,9 @@ def aot_env(work: Path, aot_dir: Path, cache: Path) -> dict[str, str]:
         "EDGE_KERNELS": "aot",
         "EDGE_KERNELS_DIR": str(aot_dir),
         "NUMBA_CACHE_DIR": str(cache),  # must stay empty
+        # As systemd/edge-agent.service sets them: numpy's BLAS on one thread.
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
     }
 
 
