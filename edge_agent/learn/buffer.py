@@ -10,14 +10,15 @@ normalized windows: any model, today's or the next one, rebuilds its own windows
 with the pipeline's own grid and normalisation (``edge_agent.learn.history``). Consecutive kept
 rows form a stretch; a rejected row ends it, and a stretch shorter than a window is dropped.
 
-SD-card friendly: rows gather in memory and are written once per ``chunk_rows`` rows as one
-``.npz`` file under ``<state_dir>/learn/buffer/`` (``edge_agent.fsutil.atomic_write``). At most
-one chunk starts per ``sample_every_s`` of sample time (rows in between are not kept), so the
-buffer spans days or weeks rather than the last hour. Over ``max_mb`` the oldest chunk of the
-most common operating mode goes, where a chunk's mode is its per-channel mean of normalized
-values rounded to the nearest 0.5 (the model's normalisation when it was written): the
-buffer keeps a spread over time and over operating points. A chunk file that cannot be read is
-moved to ``buffer/corrupt/`` and counted, never fatal; so is a write the disk refuses.
+SD-card friendly: rows gather in memory (``edge_agent.learn.pending``) and are written once
+per ``chunk_rows`` rows as one ``.npz`` file under ``<state_dir>/learn/buffer/``
+(``edge_agent.fsutil.atomic_write``). At most one chunk starts per ``sample_every_s`` of sample
+time (rows in between are not kept), so the buffer spans days or weeks rather than the last
+hour. Over ``max_mb`` the oldest chunk of the most common operating mode goes, where a chunk's
+mode is its per-channel mean of normalized values rounded to the nearest 0.5 (the model's
+normalisation when it was written): the buffer keeps a spread over time and over operating
+points. A chunk file that cannot be read is moved to ``buffer/corrupt/`` and counted, never
+fatal; so is a write the disk refuses.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from edge_agent.learn.chunks import (
     read_chunk,
 )
 from edge_agent.learn.history import history_windows
+from edge_agent.learn.pending import PendingRows
 from edge_agent.logs import Throttle
 
 log = logging.getLogger("edge_agent.learn")
@@ -86,11 +88,7 @@ class NormalBuffer:
         self._chunks: list[Chunk] = []
         self.corrupt = 0
         self.write_errors = 0
-        self._ts: list[F64] = []  # pending rows, in memory until a chunk is full
-        self._values: list[F32] = []
-        self._starts: list[int] = []  # stretch starts within the pending rows
-        self._pending = 0
-        self._stretch = 0  # rows in the pending stretch so far
+        self._pending = PendingRows()  # in memory until a chunk is full
         self._channels: tuple[str, ...] = ()
         self._next_start = -np.inf  # sample time from which a new chunk may start
         self._seq = 0
@@ -107,67 +105,44 @@ class NormalBuffer:
         edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
         for a, b in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
             if a > 0:  # rejected rows before this run end the stretch
-                self._end_stretch(length)
+                self._pending.end_stretch(length)
             self._add_run(ts[a:b], rows[a:b], manifest)
         if keep.shape[0] and not keep[-1]:
-            self._end_stretch(length)
+            self._pending.end_stretch(length)
 
     def _add_run(self, ts: F64, rows: F64, manifest: Manifest) -> None:
         """Consecutive normal rows: into the pending stretch, a chunk written when full."""
+        pending, length = self._pending, manifest.window.length
         i, n = 0, ts.shape[0]
         while i < n:
-            if self._pending == 0:  # a new chunk starts no earlier than _next_start
+            if pending.count == 0:  # a new chunk starts no earlier than _next_start
                 i = max(i, int(np.searchsorted(ts, self._next_start)))
                 if i >= n:
-                    self._stretch = 0  # rows skipped: what follows is a new stretch
+                    pending.stretch = 0  # rows skipped: what follows is a new stretch
                     return
-            take = min(n - i, self.settings.chunk_rows - self._pending)
-            if self._stretch == 0:
-                self._starts.append(self._pending)
-            self._ts.append(ts[i : i + take].copy())
-            self._values.append(rows[i : i + take].astype(np.float32))
-            self._pending += take
-            self._stretch += take
+            take = min(n - i, self.settings.chunk_rows - pending.count)
+            pending.append(ts[i : i + take], rows[i : i + take])
             i += take
-            if self._pending >= self.settings.chunk_rows:
-                self._end_stretch(manifest.window.length)  # a stretch cut short by a full chunk
-                if self._pending:
+            if pending.count >= self.settings.chunk_rows:
+                pending.end_stretch(length)  # a stretch cut short by a full chunk
+                if pending.count:
                     self._write(manifest)
 
     def flush(self, manifest: Manifest | None) -> None:
-        """Write what is pending as a chunk (the agent stops; a round is about to read), if a
+        """Write what is pending as a chunk (the agent stops, or another model comes), if a
         whole window's stretch is there; ``None``: drop it."""
         if manifest is not None:
-            self._end_stretch(manifest.window.length)
-            if self._pending:
+            self._pending.end_stretch(manifest.window.length)
+            if self._pending.count:
                 self._write(manifest)
-        self._clear_pending()
-
-    def _end_stretch(self, length: int) -> None:
-        """A stretch ends; one shorter than a window is dropped from the pending rows."""
-        if 0 < self._stretch < length:
-            self._drop_rows(self._stretch)
-            self._starts.pop()
-        self._stretch = 0
-
-    def _drop_rows(self, count: int) -> None:
-        """Take the last ``count`` pending rows back."""
-        self._pending -= count
-        ts, values = np.concatenate(self._ts), np.concatenate(self._values)
-        self._ts, self._values = [ts[: self._pending]], [values[: self._pending]]
-
-    def _clear_pending(self) -> None:
-        self._ts, self._values, self._starts = [], [], []
-        self._pending = self._stretch = 0
+        self._pending.clear()
 
     def _write(self, manifest: Manifest) -> None:
-        ts = np.concatenate(self._ts)
-        values = np.concatenate(self._values)
+        ts, values, starts = self._pending.take()
         mode = operating_mode(values, manifest)
-        data = encode_chunk(ts, values, np.array(self._starts, np.int64), self._channels, mode)
+        data = encode_chunk(ts, values, starts, self._channels, mode)
         chunk = Chunk(name=self._name(float(ts[0])), first_ts=float(ts[0]), rows=ts.shape[0],
                       channels=self._channels, mode=mode, bytes=len(data))
-        self._clear_pending()
         self._next_start = chunk.first_ts + self.settings.sample_every_s
         try:
             self.root.mkdir(parents=True, exist_ok=True)
