@@ -9,9 +9,14 @@ In order: the round must be for the model that runs now and not past its deadlin
 model must be trainable on the device (its bundle's ``learning`` section and
 ``train_weights.npz``, read from the verified bundle in memory); the announcement's weights
 fingerprint must be those weights'; the buffer must hold ``min_windows`` normal windows.
+The thread that trains calls :func:`lower_priority` first.
 """
 
 from __future__ import annotations
+
+import logging
+import os
+import threading
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -24,7 +29,20 @@ from edge_agent.learn.train_round import F32, Budget, RoundOutput, run_round
 from edge_agent.learn.weights import WeightSet
 from edge_agent.model_slot import ModelSlot
 
+log = logging.getLogger("edge_agent.learn")
+
 SCHEDULED_PREFIX = "sched-"
+LOWEST_PRIORITY = 19  # nice value of the training thread
+
+
+def lower_priority() -> bool:
+    """Give the calling thread the lowest CPU priority (Linux: nice is per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
+    except (OSError, AttributeError) as err:
+        log.warning("cannot lower the training thread's priority: %s", err)
+        return False
+    return True
 
 
 class Skip(Exception):

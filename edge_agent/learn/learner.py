@@ -25,7 +25,6 @@ tried again as the model changes or the buffer grows, until its deadline.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -41,7 +40,7 @@ from edge_agent.deliver.downlink import Inbound
 from edge_agent.learn import report
 from edge_agent.learn.buffer import BufferSettings, NormalBuffer
 from edge_agent.learn.device_key import load_device_key
-from edge_agent.learn.jobs import RoundJob, Skip
+from edge_agent.learn.jobs import RoundJob, Skip, lower_priority
 from edge_agent.learn.personalise import Personaliser, ThresholdStore
 from edge_agent.learn.residual import ResidualStore
 from edge_agent.learn.round_log import RoundLog
@@ -59,7 +58,6 @@ LEARN_DIR = "learn"  # under state_dir: buffer/, residual.npz, rounds.json, thre
 BUFFER_DIR = "buffer"
 THREAD_NAME = "edge-learner"
 TICK_S = 1.0  # the thread looks at waiting rounds and the schedule this often
-LOWEST_PRIORITY = 19  # nice value of the training thread
 MAX_QUEUED = 8  # announcements waiting for the thread (more are dropped: they are retained)
 STOP_JOIN_S = 2.0  # a round still training then ends with the process (daemon thread)
 LOG_EVERY_S = 300.0
@@ -68,16 +66,6 @@ BYTES_PER_MIB = 1 << 20
 
 class Subscriptions(Protocol):
     def subscribe(self, topic_filter: str, handler: Callable[[Inbound], None]) -> None: ...
-
-
-def lower_priority() -> bool:
-    """Give the calling thread the lowest CPU priority (Linux: nice is per thread)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
-    except (OSError, AttributeError) as err:
-        log.warning("cannot lower the training thread's priority: %s", err)
-        return False
-    return True
 
 
 class Learner:
@@ -140,7 +128,7 @@ class Learner:
             return
         try:
             keep = self.selector.keep(rows, batch, model.cascade.threshold.alert_threshold,
-                                          fault=fault, open_episode=open_episode)
+                                      fault=fault, open_episode=open_episode)
             self.buffer.add(ts, rows, keep, model.manifest)
         except Exception as err:  # the buffer is optional: scoring goes on
             self._throttle.log(logging.ERROR, "record", "learn buffer: rows not kept: %r", err,
@@ -200,7 +188,7 @@ class Learner:
             step(*args)
         except Exception as err:  # a bug here must not end the thread or the agent
             log.exception("learner step failed")
-            self.reporter.report("failed", None, f"internal error: {err!r}")
+            self.reporter.refuse(None, f"internal error: {err!r}", outcome="failed")
 
     def _open(self, payload: bytes) -> None:
         try:
@@ -210,7 +198,8 @@ class Learner:
                                  key=str(hash(payload)))
             return
         if self.rounds.done(a.round_id):
-            log.debug("round %s answered already (%s)", a.round_id, self.rounds.outcome(a.round_id))
+            log.debug("round %s answered already (%s)", a.round_id,
+                      self.rounds.outcome(a.round_id))
             return
         self._pending = a
 
@@ -232,22 +221,33 @@ class Learner:
         except Skip as skip:
             if skip.final:
                 self._pending = None
-                self.rounds.add(a.round_id, "refused")
+                self._remember(a.round_id, "refused")
             self.reporter.refuse(a.round_id, skip.reason, key=f"{model.version}:{skip.code}")
             return
         except Exception as err:
             self._pending = None
             log.exception("round %s failed", a.round_id)
-            self.rounds.add(a.round_id, "failed")
+            self._remember(a.round_id, "failed")
             self.reporter.report("failed", a.round_id, f"training failed: {err!r}")
             return
         self._pending = None
         self._sink.add_message(report.DELTA_TOPIC, out.payload, kind=report.DELTA_KIND)
-        self.job.keep_residual(model, out.residual)
-        self.rounds.add(a.round_id, "sent")
+        try:  # only once the delta is in the outbox (edge_agent.learn.residual)
+            self.job.keep_residual(model, out.residual)
+        except OSError as err:
+            log.error("cannot store the residual of round %s (%s): the next round starts "
+                      "from zero", a.round_id, err)
+        self._remember(a.round_id, "sent")
         loc = out.local
         self.metrics.cpu_s.set(loc.cpu_s)
-        self.reporter.report("sent", a.round_id, None, samples=loc.samples, epochs=loc.epochs_run,
-                     loss_first=loc.loss_first, loss_last=loc.loss_last, cpu_s=loc.cpu_s,
-                     stopped_by_budget=loc.stopped_by_budget, delta_bytes=len(out.payload),
-                     k=out.k)
+        self.reporter.report(
+            "sent", a.round_id, None, samples=loc.samples, epochs=loc.epochs_run,
+            loss_first=loc.loss_first, loss_last=loc.loss_last, cpu_s=loc.cpu_s,
+            stopped_by_budget=loc.stopped_by_budget, delta_bytes=len(out.payload), k=out.k,
+        )
+
+    def _remember(self, round_id: str, outcome: str) -> None:
+        try:
+            self.rounds.add(round_id, outcome)
+        except OSError as err:  # remembered in memory; after a restart the desk refuses a copy
+            log.error("cannot store the answered round %s: %s", round_id, err)

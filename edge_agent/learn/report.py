@@ -123,12 +123,14 @@ class Reporter:
         self._refused: set[tuple[str, str]] = set()  # (round, cause) reported in this run
         self.last: LearnReport | None = None
 
-    def refuse(self, round_id: str | None, reason: str, *, key: str = "") -> None:
-        """Report a refusal once per round and cause (retained rounds come back often)."""
+    def refuse(self, round_id: str | None, reason: str, *, key: str = "",
+               outcome: Outcome = "refused") -> None:
+        """Report a refusal (or a fault) once per round and cause in this run: a retained
+        round comes back at every reconnect, and a waiting one is looked at every second."""
         mark = (round_id or "", key or reason)
         if mark not in self._refused:
             self._refused.add(mark)
-            self.report("refused", round_id, reason)
+            self.report(outcome, round_id, reason)
 
     def report(self, outcome: Outcome, round_id: str | None, reason: str | None,
                **figures: float | int | bool | None) -> None:

@@ -20,7 +20,8 @@ from edge_agent.deliver.config import OutboxConfig
 from edge_agent.deliver.outbox import Outbox, Pending
 from edge_agent.learn.bundle_weights import load_train_weights
 from edge_agent.learn.delta import decode_delta
-from edge_agent.learn.learner import LOWEST_PRIORITY, Learner, lower_priority
+from edge_agent.learn.jobs import LOWEST_PRIORITY, lower_priority
+from edge_agent.learn.learner import Learner
 from edge_agent.learn.report import DELTA_TOPIC, REPORT_TOPIC, LearnMetrics
 from edge_agent.learn.residual import ResidualStore
 from edge_agent.learn.round_log import RoundLog
