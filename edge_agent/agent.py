@@ -454,8 +454,8 @@ class Agent:
             return
         old, self.cfg = self.cfg, new
         config_changed = new != old
-        if new.ota != old.ota:
-            log.warning("[ota] changed: the change takes effect at the next start")
+        if new.ota != old.ota or new.learn != old.learn:
+            log.warning("[ota] or [learn] changed: the change takes effect at the next start")
         if model is not None and model is not self.model:
             self._swap(model, RELOAD_REASON, restart_inputs=config_changed)
         elif config_changed:
