@@ -25,13 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.learn.delta import DecodedDelta, DeltaError, decode_delta
 from edge_agent.learn.weights import WeightSet
 from trainer.federate.aggregate import Aggregator
-from trainer.federate.clip import NormClip
+from trainer.federate.clip import NormClip, l2_norm
 from trainer.federate.collect import DeltaSource
 from trainer.federate.report import REPORT_FILE, ClientResult, FederateReport
 from trainer.federate.rules import make_aggregator
@@ -87,7 +86,9 @@ def _verify(
     except DeltaError as exc:
         return _refused(source, len(data), exc.reason, str(exc)), None, digest
     h = decoded.header
-    norm = float(np.linalg.norm(decoded.vector.astype(np.float64)))
+    # The norm of the values sent (decode_delta checked the header's against it): k values,
+    # not the dense vector.
+    norm = decoded.sparse.l2_norm()
     result = ClientResult(
         source=source.name,
         machine=h.machine_id,
@@ -139,7 +140,7 @@ def tally(
             if two_pass:
                 digests[i] = digest
             else:
-                c = clip.clip(decoded.vector)
+                c = clip.clip(decoded.vector, norm=decoded.sparse.l2_norm())
                 agg.add(c.vector, decoded.header.samples)
                 result = result.model_copy(update={"clip_scale": c.scale})
         results.append(result)
@@ -151,7 +152,7 @@ def tally(
                 sources[i], results[i].bytes, "changed", "the delta changed between the passes"
             )
             continue
-        c = clip.clip(decoded.vector)
+        c = clip.clip(decoded.vector, norm=decoded.sparse.l2_norm())
         agg.add(c.vector, decoded.header.samples)
         results[i] = results[i].model_copy(update={"clip_scale": c.scale})
     bound = clip.bound()
@@ -233,8 +234,8 @@ def finish_round(
         refused=len(results) - len(accepted),
         samples=samples,
         bytes_received=sum(r.bytes for r in results),
-        aggregate_norm=float(np.linalg.norm(mean.astype(np.float64))),
-        step_norm=float(np.linalg.norm(new_flat.astype(np.float64) - base_flat)),
+        aggregate_norm=l2_norm(mean),
+        step_norm=l2_norm(new_flat - base_flat),
         alert_threshold_base=base.run.record.threshold.alert_threshold,
         alert_threshold=record.threshold.alert_threshold,
         seconds=round(time.perf_counter() - t0, 3),

@@ -16,6 +16,7 @@ into place), with ``federate.json`` and the server optimizer's state beside the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,9 @@ class BaseRun:
     run: LoadedRun
     weights: WeightSet
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
+        """The base weights' fingerprint (hashed once: every delta is checked against it)."""
         return self.weights.fingerprint()
 
 
