@@ -1,13 +1,15 @@
 """One federated round at the desk: verify the deltas, aggregate, step, write the new run.
 
-Position: the body of ``python -m trainer federate`` (``cli`` parses the options, ``collect``
-provides the sources and keys). For every delta, ``edge_agent.learn.decode_delta`` checks the
-size, the gateway's signature (``KEYDIR/<machine>.pub``), the base weights fingerprint (the base
-run's model), the round id, the parameter count, a second delta from the same gateway in the
-round (``replayed_round``) and the norm bound; a refused delta is recorded with its reason and
-the round goes on. Accepted deltas are clipped (``clip``) and aggregated (``rules``); the server
-optimizer (``server_opt``) moves the base weights; ``run_out`` writes the new run with
-``federate.json`` and the optimizer state.
+Position: the body of ``python -m trainer federate`` (``command`` picks the sources: files, the
+broker's spool, or ``partial`` sums). ``tally`` verifies and sums; ``finish_round`` steps and
+writes; ``run_round`` is both, for a caller holding delta sources. For every delta,
+``edge_agent.learn.decode_delta`` checks the size, the gateway's signature
+(``KEYDIR/<machine>.pub``), the base weights fingerprint (the base run's model), the round id,
+the parameter count, a second delta from the same gateway in the round (``replayed_round``) and
+the norm bound; a refused delta is recorded with its reason and the round goes on. Accepted
+deltas are clipped (``clip``) and aggregated (``rules``); the server optimizer (``server_opt``)
+moves the base weights; ``run_out`` writes the new run with ``federate.json`` and the optimizer
+state.
 
 Memory: with ``fedavg`` the round holds the running sums and one decoded delta at a time, O(P),
 whatever the number of gateways (plus 8 bytes per gateway for its norm and a line of the
