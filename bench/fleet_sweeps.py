@@ -1,0 +1,230 @@
+"""The sweeps of ``bench/fleet_learning.py``: bytes per delta vs F1 over the top-k fraction,
+robustness to one bad gateway, the device cost of a local round, and a check that the
+in-memory desk gives the weights ``trainer federate`` wrote.
+
+Every federated run here is ``bench/fleet_rounds.run_federation`` with the main run's settings
+but one change (the fraction, the rule, an attacker), scored per machine with the gateway's
+personalised threshold (``fleet_learning.per_machine``). Bytes are the signed envelope
+(framing, header, signature) and the MQTT v5 PUBLISH packet the outbox sends
+(``bench/fleet_wire.py``), computed for every delta and measured on a real Mosquitto for one
+delta per fraction; the fp32 reference is the raw float32 weights (4 bytes per parameter).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fleet_rounds import Attack, FleetSettings, run_federation
+from fleet_wire import measure_on_broker, publish_bytes
+
+FP32_BYTES = 4
+TRIM_FRACTION = 0.2  # drops one of eight gateways at each end (floor(0.2 x 8) = 1)
+# The rules of the robustness table: plain FedAvg (no clipping), FedAvg with the desk's default
+# clipping (3x the median norm), coordinate-wise median and trimmed mean.
+RULES: dict[str, dict[str, Any]] = {
+    "fedavg": {"rule": "fedavg", "clip_multiple": None},
+    "fedavg_clip": {"rule": "fedavg"},
+    "median": {"rule": "median"},
+    "trimmed_mean": {"rule": "trimmed_mean", "trim_fraction": TRIM_FRACTION},
+}
+ATTACKER_INDEX = 0  # the first machine of the fleet turns bad
+DEVICE_COST_TIMEOUT_S = 600
+
+PerMachine = Callable[..., dict[str, Any]]
+
+
+def _with(
+    settings: FleetSettings,
+    *,
+    fraction: float | None = None,
+    keep_fraction: bool = True,
+    desk: dict[str, Any] | None = None,
+) -> FleetSettings:
+    return FleetSettings(
+        rounds=settings.rounds,
+        local=settings.local,
+        fraction=settings.fraction if keep_fraction else fraction,
+        desk=settings.desk.model_copy(update=desk or {}),
+    )
+
+
+def _run(
+    g: Any,
+    clients: list[Any],
+    settings: FleetSettings,
+    machines: list[Any],
+    windows: dict[str, np.ndarray],
+    per_machine: PerMachine,
+    attack: Attack | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    fed = run_federation(g.base, g.manifest, clients, settings, attack=attack)
+    scored = per_machine(g, fed.weights[-1], machines, windows, ranking=False)["personal"]
+    refused = sorted({f"{m}:{r}" for log in fed.logs for m, r in log.refused.items()})
+    return fed, {
+        "f1": scored["mean"]["f1"],
+        "far": scored["mean"]["far"],
+        "per_machine_f1": [r["f1"] for r in scored["per_machine"]],
+        "refused": refused,
+    }
+
+
+def topk_curve(
+    g: Any,
+    machines: list[Any],
+    windows: dict[str, np.ndarray],
+    clients: list[Any],
+    settings: FleetSettings,
+    fractions: list[float],
+    work: Path,
+    per_machine: PerMachine,
+) -> tuple[dict[str, Any], dict[float | None, Any]]:
+    """F1 after R rounds and bytes per delta for fp32 and every fraction."""
+    size = g.weights.size
+    runs: dict[float | None, Any] = {}
+    rows = []
+    wire_payloads: dict[str, tuple[str, bytes]] = {}
+    for fraction in [None, *fractions]:
+        fed, scored = _run(
+            g,
+            clients,
+            _with(settings, fraction=fraction, keep_fraction=False),
+            machines,
+            windows,
+            per_machine,
+        )
+        runs[fraction] = fed
+        sent = [s for round_sent in fed.sent for s in round_sent]
+        if fraction is None:
+            envelope = [size * FP32_BYTES] * len(sent)
+            mqtt = [publish_bytes(s.machine_id, b"\0" * (size * FP32_BYTES)) for s in sent[:1]]
+        else:
+            envelope = [len(s.payload) for s in sent]
+            mqtt = [publish_bytes(s.machine_id, s.payload) for s in sent]
+            last = fed.sent[-1][0]
+            wire_payloads[str(fraction)] = (last.machine_id, last.payload)
+        rows.append({
+            "fraction": "fp32" if fraction is None else fraction,
+            "envelope_bytes_mean": round(float(np.mean(envelope)), 1),
+            "envelope_bytes_max": int(np.max(envelope)),
+            "mqtt_publish_bytes_mean": round(float(np.mean(mqtt)), 1),
+            "ratio_vs_fp32_weights": round(size * FP32_BYTES / float(np.mean(mqtt)), 1),
+            **scored,
+        })  # fmt: skip
+    fp32_f1 = rows[0]["f1"]
+    for row in rows:
+        row["f1_lost_vs_fp32"] = round(fp32_f1 - row["f1"], 4)
+    measured = measure_on_broker(wire_payloads, work / "wire")
+    return {
+        "parameters": size,
+        "fp32_weights_bytes": size * FP32_BYTES,
+        "rows": rows,
+        "broker_measured": {
+            "what": "bytes Mosquitto received for the PUBLISH of the first gateway's last-round "
+            "delta (counting TCP relay, up to its PUBACK), against the computed packet size",
+            "measured": measured,
+            "computed": {k: publish_bytes(m, p) for k, (m, p) in wire_payloads.items()},
+        },
+        "target": ">= 100x smaller than fp32 weights with <= 0.01 F1 lost against fp32 FL",
+    }, runs
+
+
+def robustness(
+    g: Any,
+    machines: list[Any],
+    windows: dict[str, np.ndarray],
+    clients: list[Any],
+    settings: FleetSettings,
+    attacks: list[str],
+    rules: list[str],
+    per_machine: PerMachine,
+) -> dict[str, Any]:
+    """F1 with one bad gateway (every round) under each rule, and each rule's clean run."""
+    attacker = clients[ATTACKER_INDEX].machine_id
+    table: dict[str, Any] = {}
+    for rule in rules:
+        s = _with(settings, desk=RULES[rule])
+        _, clean = _run(g, clients, s, machines, windows, per_machine)
+        table[rule] = {"clean": clean}
+        for kind in attacks:
+            _, bad = _run(
+                g, clients, s, machines, windows, per_machine, attack=Attack(kind, attacker)
+            )  # type: ignore[arg-type]
+            bad["f1_minus_clean_same_rule"] = round(bad["f1"] - clean["f1"], 4)
+            table[rule][kind] = bad
+    return {
+        "attacker": attacker,
+        "attacks": {
+            "scaled": "honest update x100",
+            "sign_flip": "honest update x -1",
+            "random": "Gaussian, RMS 10x the honest update's",
+        },
+        "rules": {k: RULES[k] for k in rules},
+        "table": table,
+    }
+
+
+def device_cost(g: Any, windows: np.ndarray, settings: FleetSettings, work: Path) -> dict[str, Any]:
+    """One local round in a fresh edge-only subprocess (``bench/fleet_device_cost.py``)."""
+    d = work / "device-cost"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "w.npz").write_bytes(g.weights.to_npz_bytes())
+    np.save(d / "x.npy", np.ascontiguousarray(windows[: settings.local.max_windows]))
+    layers = g.manifest.learning.layers
+    (d / "layers.json").write_text(json.dumps([x.model_dump() for x in layers]))
+    cmd = [sys.executable, str(Path(__file__).with_name("fleet_device_cost.py")),
+           "--weights", str(d / "w.npz"), "--windows", str(d / "x.npy"),
+           "--layers", str(d / "layers.json"), "--epochs", str(settings.local.epochs),
+           "--max-windows", str(settings.local.max_windows)]  # fmt: skip
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=DEVICE_COST_TIMEOUT_S, check=True
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["poll_rate_deviation"] = (
+        "measured with a running agent in tests/agent/test_agent_learn.py (rows keep being "
+        "scored while a round trains, nice 19 training thread); not timed here"
+    )
+    return result
+
+
+def run_all(
+    a: Any,
+    g: Any,
+    machines: list[Any],
+    windows: dict[str, np.ndarray],
+    clients: list[Any],
+    settings: FleetSettings,
+    final_weights: Any,
+    work: Path,
+    per_machine: PerMachine,
+) -> dict[str, Any]:
+    fractions = [float(x) for x in a.fractions.split(",") if x]
+    curve, runs = topk_curve(g, machines, windows, clients, settings, fractions, work, per_machine)
+    same = runs.get(settings.fraction)
+    if same is None:
+        same = run_federation(g.base, g.manifest, clients, settings)
+    check = {
+        "what": "final weights of the in-memory desk (fleet_rounds.desk_round: trainer "
+        "federate's tally + server_step) vs trainer federate's run_round writing every round",
+        "fingerprint_in_memory": same.weights[-1].fingerprint(),
+        "fingerprint_trainer_federate": final_weights.fingerprint(),
+        "max_abs_difference": float(np.max(np.abs(same.weights[-1].flat() - final_weights.flat()))),
+    }
+    check["identical"] = check["fingerprint_in_memory"] == check["fingerprint_trainer_federate"]
+    rob = robustness(
+        g,
+        machines,
+        windows,
+        clients,
+        settings,
+        [x for x in a.attacks.split(",") if x],
+        [x for x in a.rules.split(",") if x],
+        per_machine,
+    )
+    cost = device_cost(g, windows[machines[0].machine_id], settings, work)
+    return {"trainer_federate_check": check, "topk": curve, "robustness": rob, "device_cost": cost}
