@@ -60,7 +60,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--topk", type=float, default=0.01, help="top-k fraction of the main run")
     ap.add_argument("--fractions", default=DEFAULT_FRACTIONS, help="top-k curve, comma list")
     ap.add_argument("--attacks", default="scaled,sign_flip,random", help="robustness, comma list")
-    ap.add_argument("--rules", default="fedavg,median,trimmed_mean", help="robustness rules")
+    ap.add_argument(
+        "--rules", default="fedavg,fedavg_clip,median,trimmed_mean", help="robustness rules"
+    )
+    ap.add_argument("--seeds", type=int, default=3, help="seeds of the main run's spread")
+    ap.add_argument(
+        "--poll-epochs",
+        type=int,
+        default=600,
+        help="epochs of the round timed against a polling agent (0: skip that measurement)",
+    )
+    ap.add_argument("--poll-before-s", type=float, default=8.0, help="polls timed before it")
     ap.add_argument("--int8-machines", type=int, default=None, help="int8 check on N (all)")
     ap.add_argument("--seed", type=int, default=0, help="profiles and local shuffles")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fleet_learning.json")

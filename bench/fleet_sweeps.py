@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fleet_poll_rate import measure
 from fleet_rounds import Attack, FleetSettings, run_federation
 from fleet_wire import measure_on_broker, publish_bytes
 
@@ -134,6 +135,35 @@ def topk_curve(
     }, runs
 
 
+def seed_spread(
+    g: Any,
+    machines: list[Any],
+    windows: dict[str, np.ndarray],
+    clients: list[Any],
+    settings: FleetSettings,
+    first: Any,
+    seeds: int,
+    per_machine: PerMachine,
+) -> dict[str, Any]:
+    """The main run's F1 over ``seeds`` local-training seeds (shuffles and subsamples): how
+    much of a difference between two runs is noise."""
+    f1 = [per_machine(g, first.weights[-1], machines, windows, ranking=False)["personal"]]
+    for k in range(1, seeds):
+        local = settings.local.model_copy(update={"seed": settings.local.seed + 100 * k})
+        s = FleetSettings(
+            rounds=settings.rounds, local=local, fraction=settings.fraction, desk=settings.desk
+        )
+        fed = run_federation(g.base, g.manifest, clients, s)
+        f1.append(per_machine(g, fed.weights[-1], machines, windows, ranking=False)["personal"])
+    values = [x["mean"]["f1"] for x in f1]
+    return {
+        "seeds": seeds,
+        "f1": values,
+        "f1_std": round(float(np.std(values)), 4),
+        "far": [x["mean"]["far"] for x in f1],
+    }
+
+
 def robustness(
     g: Any,
     machines: list[Any],
@@ -169,8 +199,17 @@ def robustness(
     }
 
 
-def device_cost(g: Any, windows: np.ndarray, settings: FleetSettings, work: Path) -> dict[str, Any]:
-    """One local round in a fresh edge-only subprocess (``bench/fleet_device_cost.py``)."""
+def device_cost(
+    g: Any,
+    windows: np.ndarray,
+    settings: FleetSettings,
+    work: Path,
+    poll_epochs: int,
+    before_s: float,
+) -> dict[str, Any]:
+    """One local round in a fresh edge-only subprocess (``bench/fleet_device_cost.py``), and
+    a real agent's Modbus polls during a long round (``bench/fleet_poll_rate.py``, on the
+    int8 bundle ``fleet_learning.int8_check`` exported into ``work``)."""
     d = work / "device-cost"
     d.mkdir(parents=True, exist_ok=True)
     (d / "w.npz").write_bytes(g.weights.to_npz_bytes())
@@ -185,10 +224,10 @@ def device_cost(g: Any, windows: np.ndarray, settings: FleetSettings, work: Path
         cmd, capture_output=True, text=True, timeout=DEVICE_COST_TIMEOUT_S, check=True
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    result["poll_rate_deviation"] = (
-        "measured with a running agent in tests/agent/test_agent_learn.py (rows keep being "
-        "scored while a round trains, nice 19 training thread); not timed here"
-    )
+    if poll_epochs:
+        result["while_polling"] = measure(
+            work / "bundle", work / "keys", work / "poll", epochs=poll_epochs, before_s=before_s
+        )
     return result
 
 
@@ -216,6 +255,7 @@ def run_all(
         "max_abs_difference": float(np.max(np.abs(same.weights[-1].flat() - final_weights.flat()))),
     }
     check["identical"] = check["fingerprint_in_memory"] == check["fingerprint_trainer_federate"]
+    spread = seed_spread(g, machines, windows, clients, settings, same, a.seeds, per_machine)
     rob = robustness(
         g,
         machines,
@@ -226,5 +266,13 @@ def run_all(
         [x for x in a.rules.split(",") if x],
         per_machine,
     )
-    cost = device_cost(g, windows[machines[0].machine_id], settings, work)
-    return {"trainer_federate_check": check, "topk": curve, "robustness": rob, "device_cost": cost}
+    cost = device_cost(
+        g, windows[machines[0].machine_id], settings, work, a.poll_epochs, a.poll_before_s
+    )
+    return {
+        "trainer_federate_check": check,
+        "seed_spread": spread,
+        "topk": curve,
+        "robustness": rob,
+        "device_cost": cost,
+    }

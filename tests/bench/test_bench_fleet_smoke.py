@@ -19,7 +19,8 @@ from bench_loader import SKAB, load_bench
 SMOKE_ARGS = [
     "--machines", "2", "--history-hours", "0.5", "--fresh-hours", "0.5", "--desk-hours", "1",
     "--epochs", "2", "--rounds", "2", "--max-windows", "300", "--fractions", "1.0,0.01",
-    "--attacks", "scaled", "--rules", "fedavg,median",
+    "--attacks", "scaled", "--rules", "fedavg,median", "--seeds", "2", "--poll-epochs", "5",
+    "--poll-before-s", "2",
 ]  # fmt: skip
 HAS_BROKER = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
@@ -62,6 +63,11 @@ def test_fleet_learning_bench_smoke(tmp_path: Path) -> None:
     assert cost["desk_modules_imported"] == []
     assert cost["windows_trained"] == 300
     assert cost["vm_hwm_mib_after"] >= cost["vm_hwm_mib_after_imports"] > 0
+    assert len(saved["seed_spread"]["f1"]) == 2
+    if HAS_BROKER:
+        polling = cost["while_polling"]
+        assert polling["round_outcome"] == "sent"
+        assert polling["polls_before"]["count"] > 1
     assert saved["machine"]
 
 
