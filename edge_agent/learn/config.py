@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from edge_agent.config.strict import StrictModel
+from edge_agent.learn.privacy_config import LocalPrivacyConfig
 
 DEFAULT_DEVICE_KEY = Path("/etc/edge-agent/device.key")  # systemd/install.sh creates it
 DEFAULT_NORMAL_SCORE_RATIO = 0.5
@@ -105,6 +106,10 @@ class LearnConfig(StrictModel):
     personal_quantile: float = Field(
         default=DEFAULT_PERSONAL_QUANTILE, gt=0, lt=1, description="Quantile of normal errors "
         "compared between this machine and the desk's calibration"
+    )
+    privacy: LocalPrivacyConfig = Field(
+        default_factory=LocalPrivacyConfig, description="[learn.privacy]: clip the local "
+        "update and add Gaussian noise before it is compressed (local differential privacy)"
     )
 
     @model_validator(mode="after")

@@ -121,7 +121,7 @@ class RoundJob:
         return run_round(
             model.manifest, weights, windows, a, Budget(self.cfg.max_cpu_s, self.cfg.max_windows),
             machine_id=self.machine_id, key=self.key, residual=self.residuals.load(weights),
-            created_at=iso_utc(now),
+            created_at=iso_utc(now), privacy=self.cfg.privacy.required(),
         )
 
     def keep_residual(self, model: ModelSlot, residual: F32) -> None:

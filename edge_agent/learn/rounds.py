@@ -28,6 +28,7 @@ from pydantic import Field, ValidationError
 from edge_agent.config.strict import StrictModel
 from edge_agent.errors import EdgeAnomalyError
 from edge_agent.learn.delta import MAX_ROUND_ID_CHARS, ROUND_ID_PATTERN
+from edge_agent.learn.privacy_config import DevicePrivacy
 from edge_agent.ota.protocol import SIGNATURE_BYTES, parse_time
 
 ROUND_PROTOCOL: Literal[1] = 1
@@ -67,6 +68,10 @@ class RoundAnnouncement(StrictModel):
     seed: int = Field(default=0, ge=0, description="Shuffling seed of the local epochs")
     issued_at: str = Field(description="When the desk signed it (ISO 8601 UTC)")
     deadline: str = Field(description="Deltas after this time are not awaited (ISO 8601 UTC)")
+    privacy: DevicePrivacy | None = Field(
+        default=None, description="Local DP every answering gateway applies at least "
+        "(edge_agent.learn.privacy); absent from the signed JSON when None, as before it existed"
+    )
 
 
 def round_topic(prefix: str) -> str:
@@ -80,7 +85,8 @@ def iso_utc(t: float) -> str:
 
 def canonical(announcement: RoundAnnouncement) -> bytes:
     return json.dumps(
-        announcement.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
+        announcement.model_dump(mode="json", exclude_none=True), sort_keys=True,
+        separators=(",", ":"),
     ).encode("ascii")
 
 

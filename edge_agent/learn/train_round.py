@@ -11,7 +11,9 @@ Steps: train the bundle's float weights (``train_local``), take the difference t
 global weights, add the residual carried from the last round and keep the top-k, quantized
 (``edge_agent.learn.residual.error_feedback``), then frame and sign
 (``edge_agent.learn.delta.encode_delta``). The caller stores the new residual once the delta is
-safely in the outbox.
+safely in the outbox. With local privacy (``[learn.privacy]`` or the announcement's
+``privacy``), the update is clipped and noised before the residual is added
+(``edge_agent.learn.privacy``); then, and only then, the bytes are not repeatable.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.bundle.manifest import Manifest
 from edge_agent.learn.delta import encode_delta
 from edge_agent.learn.local import LocalResult, LocalTrainingConfig, train_local
+from edge_agent.learn.privacy import device_rng, effective, privatize
+from edge_agent.learn.privacy_config import DevicePrivacy
 from edge_agent.learn.residual import error_feedback
 from edge_agent.learn.rounds import RoundAnnouncement
 from edge_agent.learn.weights import WeightSet
@@ -49,6 +53,7 @@ class RoundOutput:
     local: LocalResult
     k: int  # entries sent
     norm: float  # L2 norm of what was sent
+    privacy: DevicePrivacy | None = None  # the local DP applied (None: none)
 
 
 def training_config(announcement: RoundAnnouncement, budget: Budget) -> LocalTrainingConfig:
@@ -63,10 +68,14 @@ def run_round(
     manifest: Manifest, global_weights: WeightSet, windows: F32,
     announcement: RoundAnnouncement, budget: Budget, *, machine_id: str,
     key: Ed25519PrivateKey, residual: F32 | None, created_at: str,
+    privacy: DevicePrivacy | None = None, rng: np.random.Generator | None = None,
 ) -> RoundOutput:
     """Train on ``windows`` and make the signed delta for ``announcement``.
 
-    ``ValueError`` when the model is not trainable here or training fails (diverges)."""
+    ``privacy``: this gateway's own local DP (``LocalPrivacyConfig.required()``); the stricter
+    of it and ``announcement.privacy`` is applied, with noise from ``rng`` (default: seeded
+    from ``os.urandom``). ``ValueError`` when the model is not trainable here or training
+    fails (diverges)."""
     learning = manifest.learning
     if learning is None or not learning.trainable:
         why = "no learning section" if learning is None else learning.reason or "not trainable"
@@ -74,6 +83,9 @@ def run_round(
     local = train_local(global_weights, windows, training_config(announcement, budget),
                         learning.layers)
     update = local.weights.subtract(global_weights).flat()
+    dp = effective(privacy, announcement.privacy)
+    if dp is not None:  # before error feedback: the residual only ever holds noised values
+        update = privatize(update, dp, rng if rng is not None else device_rng()).vector
     sizes = tuple(int(a.size) for a in global_weights.arrays)
     step = error_feedback(update, residual, sizes, announcement.topk_fraction)
     payload = encode_delta(
@@ -81,4 +93,4 @@ def run_round(
         model_version=manifest.model_version, round_id=announcement.round_id,
         samples=local.samples, epochs=max(1, local.epochs_run), key=key, created_at=created_at,
     )
-    return RoundOutput(payload, step.residual, local, step.sparse.k, step.sparse.l2_norm())
+    return RoundOutput(payload, step.residual, local, step.sparse.k, step.sparse.l2_norm(), dp)
