@@ -77,6 +77,10 @@ class FederationSummary(StrictModel):
     weights_fingerprint: str = Field(
         pattern=SHA256_HEX_PATTERN, description="Weights fingerprint of this run's model"
     )
+    dp_noise_multipliers: list[float] = Field(
+        default_factory=list, description="Central-DP noise multiplier of every federated "
+        "round of this run's lineage, this one last (0: no noise); accounted in federate.json"
+    )
 
 
 class RunRecord(StrictModel):

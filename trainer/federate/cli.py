@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from export.errors import ExportError
 from export.ota_cli import add_broker_options
+from trainer.federate.privacy_cli import add_privacy_arguments, apply_central_privacy
 from trainer.federate.settings import (
     DEFAULT_CLIP_MULTIPLE,
     DEFAULT_GROUP,
@@ -95,6 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _add_broker_arguments(p)
+    add_privacy_arguments(p)
 
 
 def _add_broker_arguments(p: argparse.ArgumentParser) -> None:
@@ -182,6 +184,7 @@ def settings_from(args: argparse.Namespace) -> FederateSettings:
         doc["clip_multiple"] = None
     elif args.clip_multiple is not None:
         doc["clip_multiple"] = args.clip_multiple
+    apply_central_privacy(args, doc)
     try:
         return FederateSettings.model_validate(doc)
     except ValidationError as exc:

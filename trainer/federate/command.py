@@ -79,6 +79,10 @@ def _broker_sources(
         "min_windows": args.min_windows,
         "seed": args.seed,
     }
+    from trainer.federate.privacy_cli import local_privacy
+
+    if (asked := local_privacy(args)) is not None:
+        training["privacy"] = asked
     got = broker_collect(
         mqtt_config(args),
         base=base,
@@ -147,5 +151,9 @@ def run_command(args: argparse.Namespace, settings: FederateSettings) -> int:
         "step_norm": report.step_norm,
         "alert_threshold": report.alert_threshold,
     }
+    if report.privacy is not None:
+        from trainer.federate.privacy_cli import privacy_line
+
+        summary["privacy"] = privacy_line(report.privacy)
     print(json.dumps(summary, indent=2))
     return 0

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from edge_agent.config.strict import StrictModel
+from trainer.federate.privacy import PrivacyReport
 from trainer.federate.settings import FederateSettings
 
 REPORT_FILE = "federate.json"
@@ -62,6 +63,10 @@ class FederateReport(StrictModel):
     alert_threshold_base: float = Field(description="Base run's float alert threshold")
     alert_threshold: float = Field(description="New run's float alert threshold (recalibrated)")
     seconds: float = Field(ge=0, description="Wall time of the round at the desk, in seconds")
+    privacy: PrivacyReport | None = Field(
+        default=None, description="Central DP: the noise added and the (epsilon, delta) of the "
+        "run's lineage (trainer.federate.privacy); null when off"
+    )
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"

@@ -34,6 +34,7 @@ from edge_agent.learn.weights import WeightSet
 from trainer.federate.aggregate import Aggregator
 from trainer.federate.clip import NormClip, l2_norm
 from trainer.federate.collect import DeltaSource
+from trainer.federate.privacy import GaussianMeanAggregator, lineage, privacy_report
 from trainer.federate.report import REPORT_FILE, ClientResult, FederateReport
 from trainer.federate.rules import make_aggregator
 from trainer.federate.run_out import BaseRun, build_new_run, check_out_dir, load_base, write_new_run
@@ -203,8 +204,11 @@ def finish_round(
             f"{settings.min_clients} needed (--min-clients); no new run written",
             results,
         )
+    if settings.privacy is not None and not isinstance(counted.aggregator, GaussianMeanAggregator):
+        raise ValueError("central DP: the round's sums carry no noise (a split round?)")
     size = base.weights.size
     mean = counted.aggregator.result()
+    dp_lineage = lineage(base.run.record.federation, settings.privacy)
     state, note = resume_state(base.path, settings, size, base.fingerprint)
     base_flat = base.weights.flat()
     new_flat, state = server_step(base_flat, mean, state, settings)
@@ -219,6 +223,7 @@ def finish_round(
         server_opt=settings.server_opt,
         base_fingerprint=base.fingerprint,
         weights_fingerprint=new.fingerprint(),
+        dp_noise_multipliers=dp_lineage,
     )
     record, model = build_new_run(base, new, federation, seconds=time.perf_counter() - t0)
     report = FederateReport(
@@ -241,6 +246,8 @@ def finish_round(
         alert_threshold_base=base.run.record.threshold.alert_threshold,
         alert_threshold=record.threshold.alert_threshold,
         seconds=round(time.perf_counter() - t0, 3),
+        privacy=None if settings.privacy is None
+        else privacy_report(settings.privacy, dp_lineage, len(accepted)),
     )
     extra = {REPORT_FILE: report.to_json().encode()}
     if settings.server_opt != "none":

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from edge_agent.config.strict import StrictModel
 from edge_agent.learn.delta import DEFAULT_MAX_BYTES, MAX_ROUND_ID_CHARS, ROUND_ID_PATTERN
+from trainer.federate.privacy import CentralPrivacy
 
 # Clip each update to this multiple of the median update norm when no fixed bound is given:
 # honest clients' norms spread over a factor of a few (different sample counts and drift), so
@@ -102,6 +103,11 @@ class FederateSettings(StrictModel):
         ge=64,
         description="A delta message longer than this many bytes is refused (too_large)",
     )
+    privacy: CentralPrivacy | None = Field(
+        default=None,
+        description="Central DP (trainer.federate.privacy): equal weights, clip to its fixed "
+        "clip_norm, Gaussian noise on the sum; None: off",
+    )
 
     @model_validator(mode="after")
     def _trim_only_for_trimmed_mean(self) -> FederateSettings:
@@ -110,6 +116,19 @@ class FederateSettings(StrictModel):
             and self.trim_fraction != FederateSettings.model_fields["trim_fraction"].default
         ):
             raise ValueError(f"trim_fraction applies to rule trimmed_mean only (rule {self.rule})")
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_needs_a_fixed_clip(self) -> FederateSettings:
+        # A bound taken from the round's own norms (median multiple) lets one gateway move
+        # every other's clip, and the robust rules are not a Gaussian sum: no guarantee.
+        if self.privacy is not None and (
+            self.rule != "fedavg" or self.clip_norm != self.privacy.clip_norm
+        ):
+            raise ValueError(
+                f"central DP needs rule fedavg and clip_norm = its clip_norm "
+                f"({self.privacy.clip_norm:g}); got rule {self.rule}, clip_norm {self.clip_norm}"
+            )
         return self
 
     @property

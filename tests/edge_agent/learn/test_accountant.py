@@ -36,7 +36,8 @@ def test_rdp_per_order_and_sensitivity() -> None:
     assert gaussian_rdp(2.0, [2.0], sensitivity=2.0) == [1.0]  # alpha s^2 / (2 z^2)
     assert gaussian_rdp(0.0, [2.0]) == [math.inf]
     eps, order = rdp_to_dp([math.inf, math.inf], [2.0, 3.0], DELTA)
-    assert eps == math.inf and order is None
+    assert eps == math.inf
+    assert order is None
 
 
 def test_rounds_compose_by_adding() -> None:
@@ -49,15 +50,18 @@ def test_rounds_compose_by_adding() -> None:
 
 def test_epsilon_grows_with_rounds_and_falls_with_noise() -> None:
     by_rounds = [epsilon([1.0] * t, DELTA).epsilon for t in (1, 2, 5, 10, 50, 200)]
-    assert by_rounds == sorted(by_rounds) and len(set(by_rounds)) == len(by_rounds)
+    assert by_rounds == sorted(by_rounds)
+    assert len(set(by_rounds)) == len(by_rounds)
     by_noise = [epsilon([z] * 10, DELTA).epsilon for z in (0.5, 1.0, 2.0, 4.0, 8.0)]
-    assert by_noise == sorted(by_noise, reverse=True) and len(set(by_noise)) == len(by_noise)
+    assert by_noise == sorted(by_noise, reverse=True)
+    assert len(set(by_noise)) == len(by_noise)
     # A larger delta is a weaker claim: a smaller epsilon.
     assert epsilon([1.0], 1e-3).epsilon < epsilon([1.0], 1e-7).epsilon
 
 
 def test_grid_and_bad_inputs() -> None:
-    assert min(DEFAULT_ORDERS) > 1 and list(DEFAULT_ORDERS) == sorted(set(DEFAULT_ORDERS))
+    assert min(DEFAULT_ORDERS) > 1
+    assert list(DEFAULT_ORDERS) == sorted(set(DEFAULT_ORDERS))
     with pytest.raises(ValueError, match="delta"):
         epsilon([1.0], 0.0)
     with pytest.raises(ValueError, match="no round"):
