@@ -1,19 +1,25 @@
 """Central differential privacy at the desk (``trainer.federate.privacy``): equal weights, every
 update clipped to C, noise of std z·C on the sum drawn once; the guarantee composed over the
 run's lineage; ``trainer federate --dp-*`` end to end on real signed deltas, whose new weights
-differ from plain FedAvg's by noise of the stated scale; and the operator errors.
+differ from plain FedAvg's by noise of the stated scale; a ``--broker`` round (real Mosquitto)
+whose signed announcement asks the gateways for local DP; and the operator errors.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from broker import Mosquitto, Subscriber
 from federate_support import ROUND, Fleet, update
 
+from edge_agent.bundle.verify import load_public_key
 from edge_agent.learn.accountant import epsilon
+from edge_agent.learn.privacy_config import DevicePrivacy
+from edge_agent.learn.rounds import RoundAnnouncement, open_round, round_topic
 from edge_agent.learn.weights import WeightSet
 from export.run_dir import load_run
 from export.train_weights import keras_weight_set
@@ -196,3 +202,42 @@ def test_privacy_option_errors_exit_2(
             "--dp-noise-multiplier", "1", "--dp-clip", "0.1"]
     assert main(argv) == 2
     assert "runs in one process" in capsys.readouterr().err
+
+
+def test_broker_round_asks_the_gateways_for_local_dp_and_adds_central_noise(
+    trained_run: Path, bundle: Path, keys: Path, mosquitto: Mosquitto, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from test_federate_broker import MACHINES, _argv, _fleet, _register
+
+    keydir = tmp_path / "devices"
+    keydir.mkdir()
+    senders = {m: _register(tmp_path, keydir, m) for m in MACHINES}
+    errors: list[str] = []
+    seen: list[RoundAnnouncement] = []
+
+    def fleet() -> None:
+        try:
+            with Subscriber(mosquitto.port, round_topic("edge")) as sub:
+                payload = sub.wait_for(1, 60.0)[0].payload
+            seen.append(open_round(payload, [load_public_key(keys / "signing.pub")]))
+        except Exception as exc:  # reported by the test, not lost in the thread
+            errors.append(repr(exc))
+            return
+        _fleet(mosquitto.port, bundle, keys / "signing.pub", senders, errors)
+
+    thread = threading.Thread(target=fleet)
+    thread.start()
+    out = tmp_path / "new"
+    argv = _argv(trained_run, bundle, keys, keydir, out, mosquitto.port)
+    code = main([*argv, "--round-timeout", "60", "--local-dp-clip", "0.05",
+                 "--local-dp-noise-multiplier", "1.1", "--dp-clip", "0.2",
+                 "--dp-noise-multiplier", "0.7"])
+    thread.join()
+    assert errors == []
+    assert code == 0, capsys.readouterr().err
+    assert seen[0].privacy == DevicePrivacy(clip_norm=0.05, noise_multiplier=1.1)
+    report = FederateReport.model_validate_json((out / REPORT_FILE).read_text())
+    assert report.accepted == len(MACHINES)
+    assert report.privacy is not None
+    assert report.privacy.epsilon == pytest.approx(epsilon([0.7], DELTA).epsilon)
