@@ -6,6 +6,11 @@ failed; the updater's thread asks :meth:`Probation.verdict` now and then. Crossi
 means roll back, lasting ``[ota] probation_s`` of running time means mark good. Running time
 restarts at every agent start (each start is counted as a boot instead, see
 ``edge_agent.ota.boot``).
+
+The alert-share bound is ``[ota] probation_max_alert_share``, or the share the model it
+replaced alerted on over the canary's rows when that was higher: a machine that was already in
+alert (a real fault, or a machine the fleet's model does not know yet) is not a reason to
+roll back a model that alerts no more than the old one.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ class Tally:
 class Probation:
     """Counts of one model on probation; updated from the main loop, read from the updater."""
 
-    def __init__(self, cfg: OtaConfig) -> None:
+    def __init__(self, cfg: OtaConfig, *, baseline_share: float | None = None) -> None:
         self._cfg = cfg
+        self._limit = max(cfg.probation_max_alert_share, baseline_share or 0.0)
+        self._baseline = baseline_share
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._windows = self._alerts = self._errors = 0
@@ -76,10 +83,14 @@ class Probation:
                 f"{t.errors} scoring errors and unscorable windows in probation, over "
                 f"[ota] probation_max_errors = {c.probation_max_errors}"
             )
-        if t.windows >= MIN_PROBATION_WINDOWS and t.share > c.probation_max_alert_share:
-            return False, (
-                f"alert state on {t.share:.0%} of {t.windows} windows in probation, over "
+        if t.windows >= MIN_PROBATION_WINDOWS and t.share > self._limit:
+            over = (
                 f"[ota] probation_max_alert_share = {c.probation_max_alert_share:.0%}"
+                if self._limit == c.probation_max_alert_share
+                else f"the {self._limit:.0%} the replaced model alerted on at canary"
+            )
+            return False, (
+                f"alert state on {t.share:.0%} of {t.windows} windows in probation, over {over}"
             )
         if t.running_s >= c.probation_s:
             return True, (

@@ -168,7 +168,10 @@ class Updater:
         led.active = h.slot
         self._history_for(h.slot)
         if h.kind == "update":
-            self._probation = Probation(self.cfg.ota)
+            was = (h.canary or {}).get("active_alert_share")
+            self._probation = Probation(
+                self.cfg.ota, baseline_share=float(was) if isinstance(was, int | float) else None
+            )
             led.publish("probation", reason=h.reason, deployment_id=h.deployment_id,
                         canary=h.canary, previous=previous)
         else:
