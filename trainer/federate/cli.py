@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from export.errors import ExportError
 from export.ota_cli import add_broker_options
 from trainer.federate.privacy_cli import add_privacy_arguments, apply_central_privacy
+from trainer.federate.publish import add_publish_arguments
 from trainer.federate.settings import (
     DEFAULT_CLIP_MULTIPLE,
     DEFAULT_GROUP,
@@ -163,6 +164,7 @@ def _add_broker_arguments(p: argparse.ArgumentParser) -> None:
     )
     b.add_argument("--seed", type=int, default=0, help="local shuffling seed (default 0)")
     add_broker_options(b, required=False)  # type: ignore[arg-type]
+    add_publish_arguments(p)
 
 
 def settings_from(args: argparse.Namespace) -> FederateSettings:

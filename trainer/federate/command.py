@@ -50,6 +50,8 @@ def _check(args: argparse.Namespace, settings: FederateSettings) -> None:
         raise ExportError(f"{args.run}: base run directory not found")
     if args.out is not None:
         check_out_dir(args.out, args.run, overwrite=args.overwrite)
+    if args.publish and (args.broker is None or args.out is None or args.key is None):
+        raise ExportError("--publish closes a --broker round: it needs --broker, --key and --out")
 
 
 def _broker_sources(
@@ -156,4 +158,8 @@ def run_command(args: argparse.Namespace, settings: FederateSettings) -> int:
 
         summary["privacy"] = privacy_line(report.privacy)
     print(json.dumps(summary, indent=2))
-    return 0
+    if not args.publish:
+        return 0
+    from trainer.federate.publish import publish_run
+
+    return publish_run(args, args.out, sorted(load_device_keys(args.trust_devices)))
