@@ -19,8 +19,8 @@ signed deltas; the desk's ``tally`` and server step) with one privacy setting:
 
 C is the median L2 norm of the gateways' first-round updates without privacy (measured here
 with the same local training; a deployment would take it from an earlier round or a public
-fleet, not from the round it protects). Noise is drawn from ``os.urandom`` seeds as on the
-device and the desk, so each private setting runs ``--repeats`` times (mean, min, max F1).
+fleet, not from the round it protects). Noise is seeded from ``os.urandom`` as on the device
+and the desk: each noised setting runs ``--repeats`` times (mean, min, max F1).
 
     python bench/fleet_privacy.py          # -> bench/results/fleet_privacy.json
 """
@@ -54,7 +54,6 @@ CLIP_ONLY_Z = 1e-9  # central_clip_only: the mechanism's aggregation without its
 @dataclasses.dataclass(frozen=True)
 class PrivateFleet(FleetSettings):
     """The fleet's settings with the announcement's local-DP requirement."""
-
     device_privacy: DevicePrivacy | None = None
 
     def announcement(self, *args: Any, **kwargs: Any) -> RoundAnnouncement:
@@ -111,9 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trainer.federate.settings import FederateSettings
 
     t0 = time.perf_counter()
-    machines = make_fleet(
-        a.machines, history_hours=a.history_hours, fresh_hours=a.fresh_hours, seed=a.seed
-    )
+    hours = {"history_hours": a.history_hours, "fresh_hours": a.fresh_hours}
+    machines = make_fleet(a.machines, **hours, seed=a.seed)
     k = len(machines)
     local_cfg = LocalTrainingConfig(epochs=a.local_epochs, max_windows=a.max_windows, seed=a.seed)
     base = PrivateFleet(
