@@ -64,15 +64,20 @@ def scored(
     tables: list[Any],
     windows: dict[str, np.ndarray],
     variant: str,
+    channels: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
-    """Pooled protocol metrics of ``weights`` with each file's ``variant`` threshold."""
+    """Pooled protocol metrics of ``weights`` with each file's ``variant`` threshold;
+    ``channels``: each file's own channel statistics in place of the desk's (the what-if)."""
     from fleet_eval import alerts, global_cascade, local_threshold, with_threshold
 
     from trainer.evaluate.metrics import point_metrics
 
-    manifest, cascade = global_cascade(g, weights)
+    shared, cascade = global_cascade(g, weights)
     results, per_file = [], []
     for path, table in zip(files, tables, strict=True):
+        manifest = shared
+        if channels is not None:
+            manifest = shared.model_copy(update={"channels": channels[machine_id(path)]})
         man, cas = manifest, cascade
         if variant != "global":
             thr, _ = local_threshold(
@@ -82,6 +87,18 @@ def scored(
         results.append(_row(table, alerts(table, man, cas, TRAIN_ROWS)))
         per_file.append(round(float(point_metrics(results[-1]["y"], results[-1]["p"])["f1"]), 4))
     return {"pooled": pooled(results, "p"), "per_file_f1": per_file}
+
+
+def local_channels(g: Any, table: Any) -> list[Any]:
+    """The desk's channel specs with this file's own mean and scale over its 400 rows, by the
+    trainer's rule (``trainer.fit.prepare_history``)."""
+    from trainer.fit import prepare_history
+
+    prep = prepare_history(unlabelled(table.slice(0, TRAIN_ROWS)), g.config)
+    return [
+        c.model_copy(update={"mean": float(m), "scale": float(sc)})
+        for c, m, sc in zip(g.manifest.channels, prep.mean, prep.scale, strict=True)
+    ]
 
 
 def _row(table: Any, predicted: np.ndarray) -> dict[str, Any]:
@@ -137,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse(argv)
     from fleet_eval import load_global
     from fleet_learning import federate_with_runs
-    from fleet_rounds import Client, FleetSettings, fresh_keys
+    from fleet_rounds import Client, FleetSettings, fresh_keys, run_federation
 
     from edge_agent.data.table import read_table
     from edge_agent.learn.history import history_windows
@@ -170,6 +187,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         final_run, rounds = federate_with_runs(g, work / "desk", clients, settings, work)
         fed_s = time.perf_counter() - t_fed
         final = load_global(final_run)
+        # What-if (not what the gateway does): each gateway normalizes with its own history's
+        # channel statistics, the autoencoder stays shared.
+        own = {machine_id(f): local_channels(g, t) for f, t in zip(files, tables, strict=True)}
+        own_windows = {
+            m: history_windows(
+                unlabelled(t.slice(0, TRAIN_ROWS)),
+                g.manifest.model_copy(update={"channels": own[m]}),
+                hop=1,
+            )[0]
+            for m, t in zip(own, tables, strict=True)
+        }
+        own_clients = [Client(m, w, keys[m]) for m, w in own_windows.items()]
+        own_fed = run_federation(g.base, g.manifest, own_clients, settings)
         report: dict[str, Any] = {
             "initial_global": {
                 v: scored(g, g.weights, files, tables, windows, v) for v in ("personal", "global")
@@ -179,6 +209,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for v in ("personal", "unbounded", "global")
             },
             "federated_int8": int8_replay(final_run, files, tables, work),
+            "what_if_local_normalization": {
+                "note": "not the gateway's behaviour: each file's windows normalized with its "
+                "own rows [0,400) statistics (trainer's rule) for training, calibration and "
+                "scoring; the autoencoder, forest and rounds as above (in-memory desk)",
+                "initial_personal": scored(
+                    g, g.weights, files, tables, own_windows, "personal", own
+                ),
+                "federated_personal": scored(
+                    g, own_fed.weights[-1], files, tables, own_windows, "personal", own
+                ),
+            },
             "federated_rounds": rounds,
             "federation_seconds": round(fed_s, 1),
         }
@@ -207,6 +248,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "initial_personal_f1": report["initial_global"]["personal"]["pooled"]["f1"],
         "federated_personal_f1": report["federated"]["personal"]["pooled"]["f1"],
         "federated_int8_f1": report["federated_int8"]["pooled"]["f1"],
+        "what_if_own_normalization_f1":
+            report["what_if_local_normalization"]["federated_personal"]["pooled"]["f1"],
         "per_file_models_int8_f1": (per_file.get("int8") or {}).get("f1"),
         "wall_seconds": report["wall_seconds"],
     }))  # fmt: skip
