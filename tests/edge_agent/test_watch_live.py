@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from agent.agent_support import ROOT, AgentProcess, replay_source, write_config
 from broker import Mosquitto, free_port
 
@@ -123,7 +124,9 @@ def test_watch_without_a_broker_reads_the_local_store_until_sigterm(
     assert any(line.startswith("summary: watched ") for line in lines), out
 
 
-def test_terminal_mode_redraws_in_place(tmp_path: Path) -> None:
+def test_terminal_mode_redraws_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lines are cut to the terminal's width; an xdist worker has none (80 columns by default).
+    monkeypatch.setenv("COLUMNS", "160")
     config = tmp_path / "agent.toml"
     port = free_port()  # nothing listens there: the agent is not up
     config.write_text(
