@@ -115,7 +115,8 @@ def measure(
     t1 = time.perf_counter()
     for _ in range(TIMING_REPEATS):
         decode_delta(payload, public_keys={"compressor-07": key.public_key()},
-                     expected_base_fingerprint=base.fingerprint())
+                     expected_base_fingerprint=base.fingerprint(),
+                     tensor_sizes=base.tensor_sizes)
     t2 = time.perf_counter()
     sent = per_tensor.dense().astype(np.float64)
     coding = pack(per_tensor)[SCALE_BYTES * len(sizes) + per_tensor.k]  # after scales and codes

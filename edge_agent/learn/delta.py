@@ -10,16 +10,20 @@ desk aggregator (``trainer.federate``) opens it with :func:`decode_delta`.
 Envelope (all integers big-endian)::
 
     b"EADL" | version u8 | id_len u8 | machine id (ascii, id_len bytes)
-    | header_len u32 | header (canonical JSON) | body (zlib level 9) | Ed25519 signature (64)
+    | header | body (zlib level 9) | Ed25519 signature (64)
 
-The signature covers every byte before it. The machine id sits in the fixed framing only to
-pick the key to check it with; the header repeats it and must agree. :func:`decode_delta`
+    version 2 (written): header = the binary fields of ``delta_header`` (~60 bytes + strings)
+    version 1 (still read): header = header_len u32 | canonical JSON (~450 bytes)
+
+The signature covers every byte before it. The machine id sits in the fixed framing to pick
+the key to check it with (format 1's header repeats it and must agree). :func:`decode_delta`
 checks, in order: the size limit; the framing (magic, version, machine id syntax); that the
-machine is known; the signature. Only then is anything else parsed: the header
-(:class:`DeltaHeader`), base fingerprint, round, the body against the header's counts, and the
-norm of the values actually sent. Every refusal is a :class:`DeltaError` with a ``reason``.
-The body is :func:`edge_agent.learn.sparse.pack` output: per-tensor float32 scales, int8 codes,
-index coding; see that module.
+machine is known; the signature. Only then is anything else parsed: the header, base
+fingerprint, size, round, the body against the header's counts, and the norm of the values
+actually sent. Every refusal is a :class:`DeltaError` with a ``reason``. Format 2 leaves the
+tensor sizes out (the base fingerprint covers the layout): the receiver passes its base's.
+The body is :func:`edge_agent.learn.sparse.pack` output: per-tensor float32 scales, int8
+codes, index coding; see that module.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import math
 import re
 import struct
 import zlib
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,14 +43,19 @@ from pydantic import ValidationError
 
 from edge_agent.errors import EdgeAnomalyError
 from edge_agent.learn.delta_header import (
+    FORMAT_V1,
+    FORMAT_V2,
     FORMAT_VERSION,
     MACHINE_ID_PATTERN,
     MAX_MACHINE_ID_BYTES,
     MAX_ROUND_ID_CHARS,
+    READABLE_FORMATS,
     ROUND_ID_PATTERN,
     DeltaHeader,
     canonical_json,
     layout_sha256,
+    pack_v2,
+    unpack_v2,
     utc_now,
 )
 from edge_agent.learn.sparse import SparseDelta, max_packed_bytes, pack, unpack
@@ -54,20 +63,21 @@ from edge_agent.learn.weights import WeightSet
 
 __all__ = [  # the header's names are re-exported: callers import the format from here
     "DEFAULT_MAX_BYTES", "FORMAT_VERSION", "MACHINE_ID_PATTERN", "MAX_MACHINE_ID_BYTES",
-    "MAX_ROUND_ID_CHARS", "ROUND_ID_PATTERN", "DecodedDelta", "DeltaError", "DeltaHeader",
-    "canonical_json", "decode_delta", "encode_delta", "layout_sha256",
+    "MAX_ROUND_ID_CHARS", "READABLE_FORMATS", "ROUND_ID_PATTERN", "DecodedDelta", "DeltaError",
+    "DeltaHeader", "canonical_json", "decode_delta", "encode_delta", "layout_sha256",
 ]
 
 MAGIC = b"EADL"
 SIGNATURE_BYTES = 64  # Ed25519
 ZLIB_LEVEL = 9
-MAX_HEADER_BYTES = 16 * 1024  # a header lists counts and hashes, never data
-DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # a delta of 1 % of a 60k-parameter model is ~2 KB
+MAX_HEADER_BYTES = 16 * 1024  # format 1: a header lists counts and hashes, never data
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # a delta of 1 % of a 60k-parameter model is ~1.3 KB
 DEFAULT_MAX_PARAMETERS = 16 * 1024 * 1024  # dense size a decoder allocates at most (64 MiB)
 NORM_REL_TOLERANCE = 1e-4  # header norm vs the norm recomputed from the body (float32 sums)
 _ID_LEN = struct.Struct(">B")
 _HEADER_LEN = struct.Struct(">I")
 _PREFIX_BYTES = len(MAGIC) + 1 + _ID_LEN.size  # magic, version, id_len
+_MIN_HEADER_BYTES = 4  # format 2: two one-byte strings with their lengths, at least
 
 Reason = Literal[
     "too_large", "malformed", "unknown_machine", "bad_signature", "wrong_base",
@@ -104,9 +114,11 @@ def encode_delta(
     epochs: int,
     key: Ed25519PrivateKey,
     created_at: str | None = None,
+    version: Literal[1, 2] = FORMAT_VERSION,
 ) -> bytes:
     """The signed envelope for ``sparse``, a delta against ``base``. Deterministic for a given
-    ``created_at`` (Ed25519 signatures are)."""
+    ``created_at`` (Ed25519 signatures are). ``version`` 1 writes the old JSON header (for
+    tests of the desk's reader; gateways write 2)."""
     sizes = tuple(int(a.size) for a in base.arrays)
     if sparse.tensor_sizes != sizes:
         raise ValueError(
@@ -114,38 +126,41 @@ def encode_delta(
         )
     try:
         header = DeltaHeader(
-            format=FORMAT_VERSION, machine_id=machine_id, model_version=model_version,
+            format=version, machine_id=machine_id, model_version=model_version,
             base_fingerprint=base.fingerprint(), round_id=round_id, samples=samples,
             epochs=epochs, norm=sparse.l2_norm(), size=sparse.size, k=sparse.k,
-            tensor_sizes=sizes, layout_sha256=layout_sha256(base),
-            created_at=created_at or utc_now(),
+            tensor_sizes=sizes, created_at=created_at or utc_now(),
+            layout_sha256=layout_sha256(base) if version == FORMAT_V1 else None,
         )
-    except ValidationError as exc:
+        if version == FORMAT_V1:
+            head = _HEADER_LEN.pack(len(json := canonical_json(header))) + json
+        else:
+            head = pack_v2(header)
+    except (ValidationError, struct.error, OverflowError, UnicodeEncodeError) as exc:
         raise ValueError(f"cannot make a delta header:\n{exc}") from None
-    head = canonical_json(header)
     ident = machine_id.encode("ascii")
     signed = b"".join([
-        MAGIC, bytes([FORMAT_VERSION]), _ID_LEN.pack(len(ident)), ident,
-        _HEADER_LEN.pack(len(head)), head, zlib.compress(pack(sparse), ZLIB_LEVEL),
+        MAGIC, bytes([version]), _ID_LEN.pack(len(ident)), ident, head,
+        zlib.compress(pack(sparse), ZLIB_LEVEL),
     ])
     return signed + key.sign(signed)
 
 
 def _framing(data: bytes) -> str:
     """The machine id from the fixed framing; nothing else is read before the signature."""
-    if len(data) < _PREFIX_BYTES + 1 + _HEADER_LEN.size + SIGNATURE_BYTES:
+    if len(data) < _PREFIX_BYTES + 1 + _MIN_HEADER_BYTES + SIGNATURE_BYTES:
         raise DeltaError("malformed", f"{len(data)} bytes is too short for a delta envelope")
     if data[: len(MAGIC)] != MAGIC:
         raise DeltaError(
             "malformed", f"not a delta: starts with {data[: len(MAGIC)]!r}, not {MAGIC!r}"
         )
-    if data[len(MAGIC)] != FORMAT_VERSION:
+    if data[len(MAGIC)] not in READABLE_FORMATS:
         raise DeltaError(
             "malformed",
-            f"delta format version {data[len(MAGIC)]}, this reader knows {FORMAT_VERSION}",
+            f"delta format version {data[len(MAGIC)]}, this reader knows {READABLE_FORMATS}",
         )
     (id_len,) = _ID_LEN.unpack_from(data, len(MAGIC) + 1)
-    if _PREFIX_BYTES + id_len + _HEADER_LEN.size + SIGNATURE_BYTES > len(data):
+    if _PREFIX_BYTES + id_len + _MIN_HEADER_BYTES + SIGNATURE_BYTES > len(data):
         raise DeltaError("malformed", f"machine id of {id_len} bytes does not fit the envelope")
     raw_id = data[_PREFIX_BYTES : _PREFIX_BYTES + id_len]
     ident = raw_id.decode("ascii", errors="replace")
@@ -159,6 +174,7 @@ def decode_delta(
     *,
     public_keys: Mapping[str, Ed25519PublicKey],
     expected_base_fingerprint: str,
+    tensor_sizes: Sequence[int] | None = None,
     seen_rounds: Container[tuple[str, str]] = (),
     expected_round: str | None = None,
     expected_size: int | None = None,
@@ -167,9 +183,10 @@ def decode_delta(
 ) -> DecodedDelta:
     """Verify and open a delta; :class:`DeltaError` for anything not acceptable.
 
-    ``public_keys`` maps machine ids to their registered keys; ``seen_rounds`` holds the
-    ``(machine_id, round_id)`` pairs already accepted; ``max_norm`` bounds the L2 norm of the
-    values sent, recomputed from the body.
+    ``public_keys`` maps machine ids to their registered keys; ``tensor_sizes`` is the base's
+    layout (parameters per tensor, ``WeightSet`` order), needed for format 2, checked against
+    format 1's header; ``seen_rounds`` holds the ``(machine_id, round_id)`` pairs already
+    accepted; ``max_norm`` bounds the L2 norm of the values sent, recomputed from the body.
     """
     if len(data) > max_bytes:
         raise DeltaError(
@@ -187,7 +204,10 @@ def decode_delta(
             "bad_signature", f"signature does not match machine {machine!r}'s key: modified, "
             "or signed by another key"
         ) from None
-    header, body = _parse_signed(signed, machine)
+    if signed[len(MAGIC)] == FORMAT_V2:
+        header, body = _parse_v2(signed, machine, expected_base_fingerprint, tensor_sizes)
+    else:
+        header, body = _parse_v1(signed, machine)
     if header.base_fingerprint != expected_base_fingerprint:
         raise DeltaError(
             "wrong_base", f"delta from {machine!r} is against base {header.base_fingerprint[:12]}… "
@@ -196,6 +216,11 @@ def decode_delta(
     if expected_size is not None and header.size != expected_size:
         raise DeltaError(
             "malformed", f"delta has {header.size} parameters, the base {expected_size}"
+        )
+    if tensor_sizes is not None and header.tensor_sizes != tuple(tensor_sizes):
+        raise DeltaError(
+            "malformed", f"delta's tensor sizes {header.tensor_sizes} are not the base's "
+            f"{tuple(tensor_sizes)}"
         )
     if header.size > DEFAULT_MAX_PARAMETERS:
         raise DeltaError("too_large", f"delta claims {header.size} parameters")
@@ -217,8 +242,36 @@ def decode_delta(
     return DecodedDelta(header, sparse, sparse.dense(), len(data))
 
 
-def _parse_signed(signed: bytes, machine: str) -> tuple[DeltaHeader, bytes]:
+def _parse_v2(
+    signed: bytes, machine: str, expected_fingerprint: str, tensor_sizes: Sequence[int] | None
+) -> tuple[DeltaHeader, bytes]:
     at = _PREFIX_BYTES + len(machine)
+    try:
+        fields, used = unpack_v2(signed[at:])
+    except ValueError as exc:
+        raise DeltaError("malformed", f"header (signed, but not understood): {exc}") from None
+    if fields.base_fingerprint != expected_fingerprint:  # before the layout is taken from it
+        raise DeltaError(
+            "wrong_base", f"delta from {machine!r} is against base {fields.base_fingerprint[:12]}… "
+            f"(model {fields.model_version}), not {expected_fingerprint[:12]}…"
+        )
+    if tensor_sizes is None:
+        raise ValueError("decode_delta: a format-2 delta needs the base's tensor_sizes")
+    if fields.size != sum(tensor_sizes):
+        raise DeltaError(
+            "malformed", f"delta has {fields.size} parameters, the base {sum(tensor_sizes)}"
+        )
+    try:
+        header = fields.header(machine, tensor_sizes)
+    except ValueError as exc:
+        raise DeltaError("malformed", f"header (signed, but not understood): {exc}") from None
+    return header, signed[at + used :]
+
+
+def _parse_v1(signed: bytes, machine: str) -> tuple[DeltaHeader, bytes]:
+    at = _PREFIX_BYTES + len(machine)
+    if at + _HEADER_LEN.size > len(signed):
+        raise DeltaError("malformed", "envelope ends before the header length")
     (head_len,) = _HEADER_LEN.unpack_from(signed, at)
     at += _HEADER_LEN.size
     if head_len > MAX_HEADER_BYTES or at + head_len > len(signed):
@@ -227,6 +280,8 @@ def _parse_signed(signed: bytes, machine: str) -> tuple[DeltaHeader, bytes]:
         header = DeltaHeader.model_validate_json(signed[at : at + head_len])
     except ValidationError as exc:
         raise DeltaError("malformed", f"header (signed, but not understood):\n{exc}") from None
+    if header.format != FORMAT_V1:
+        raise DeltaError("malformed", f"header says format {header.format} in a format-1 envelope")
     if header.machine_id != machine:
         raise DeltaError(
             "malformed", f"header names machine {header.machine_id!r}, the framing {machine!r}"

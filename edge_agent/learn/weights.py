@@ -76,6 +76,11 @@ class WeightSet:
         return tuple(tuple(int(d) for d in a.shape) for a in self.arrays)
 
     @property
+    def tensor_sizes(self) -> tuple[int, ...]:
+        """Parameters per tensor, in order (the layout a format-2 delta is read with)."""
+        return tuple(int(a.size) for a in self.arrays)
+
+    @property
     def size(self) -> int:
         """Number of scalar parameters over all tensors."""
         return sum(int(a.size) for a in self.arrays)

@@ -149,6 +149,7 @@ def test_a_signed_round_is_answered_with_a_delta_while_scoring_goes_on(
         pub = read_private_key(device_key).public_key()
         opened = decode_delta(delta.payload, public_keys={MACHINE: pub},
                               expected_base_fingerprint=base.fingerprint(),
+                              tensor_sizes=base.tensor_sizes,
                               expected_round="r-agent", expected_size=base.size)
         assert opened.header.samples >= 200
         assert opened.header.epochs == ROUND_EPOCHS

@@ -80,6 +80,7 @@ def _verify(
             data,
             public_keys=keys,
             expected_base_fingerprint=base.fingerprint,
+            tensor_sizes=base.weights.tensor_sizes,
             seen_rounds=seen,
             expected_round=settings.round_id,
             expected_size=base.weights.size,

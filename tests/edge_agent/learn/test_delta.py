@@ -11,6 +11,7 @@ import itertools
 import math
 import struct
 import zlib
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -39,6 +40,7 @@ LAYERS = (WINDOW_INPUTS, 128, 64, 16, 64, 128, WINDOW_INPUTS)
 FRACTION = 0.01
 FP32_BYTES = 4
 CREATED_AT = "2026-12-05T10:00:00Z"
+MODEL_VERSION = "20261204T200015Z-2b421677"
 FUZZ_CASES = 300
 TARGET_RATIO = 100  # the issue: >= 100x smaller than the fp32 weights on the wire
 
@@ -77,11 +79,13 @@ def update(base: WeightSet, seed: int = 1, scale: float = 1e-3) -> np.ndarray:
 def make(
     base: WeightSet, key: Ed25519PrivateKey, *, fraction: float = FRACTION,
     machine: str = MACHINE, round_id: str = "r1", vec: np.ndarray | None = None,
+    version: Literal[1, 2] = 2,
 ) -> tuple[bytes, SparseDelta]:
     sparse = sparsify(update(base) if vec is None else vec, sizes_of(base), fraction)
     payload = encode_delta(
-        sparse, base=base, machine_id=machine, model_version="20261204T200015Z-2b421677",
+        sparse, base=base, machine_id=machine, model_version=MODEL_VERSION,
         round_id=round_id, samples=480, epochs=2, key=key, created_at=CREATED_AT,
+        version=version,
     )
     return payload, sparse
 
@@ -89,6 +93,7 @@ def make(
 def opened(
     payload: bytes, base: WeightSet, key: Ed25519PrivateKey, **kw: object
 ) -> wire.DecodedDelta:
+    kw.setdefault("tensor_sizes", sizes_of(base))
     return decode_delta(
         payload, public_keys={MACHINE: key.public_key()},
         expected_base_fingerprint=base.fingerprint(), **kw,  # type: ignore[arg-type]
@@ -123,8 +128,11 @@ def envelope(header: dict[str, object], body: bytes, key: Ed25519PrivateKey) -> 
 
 
 # --- round trip -------------------------------------------------------------------------------
-def test_round_trip_is_the_sent_vector(base: WeightSet, key: Ed25519PrivateKey) -> None:
-    payload, sparse = make(base, key)
+@pytest.mark.parametrize("version", [2, 1])
+def test_round_trip_is_the_sent_vector(
+    base: WeightSet, key: Ed25519PrivateKey, version: Literal[1, 2]
+) -> None:
+    payload, sparse = make(base, key, version=version)
     got = opened(payload, base, key)
     assert np.array_equal(got.vector, sparse.dense())
     assert got.vector.dtype == np.float32
@@ -205,8 +213,11 @@ def test_size_against_fp32(base: WeightSet, key: Ed25519PrivateKey) -> None:
 
 
 # --- refusals ---------------------------------------------------------------------------------
-def test_every_flipped_byte_is_refused(base: WeightSet, key: Ed25519PrivateKey) -> None:
-    payload, _ = make(base, key)
+@pytest.mark.parametrize("version", [2, 1])
+def test_every_flipped_byte_is_refused(
+    base: WeightSet, key: Ed25519PrivateKey, version: Literal[1, 2]
+) -> None:
+    payload, _ = make(base, key, version=version)
     id_len_at = len(wire.MAGIC) + 1
     id_end = id_len_at + 1 + len(MACHINE)
     for i in range(len(payload)):
@@ -221,8 +232,11 @@ def test_every_flipped_byte_is_refused(base: WeightSet, key: Ed25519PrivateKey) 
             assert got == "bad_signature", i
 
 
-def test_wrong_key(base: WeightSet, key: Ed25519PrivateKey) -> None:
-    payload, _ = make(base, Ed25519PrivateKey.generate())
+@pytest.mark.parametrize("version", [2, 1])
+def test_wrong_key(
+    base: WeightSet, key: Ed25519PrivateKey, version: Literal[1, 2]
+) -> None:
+    payload, _ = make(base, Ed25519PrivateKey.generate(), version=version)
     assert reason(payload, base, key) == "bad_signature"
 
 
@@ -242,13 +256,19 @@ def test_unknown_machine(base: WeightSet, key: Ed25519PrivateKey) -> None:
     assert err.value.reason == "unknown_machine"
 
 
-def test_wrong_base(base: WeightSet, key: Ed25519PrivateKey) -> None:
-    payload, _ = make(base, key)
+@pytest.mark.parametrize("version", [2, 1])
+def test_wrong_base(
+    base: WeightSet, key: Ed25519PrivateKey, version: Literal[1, 2]
+) -> None:
+    payload, _ = make(base, key, version=version)
     assert reason(payload, dense_ae(1), key) == "wrong_base"
 
 
-def test_replayed_and_wrong_round(base: WeightSet, key: Ed25519PrivateKey) -> None:
-    payload, _ = make(base, key, round_id="r7")
+@pytest.mark.parametrize("version", [2, 1])
+def test_replayed_and_wrong_round(
+    base: WeightSet, key: Ed25519PrivateKey, version: Literal[1, 2]
+) -> None:
+    payload, _ = make(base, key, round_id="r7", version=version)
     assert reason(payload, base, key, seen_rounds={(MACHINE, "r7")}) == "replayed_round"
     assert opened(payload, base, key, seen_rounds={("pump-1", "r7"), (MACHINE, "r6")})
     assert reason(payload, base, key, expected_round="r8") == "wrong_round"
@@ -268,28 +288,35 @@ def test_norm_bound(base: WeightSet, key: Ed25519PrivateKey) -> None:
     assert opened(payload, base, key, max_norm=norm * 1.01)
 
 
-def test_truncated_at_every_length(base: WeightSet, key: Ed25519PrivateKey) -> None:
-    payload, _ = make(base, key)
+@pytest.mark.parametrize("version", [2, 1])
+def test_truncated_at_every_length(
+    base: WeightSet, key: Ed25519PrivateKey, version: Literal[1, 2]
+) -> None:
+    payload, _ = make(base, key, version=version)
     for n in range(len(payload)):
         assert reason(payload[:n], base, key) in {"malformed", "bad_signature"}, n
 
 
 def test_random_bytes_only_raise_delta_error(base: WeightSet, key: Ed25519PrivateKey) -> None:
     rng = np.random.default_rng(11)
-    prefix = wire.MAGIC + bytes([1, len(MACHINE)]) + MACHINE.encode()
+    prefixes = [wire.MAGIC + bytes([v, len(MACHINE)]) + MACHINE.encode() for v in (1, 2)]
     for _ in range(FUZZ_CASES):
         junk = rng.integers(0, 256, int(rng.integers(0, 400)), dtype=np.uint8).tobytes()
-        for data in (junk, prefix + junk):
+        for data in (junk, *(prefix + junk for prefix in prefixes)):
             with pytest.raises(DeltaError):
                 opened(data, base, key)
 
 
-def test_signed_garbage_only_raises_malformed(base: WeightSet, key: Ed25519PrivateKey) -> None:
+@pytest.mark.parametrize("version", [2, 1])
+def test_signed_garbage_only_raises_malformed(
+    base: WeightSet, key: Ed25519PrivateKey, version: Literal[1, 2]
+) -> None:
     """A device with a valid key that sends nonsense: every parse step refuses it cleanly."""
-    payload, _ = make(base, key)
+    payload, _ = make(base, key, version=version)
     signed = payload[: -wire.SIGNATURE_BYTES]
     rng = np.random.default_rng(12)
     head_at = len(wire.MAGIC) + 2 + len(MACHINE)
+    assert payload[len(wire.MAGIC)] == version
     reasons: set[str] = set()
     for _ in range(FUZZ_CASES):
         bad = bytearray(signed)
@@ -306,8 +333,8 @@ def test_signed_garbage_only_raises_malformed(base: WeightSet, key: Ed25519Priva
         assert err.value.reason == "malformed"
 
 
-def test_signed_but_inconsistent(base: WeightSet, key: Ed25519PrivateKey) -> None:
-    payload, sparse = make(base, key)
+def test_signed_but_inconsistent_v1(base: WeightSet, key: Ed25519PrivateKey) -> None:
+    payload, sparse = make(base, key, version=1)
     header = opened(payload, base, key).header.model_dump()
     body = zlib.compress(pack(sparse), 9)
     cases = {
@@ -328,3 +355,98 @@ def test_signed_but_inconsistent(base: WeightSet, key: Ed25519PrivateKey) -> Non
                       + struct.pack(">I", len(head)) + head + raw)
             data = resign(signed, key)
         assert reason(data, base, key) == "malformed", what
+
+
+# --- format 2 ---------------------------------------------------------------------------------
+V2_FIXED = struct.Struct(">IHfIII")  # samples, epochs, norm, size, k, created_at: the layout
+
+
+def v2_header(
+    base: WeightSet, sparse: SparseDelta, **change: object
+) -> bytes:
+    """A format-2 header written from the documented layout (not with the module's code)."""
+    f: dict[str, object] = {
+        "model_version": MODEL_VERSION.encode(), "round_id": b"r1",
+        "fingerprint": bytes.fromhex(base.fingerprint()), "samples": 480, "epochs": 2,
+        "norm": sparse.l2_norm(), "size": base.size, "k": sparse.k, "created": 1_796_464_800,
+    }
+    f.update(change)
+    mv, rid = f["model_version"], f["round_id"]
+    assert isinstance(mv, bytes)
+    assert isinstance(rid, bytes)
+    fixed = V2_FIXED.pack(f["samples"], f["epochs"], f["norm"], f["size"], f["k"], f["created"])
+    fingerprint = f["fingerprint"]
+    assert isinstance(fingerprint, bytes)
+    return bytes([len(mv)]) + mv + bytes([len(rid)]) + rid + fingerprint + fixed
+
+
+def v2_envelope(head: bytes, body: bytes, key: Ed25519PrivateKey, machine: str = MACHINE) -> bytes:
+    return resign(wire.MAGIC + bytes([2, len(machine)]) + machine.encode() + head + body, key)
+
+
+def test_v2_is_the_documented_layout(base: WeightSet, key: Ed25519PrivateKey) -> None:
+    payload, sparse = make(base, key)
+    head = v2_header(base, sparse)
+    body = zlib.compress(pack(sparse), wire.ZLIB_LEVEL)
+    assert payload == v2_envelope(head, body, key)
+    got = opened(payload, base, key).header
+    assert (got.format, got.created_at, got.model_version) == (2, CREATED_AT, MODEL_VERSION)
+    assert got.tensor_sizes == sizes_of(base)
+    assert got.layout_sha256 is None
+    assert len(head) == 2 + len(MODEL_VERSION) + 2 + 32 + V2_FIXED.size  # 88 bytes here
+
+
+def test_v2_is_smaller_than_v1_by_the_json_header(
+    base: WeightSet, key: Ed25519PrivateKey
+) -> None:
+    v2, _ = make(base, key)
+    v1, _ = make(base, key, version=1)
+    assert np.array_equal(opened(v1, base, key).vector, opened(v2, base, key).vector)
+    assert opened(v1, base, key).header.format == 1
+    assert len(v1) - len(v2) > 300, (len(v1), len(v2))
+
+
+def test_v2_needs_the_receivers_layout(base: WeightSet, key: Ed25519PrivateKey) -> None:
+    payload, _ = make(base, key)
+    with pytest.raises(ValueError, match="tensor_sizes"):
+        opened(payload, base, key, tensor_sizes=None)
+    v1, _ = make(base, key, version=1)  # format 1's own sizes are checked against the layout
+    with pytest.raises(DeltaError, match="tensor sizes") as err:
+        opened(v1, base, key, tensor_sizes=(base.size - 10, 10))
+    assert err.value.reason == "malformed"
+    assert opened(v1, base, key, tensor_sizes=None).header.tensor_sizes == sizes_of(base)
+
+
+def test_unknown_version_byte(base: WeightSet, key: Ed25519PrivateKey) -> None:
+    payload, _ = make(base, key)
+    signed = bytearray(payload[: -wire.SIGNATURE_BYTES])
+    for version in (0, 3, 255):
+        signed[len(wire.MAGIC)] = version
+        with pytest.raises(DeltaError, match=f"version {version}") as err:
+            opened(resign(bytes(signed), key), base, key)
+        assert err.value.reason == "malformed"
+
+
+def test_signed_but_inconsistent_v2(base: WeightSet, key: Ed25519PrivateKey) -> None:
+    _, sparse = make(base, key)
+    body = zlib.compress(pack(sparse), 9)
+    ok = v2_header(base, sparse)
+    assert opened(v2_envelope(ok, body, key), base, key)
+    cases: dict[str, tuple[bytes, bytes, str]] = {
+        "k": (v2_header(base, sparse, k=sparse.k + 1), body, "malformed"),
+        "k over size": (v2_header(base, sparse, k=base.size + 1), body, "malformed"),
+        "norm": (v2_header(base, sparse, norm=sparse.l2_norm() * 2), body, "malformed"),
+        "size": (v2_header(base, sparse, size=base.size + 1), body, "malformed"),
+        "no samples": (v2_header(base, sparse, samples=0), body, "malformed"),
+        "round id": (v2_header(base, sparse, round_id=b"r 1"), body, "malformed"),
+        "empty model version": (v2_header(base, sparse, model_version=b""), body, "malformed"),
+        "not ascii": (v2_header(base, sparse, model_version=b"\xff"), body, "malformed"),
+        "fingerprint": (v2_header(base, sparse, fingerprint=bytes(32)), body, "wrong_base"),
+        "trailing data": (ok, body + b"\0", "malformed"),
+        "two streams": (ok, body + body, "malformed"),
+        "zip bomb": (ok, zlib.compress(b"\0" * 10_000_000, 9), "malformed"),
+        "not zlib": (ok, b"\x00" * 50, "malformed"),
+        "header cut": (ok[:40], b"", "malformed"),
+    }
+    for what, (head, raw, expected) in cases.items():
+        assert reason(v2_envelope(head, raw, key), base, key) == expected, what

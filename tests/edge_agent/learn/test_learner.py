@@ -69,7 +69,8 @@ def test_a_signed_round_is_answered_once_with_a_delta_the_desk_accepts(
 
     pub = read_private_key(tmp_path / "keys" / "device.key").public_key()
     opened = decode_delta(delta.payload, public_keys={MACHINE: pub},
-                          expected_base_fingerprint=base.fingerprint(), expected_round="r-1")
+                          expected_base_fingerprint=base.fingerprint(), expected_round="r-1",
+                          tensor_sizes=base.tensor_sizes)
     assert opened.header.samples >= 50
     assert opened.header.model_version == slot.version
     assert opened.header.k == round(0.05 * base.size)

@@ -172,7 +172,8 @@ def test_noise_goes_in_before_error_feedback(
     update = out.local.weights.subtract(weights).flat()
     noised = privatize(update, applied, np.random.default_rng(TEST_SEED)).vector
     decoded = decode_delta(out.payload, public_keys={MACHINE: device_key.public_key()},
-                           expected_base_fingerprint=weights.fingerprint())
+                           expected_base_fingerprint=weights.fingerprint(),
+                           tensor_sizes=weights.tensor_sizes)
     np.testing.assert_allclose(decoded.vector + out.residual, noised, rtol=0, atol=1e-7)
     assert np.linalg.norm(update) > 0.01  # the clip was active: the raw update is larger
 

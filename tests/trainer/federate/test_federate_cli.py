@@ -96,6 +96,7 @@ def test_round_accepts_good_deltas_and_records_why_others_are_refused(
             path.read_bytes(),
             public_keys=device_keys,
             expected_base_fingerprint=base_weights.fingerprint(),
+            tensor_sizes=base_weights.tensor_sizes,
         )
         sent[path.name] = (d.vector, d.header.samples)
     total = sum(s for _, s in sent.values())
