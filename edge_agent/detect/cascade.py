@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.detect.forest import FlatForest
+from edge_agent.detect.ring import WindowSource
 from edge_agent.detect.threshold import ThresholdModel
 from edge_agent.kernels import jit, kernel
 
@@ -157,8 +158,11 @@ class Cascade:
         self.autoencoder = autoencoder
         self.threshold = threshold
 
-    def score(self, windows: F32, features: F32, *, screen: bool = True) -> WindowScores:
-        """Score windows ``(n, W, C)`` with their features ``(n, F)``.
+    def score(
+        self, windows: F32 | WindowSource, features: F32, *, screen: bool = True
+    ) -> WindowScores:
+        """Score windows ``(n, W, C)`` with their features ``(n, F)``; a pipeline passes a
+        :class:`WindowSource`, which gathers only the windows stage 2 reads.
 
         ``screen=False`` sends every window to stage 2 (used to measure stage 2 alone).
         """
@@ -178,7 +182,7 @@ class Cascade:
                 np.full(n, np.nan),
                 np.zeros((n, c), np.float32),
             )
-        w = windows if idx.size == n else windows[idx]
+        w = windows if idx.size == n and isinstance(windows, np.ndarray) else windows[idx]
         err, share = reconstruction_error(w, self.autoencoder.reconstruct(w))
         p = self.threshold.p_anomaly(err)
         raw = err >= self.threshold.alert_threshold
@@ -201,7 +205,12 @@ class Cascade:
         return WindowScores(stage, score, p_all, raw_all, error, contributions)
 
     def _score_finite_only(
-        self, windows: F32, features: F32, finite: npt.NDArray[np.bool_], *, screen: bool
+        self,
+        windows: F32 | WindowSource,
+        features: F32,
+        finite: npt.NDArray[np.bool_],
+        *,
+        screen: bool,
     ) -> WindowScores:
         """Score the finite windows; the others get :data:`STAGE_SKIPPED`, no score, no alert.
 

@@ -3,15 +3,19 @@
 Sits between the grid aligner plus normalization and the cascade. Each push adds normalized
 grid points (with their imputation mask and the per-sample SPE/T² statistics of
 ``FlatForest.sample_stats``) to a ring of ``W`` slots per channel, and returns every window
-that ends at one of them, copied out oldest first as one contiguous ``(n, W, C)`` array, with
-its screen features. The rule is that of :func:`edge_agent.detect.windows.window_ends`: a
-complete window inside one segment, ending every ``hop`` points counted from the segment
-start, with at most ``max_imputed_fraction`` of its cells imputed.
+that ends at one of them, with its screen features. The rule is that of
+:func:`edge_agent.detect.windows.window_ends`: a complete window inside one segment, ending every
+``hop`` points counted from the segment start, with at most ``max_imputed_fraction`` of its
+cells imputed.
 
-The features come from the batch kernels (``window_features``, ``window_stat_features``) run
-over the gathered windows laid end to end, so a window's numbers are bit-identical whether it
-was found by ``window_ends`` over a whole file or here one sample at a time. Everything runs
-in one Numba call per push: the daemon pays the Python overhead once per row, not per step.
+A push does not copy its windows out (``W`` copies of every point, most of them never looked at
+again: the forest passes most windows on their features alone). It lays the ring's last
+``W - 1`` points and the pushed ones end to end, ``(W - 1 + m, C)``, and computes every window's
+features there with the batch kernels (``window_features``, ``window_stat_features``), so a
+window's numbers are bit-identical whether it was found by ``window_ends`` over a whole file or
+here one sample at a time. :class:`WindowSource` gathers the windows stage 2 asks for from
+that array. Everything runs in one Numba call per push: the daemon pays the Python overhead
+once per row, not per step.
 """
 
 from __future__ import annotations
@@ -40,29 +44,59 @@ _POINT_WIN = 6  # id of the window current at the latest grid point (-1: none)
 STATE_SIZE = 7
 
 
+class WindowSource:
+    """The windows of one push, gathered only when asked for (stage 2's share of them).
+
+    ``points`` are the push's normalized points after the ring's last ``W - 1``; window ``i``
+    is ``points[ends[i] - W + 1 : ends[i] + 1]``. Indexing with an array of window indices
+    gives those windows as one C-contiguous ``(k, W, C)`` array (a view for a single one).
+    """
+
+    __slots__ = ("ends", "points", "shape", "window")
+
+    def __init__(self, points: F32, ends: I64, window: int) -> None:
+        self.points = points
+        self.ends = ends
+        self.window = window
+        self.shape = (int(ends.shape[0]), window, int(points.shape[1]))
+
+    def __getitem__(self, idx: npt.NDArray[np.intp]) -> F32:
+        last = self.ends[idx]
+        if last.shape[0] == 1:  # the daemon's case: one window, no copy
+            k = int(last[0])
+            return self.points[k - self.window + 1 : k + 1][None]
+        rows = (last - (self.window - 1))[:, None] + np.arange(self.window)
+        out: F32 = self.points[rows]
+        return out
+
+
 @dataclass(frozen=True)
 class RingOutput:
     """Windows completed by one push, oldest first; ids count windows since the ring began."""
 
-    windows: F32  # (n, W, C) normalized samples
+    source: WindowSource  # the windows, gathered on demand
     features: F32  # (n, F) screen features, as windows.screen_features computes them
     end_index: I64  # (n,) global grid index of each window's last point
     end_time: F64  # (n,) time of that point
     segment: I64  # (n,) global index of the first point of the window's segment
     row_window: I64  # (rows,) id of the window current at each row's grid point, or -1
 
+    @property
+    def windows(self) -> F32:
+        """Every window, ``(n, W, C)`` normalized samples."""
+        return self.source[np.arange(self.source.shape[0])]
+
 
 @jit
-def gathered_features(windows: F32, stats: F32) -> F32:  # pragma: no cover - compiled
-    """Screen features of windows ``(n, W, C)`` with their statistics ``(n, W, S)``."""
-    n, w, c = windows.shape
-    s = stats.shape[2]
-    ends = np.arange(n) * w + (w - 1)
-    base = window_features(windows.reshape(n * w, c), ends, w)
+def chained_features(points: F32, stats: F32, ends: I64, window: int) -> F32:  # pragma: no cover
+    """Screen features of the windows ending at ``ends`` of ``points`` ``(m, C)`` with their
+    statistics ``(m, S)``: ``screen_features``, in one compiled call."""
+    base = window_features(points, ends, window)
+    s = stats.shape[1]
     if s == 0:
         return base
-    extra = window_stat_features(stats.reshape(n * w, s), ends, w)
-    out = np.empty((n, base.shape[1] + extra.shape[1]), np.float32)
+    extra = window_stat_features(stats, ends, window)
+    out = np.empty((ends.shape[0], base.shape[1] + extra.shape[1]), np.float32)
     out[:, : base.shape[1]] = base
     out[:, base.shape[1] :] = extra
     return out
@@ -84,12 +118,29 @@ def ring_push(
     buf_s: F32,
     buf_imp: I64,
     state: I64,
-) -> tuple[F32, F32, I64, F64, I64, I64]:  # pragma: no cover - compiled
-    """Add grid points ``first_index, first_index + 1, ...``; see :class:`RingOutput`."""
+) -> tuple[F32, F32, I64, I64, F64, I64, I64]:  # pragma: no cover - compiled
+    """Add grid points ``first_index, first_index + 1, ...``; see :class:`RingOutput`.
+
+    Returns the points laid end to end (the ring's last ``W - 1``, then these), the features,
+    each window's last row in them, then ``end_index``, ``end_time``, ``segment`` and
+    ``row_window`` as in :class:`RingOutput`."""
     m, c = xn.shape
     s = stats.shape[1]
-    windows = np.empty((m, window, c), np.float32)
-    swin = np.empty((m, window, s), np.float32)
+    lead = window - 1
+    points = np.empty((lead + m, c), np.float32)
+    chained_stats = np.empty((lead + m, s), np.float32)
+    # The ring's last W - 1 points, oldest first (slots pos + 1 .. pos + W - 1): windows that
+    # began before this push read them here. Slots not yet filled in this segment are never
+    # read: a window needs W points of one segment.
+    start = state[_POS] + 1
+    for t in range(lead):
+        src = (start + t) % window
+        for j in range(c):
+            points[t, j] = buf_x[src, j]
+        for j in range(s):
+            chained_stats[t, j] = buf_s[src, j]
+    points[lead:] = xn
+    chained_stats[lead:] = stats
     ends = np.empty(m, np.int64)
     point_window = np.empty(m, np.int64)
     before = state[_POINT_WIN]  # rows that repeat an earlier point see its window
@@ -122,12 +173,6 @@ def ring_push(
         state[_SEG_LEN] += 1
         seg_len = state[_SEG_LEN]
         if seg_len >= window and (seg_len - window) % hop == 0 and state[_IMP_SUM] <= limit:
-            for t in range(window):
-                src = pos + t if pos + t < window else pos + t - window
-                for j in range(c):
-                    windows[n, t, j] = buf_x[src, j]
-                for j in range(s):
-                    swin[n, t, j] = buf_s[src, j]
             ends[n] = g
             state[_LAST_END] = g
             state[_N_WIN] += 1
@@ -140,9 +185,10 @@ def ring_push(
     for r in range(row_to_grid.shape[0]):
         k = row_to_grid[r] - first_index
         row_window[r] = point_window[k] if k >= 0 else before
-    features = gathered_features(windows[:n], swin[:n])
     local = ends[:n] - first_index
-    return windows[:n], features, ends[:n], times[local], segment_start[local], row_window
+    last_row = local + lead
+    features = chained_features(points, chained_stats, last_row, window)
+    return points, features, last_row, ends[:n], times[local], segment_start[local], row_window
 
 
 class WindowRing:
@@ -181,21 +227,9 @@ class WindowRing:
         first_index: int,
     ) -> RingOutput:
         """Add the grid points of one aligner push; see :func:`ring_push`."""
-        return RingOutput(
-            *ring_push(
-                xn,
-                stats,
-                imputed,
-                times,
-                segment_start,
-                row_to_grid,
-                first_index,
-                self.window,
-                self.hop,
-                self.max_imputed_fraction,
-                self.buf_x,
-                self.buf_s,
-                self.buf_imp,
-                self.state,
-            )
-        )
+        points, features, last_row, end_index, end_time, segment, row_window = ring_push(
+            xn, stats, imputed, times, segment_start, row_to_grid, first_index, self.window,
+            self.hop, self.max_imputed_fraction, self.buf_x, self.buf_s, self.buf_imp, self.state,
+        )  # fmt: skip
+        source = WindowSource(points, last_row, self.window)
+        return RingOutput(source, features, end_index, end_time, segment, row_window)
