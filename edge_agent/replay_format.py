@@ -121,6 +121,20 @@ def format_g6(x: F64) -> U8:
     return out
 
 
+def format_g6_sparse(x: F64) -> U8:
+    """:func:`format_g6`, computed only for the non-zero values: ``p_anomaly`` is 0 wherever
+    the screen passed the window (most rows), and zeros are written ``0`` or ``-0``."""
+    nonzero = np.flatnonzero(x != 0)  # NaN included
+    if nonzero.size == x.shape[0]:
+        return format_g6(x)
+    out = np.zeros((x.shape[0], NUMBER_BYTES), np.uint8)
+    out[:, 0] = np.where(np.signbit(x), ord("-"), 0)
+    out[:, 1] = ord("0")
+    if nonzero.size:
+        out[nonzero] = format_g6(x[nonzero])
+    return out
+
+
 def iso_text(t: float) -> str:
     """One timestamp as the writer shows it (the reference for :func:`format_iso`)."""
     stamp = dt.datetime.fromtimestamp(t, dt.UTC)
@@ -174,9 +188,9 @@ def score_lines(
         sep,
         _digits(np.asarray(stage, np.int64), 1),
         sep,
-        format_g6(np.asarray(score, np.float64)),
+        format_g6_sparse(np.asarray(score, np.float64)),
         sep,
-        format_g6(np.asarray(p_anomaly, np.float64)),
+        format_g6_sparse(np.asarray(p_anomaly, np.float64)),
         sep,
         _digits(np.asarray(alert, np.int64), 1),
         np.tile(np.frombuffer(LINE_END, np.uint8), (n, 1)),

@@ -7,7 +7,14 @@ import io
 
 import numpy as np
 
-from edge_agent.replay_format import NUMBER_BYTES, format_g6, format_iso, iso_text, score_lines
+from edge_agent.replay_format import (
+    NUMBER_BYTES,
+    format_g6,
+    format_g6_sparse,
+    format_iso,
+    iso_text,
+    score_lines,
+)
 
 EDGE_VALUES = [0.0, -0.0, np.nan, np.inf, -np.inf, 0.5, 1.5, 2.5, 0.15, 0.25, 123456.5, 1234565.0,
                999999.5, 9999995.0, 1e-4, 9.99999e-5, 0.000123456789, 1e-5, 1e22, 1e23, 1e300,
@@ -30,6 +37,16 @@ def test_six_significant_digits_as_python_formats_them() -> None:
     cells = format_g6(x)
     assert cells.shape == (x.size, NUMBER_BYTES)
     assert _texts(cells) == [f"{v:.6g}" for v in x.tolist()]
+
+
+def test_zeros_apart_give_the_same_bytes() -> None:
+    """Most p_anomaly values are 0: formatted apart, every cell is still format_g6's."""
+    rng = np.random.default_rng(10)
+    x = np.where(rng.random(20_000) < 0.8, 0.0, rng.random(20_000) * 10.0 ** rng.integers(-9, 9))
+    x[::7] = -0.0
+    x[::11] = np.nan
+    for values in (x, np.zeros(5), -np.zeros(5), np.array(EDGE_VALUES), x[:0]):
+        np.testing.assert_array_equal(format_g6_sparse(values), format_g6(values))
 
 
 def test_timestamps_as_datetime_writes_them() -> None:
