@@ -10,8 +10,11 @@ parity gate if it refuses, as recorded).
 Timed (median of ``--repeats`` after one warm-up run that fills Numba's cache):
 ``python -m edge_agent replay`` as a fresh process, from start to exit (process start, imports,
 bundle verification, reading, scoring, writing), once with each interpreter given: ``--edge-python``
-(an environment with only the ``edge`` install: no pandas, pyarrow, TensorFlow or scikit-learn)
-and the desk's (this interpreter). The reference, in this process: pandas rolling-window
+(an environment with only the ``edge`` install: no pandas, pyarrow, TensorFlow or scikit-learn,
+and no numba), on the kernels compiled ahead of time as a gateway runs them (built here by
+``edge_agent.kernels.build`` for this CPU, as ``systemd/install.sh`` does on the device;
+``--edge-kernels jit`` runs the edge side on Numba's JIT instead, where numba is installed),
+and the desk's (this interpreter, on the JIT). The reference, in this process: pandas rolling-window
 features, scikit-learn ``IsolationForest`` fitted on the same fifth, the run's float Keras
 autoencoder on the windows the forest flags (``bench/pipeline_throughput.Reference``), scoring
 the file's values already in memory (scoring only: no reading, no writing). Every process is
@@ -57,7 +60,7 @@ TARGET_CHANNEL_SAMPLES_PER_S = 1_000_000
 TARGET_TIMES_REFERENCE = 3.0
 REFERENCE_WARMUP_ROWS = 20_000  # Keras traces its predict function on a first, small call
 # Not importable in an edge install; checked in the --edge-python environment.
-DESK_ONLY = ("pandas", "pyarrow", "tensorflow", "sklearn")
+DESK_ONLY = ("pandas", "pyarrow", "tensorflow", "sklearn", "numba")
 
 
 def build_file(out: Path, copies: int) -> dict[str, Any]:
@@ -172,12 +175,32 @@ def _pin() -> None:
         os.sched_setaffinity(0, {BENCH_CPU})
 
 
-def time_replay(python: str, work: Path, data: Path, repeats: int) -> dict[str, Any]:
-    """Fresh ``python -m edge_agent replay`` processes: wall seconds and peak RSS of each."""
+def build_kernels(work: Path) -> dict[str, Any]:
+    """The compiled kernel module for this CPU, as a gateway's install builds it."""
+    out = work / "kernels"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "edge_agent.kernels.build", "--out", str(out)],
+                   cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
+                   capture_output=True)  # fmt: skip
+    return {"dir": str(out), "build_s": round(time.perf_counter() - t0, 1)}
+
+
+def _kernels(python: str, env: dict[str, str]) -> str:
+    """What ``python -m edge_agent.kernels`` says the process runs its kernels on."""
+    got = subprocess.run([python, "-m", "edge_agent.kernels"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return got.stdout.splitlines()[0]
+
+
+def time_replay(
+    python: str, work: Path, data: Path, repeats: int, kernels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Fresh ``python -m edge_agent replay`` processes: wall seconds and peak RSS of each.
+    ``kernels``: the EDGE_KERNELS variables of the replay processes."""
     bundle, trust, out = work / "bundle", work / "keys" / "signing.pub", work / "scores.csv"
     cmd = [python, "-c", WITH_PEAK_RSS, "replay", "--bundle", str(bundle), "--trust", str(trust),
            "--data", str(data), "--out", str(out)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(kernels or {})}
     seconds, rss = [], []
     log = work / "replay.log"
     for i in range(repeats + 1):
@@ -201,6 +224,7 @@ def time_replay(python: str, work: Path, data: Path, repeats: int) -> dict[str, 
     med = float(np.median(seconds))
     return {
         "python": python,
+        "kernels": _kernels(python, env),
         "missing_desk_packages": _missing(python, env),
         "repeats": repeats,
         "seconds": [round(s, 3) for s in seconds],
@@ -276,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, help="autoencoder epochs (default: trainer's)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each (median kept)")
     ap.add_argument("--edge-python", help="interpreter of an edge-only install (default: none)")
+    ap.add_argument("--edge-kernels", choices=("aot", "jit"), default="aot",
+                    help="edge side's kernels: compiled here ahead of time, or JIT")  # fmt: skip
     ap.add_argument("--out", type=Path,
                     default=ROOT / "bench" / "results" / "replay_end_to_end.json")  # fmt: skip
     a = ap.parse_args(argv)
@@ -291,8 +317,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         load = {"start": round(os.getloadavg()[0], 2)}
         sides: dict[str, Any] = {}
         if a.edge_python:
-            sides["edge"] = time_replay(a.edge_python, work, data, a.repeats)
-        sides["desk"] = time_replay(sys.executable, work, data, a.repeats)
+            kernels, build_s = {"EDGE_KERNELS": "jit"}, None
+            if a.edge_kernels == "aot":
+                build = build_kernels(work)
+                kernels = {"EDGE_KERNELS": "aot", "EDGE_KERNELS_DIR": build["dir"]}
+                build_s = build["build_s"]
+            sides["edge"] = time_replay(a.edge_python, work, data, a.repeats, kernels)
+            sides["edge"]["kernels_build_s"] = build_s
+        sides["desk"] = time_replay(sys.executable, work, data, a.repeats, {"EDGE_KERNELS": "jit"})
         load["after_replay"] = round(os.getloadavg()[0], 2)
         try:
             _pin()
