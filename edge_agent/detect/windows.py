@@ -82,34 +82,47 @@ def window_ends(
 
 @jit
 def window_features(xn: F32, ends: npt.NDArray[np.int64], window: int) -> F32:  # pragma: no cover
-    """Summary features of the windows ending at ``ends``; shape ``(len(ends), C * 7)``."""
+    """Summary features of the windows ending at ``ends``; shape ``(len(ends), C * 7)``.
+
+    Every sum runs over the window in time order (the trainer's numbers, to the last bit);
+    the loop is split where the recent part starts, so its steps carry no branch."""
     _m, c = xn.shape
     nf = FEATURES_PER_CHANNEL
     out = np.empty((ends.shape[0], c * nf), np.float32)
     recent = max(1, int(window * RECENT_FRACTION))
+    older = window - recent
     for w in range(ends.shape[0]):
         k = ends[w]
         first = k - window + 1
+        split = max(k - recent + 1, first + 1)  # the first step after `first` in the recent part
         for j in range(c):
-            s = 0.0
-            s2 = 0.0
-            lo = np.inf
-            hi = -np.inf
+            v = np.float64(xn[first, j])
+            s = 0.0 + v  # 0.0 + v, not v: a sum starting at 0.0 turns -0.0 into 0.0
+            s2 = 0.0 + v * v
+            lo = min(np.inf, v)
+            hi = max(-np.inf, v)
             steps = 0.0
-            s_recent = 0.0
-            for t in range(first, k + 1):
+            s_recent = 0.0 + v if first > k - recent else 0.0
+            prev = v
+            for t in range(first + 1, split):
                 v = np.float64(xn[t, j])
                 s += v
                 s2 += v * v
                 lo = min(lo, v)
                 hi = max(hi, v)
-                if t > first:
-                    steps += abs(v - np.float64(xn[t - 1, j]))
-                if t > k - recent:
-                    s_recent += v
+                steps += abs(v - prev)
+                prev = v
+            for t in range(split, k + 1):
+                v = np.float64(xn[t, j])
+                s += v
+                s2 += v * v
+                lo = min(lo, v)
+                hi = max(hi, v)
+                steps += abs(v - prev)
+                prev = v
+                s_recent += v
             mean = s / window
             var = max(s2 / window - mean * mean, 0.0)
-            older = window - recent
             mean_old = (s - s_recent) / older if older > 0 else mean
             base = j * nf
             out[w, base + 0] = mean
