@@ -59,6 +59,10 @@ def bind(fn: Callable[..., R], *args: Any) -> Callable[..., R]:
     return _assemble(target, tuple(fixed), per_call, tuple(checks[i] for i in per_call))
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def _assemble(
     target: Callable[..., R],
     args: tuple[Any, ...],
@@ -88,6 +92,21 @@ def _assemble(
             return target(check0(a), check1(b), *rest)
 
         return call_two
+
+    if n == 2:
+        # Two per-call arguments anywhere (the int8 dequantizer: its input first, its output
+        # last): the fixed ones around them as tuples, no list built per call.
+        i, j = per_call
+        head, mid, tail = args[:i], args[i + 1 : j], args[j + 1 :]
+        check_a, check_b = checks if checks is not None else (_same, _same)
+
+        def call_two_apart(*given: Any) -> R:
+            if len(given) != 2:
+                raise KernelArgumentError(f"bound kernel takes 2 arguments, got {len(given)}")
+            a, b = given
+            return target(*head, check_a(a), *mid, check_b(b), *tail)
+
+        return call_two_apart
 
     template = list(args)
 

@@ -222,14 +222,57 @@ def argument_checks(kernel: str, signature: Signature) -> list[Check]:
 
 def make_guard(kernel: str, signature: Signature, target: Callable[..., Any]) -> Callable[..., Any]:
     """``target`` behind the checks of ``signature``: scalars are converted to exact Python
-    types, arrays are passed as they are or refused."""
+    types, arrays are passed as they are or refused. Kernels of up to four arguments get a
+    guard written out for their count (no per-call list or zip: the daemon calls some of them
+    once per row)."""
     checks = tuple(argument_checks(kernel, signature))
     count = len(checks)
 
-    def guarded(*args: Any) -> Any:
-        if len(args) != count:
-            raise KernelArgumentError(f"kernel {kernel} takes {count} arguments, got {len(args)}")
-        return target(*[check(a) for check, a in zip(checks, args, strict=True)])
+    def wrong_count(given: int) -> KernelArgumentError:
+        return KernelArgumentError(f"kernel {kernel} takes {count} arguments, got {given}")
+
+    guarded: Callable[..., Any]
+    if count == 1:
+        (c0,) = checks
+
+        def guarded(*args: Any) -> Any:
+            if len(args) != 1:
+                raise wrong_count(len(args))
+            return target(c0(args[0]))
+
+    elif count == 2:
+        c0, c1 = checks
+
+        def guarded(*args: Any) -> Any:
+            if len(args) != 2:
+                raise wrong_count(len(args))
+            a0, a1 = args
+            return target(c0(a0), c1(a1))
+
+    elif count == 3:
+        c0, c1, c2 = checks
+
+        def guarded(*args: Any) -> Any:
+            if len(args) != 3:
+                raise wrong_count(len(args))
+            a0, a1, a2 = args
+            return target(c0(a0), c1(a1), c2(a2))
+
+    elif count == 4:
+        c0, c1, c2, c3 = checks
+
+        def guarded(*args: Any) -> Any:
+            if len(args) != 4:
+                raise wrong_count(len(args))
+            a0, a1, a2, a3 = args
+            return target(c0(a0), c1(a1), c2(a2), c3(a3))
+
+    else:
+
+        def guarded(*args: Any) -> Any:
+            if len(args) != count:
+                raise wrong_count(len(args))
+            return target(*[check(a) for check, a in zip(checks, args, strict=True)])
 
     guarded.__name__ = kernel
     guarded.__qualname__ = kernel

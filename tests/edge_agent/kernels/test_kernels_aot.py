@@ -134,3 +134,24 @@ def test_guard_converts_numpy_scalars(aot: dict[str, Callable[..., Any]]) -> Non
         aot["_tail_kernel"](scores, *table, 0, 0.0, 1.0, 0.0, 1.0, True)
     with pytest.raises(KernelArgumentError, match="a real number"):
         aot["_tail_kernel"](scores, *table, False, None, 1.0, 0.0, 1.0, True)
+
+
+def test_every_guard_refuses_each_bad_argument(
+    recorded: list[Call], aot: dict[str, Callable[..., Any]]
+) -> None:
+    """Every exported kernel's guard (written out for up to four arguments, generic above),
+    on a real call: a list in place of each array, and one argument too few, are refused."""
+    first = {name: before for name, before, _, _ in reversed(recorded)}
+    assert set(first) == EXPORTED
+    for name, args in first.items():
+        with pytest.raises(KernelArgumentError, match=f"takes {len(args)} arguments, got"):
+            aot[name](*args[:-1])
+        for i, a in enumerate(args):
+            if not isinstance(a, np.ndarray):
+                continue
+            bad = [_copy(x) for x in args]
+            bad[i] = a.tolist()
+            with pytest.raises(KernelArgumentError, match=f"argument {i} must be") as err:
+                aot[name](*bad)
+            assert name in str(err.value)
+            assert "got a list" in str(err.value)
