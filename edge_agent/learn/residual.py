@@ -1,10 +1,12 @@
 """Error feedback for sparsified deltas: what one round did not send is added to the next.
 
-Pipeline position: fleet learning (issue 11), between local training and the wire format. A
-round's update is ``v = (local - global) + residual``; :func:`error_feedback` keeps the top-k of
-``v`` quantized (``edge_agent.learn.sparse``) and the new residual is ``v`` minus the
-dequantized values sent, so both the entries left out and the int8 rounding error reach the
-desk in a later round (Liu et al., communication-efficient federated anomaly detection).
+Pipeline position: fleet learning (issue 11), between local training and the wire format.
+Local training starts from ``global + residual`` (``edge_agent.learn.train_round``), so a
+round's update is ``v = (local - start) + residual = local - global``; :func:`error_feedback`
+keeps the top-k of ``v`` quantized (``edge_agent.learn.sparse``) and the new residual is ``v``
+minus the dequantized values sent, so both the entries left out and the int8 rounding error
+reach the desk in a later round (Liu et al., communication-efficient federated anomaly
+detection; training from the residual's point as in Basu et al.'s Qsparse-local-SGD).
 
 :class:`ResidualStore` keeps the residual on the gateway under ``<state_dir>/learn/``, written
 atomically and durably (``edge_agent.fsutil.atomic_write``). It is keyed by the model's

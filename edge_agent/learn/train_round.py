@@ -7,13 +7,18 @@ thread; ``python -m edge_agent adapt`` runs it on a history file. Same windows, 
 settings in, the same bytes out: training is seeded (``edge_agent.learn.local``), Ed25519
 signatures are deterministic, and ``created_at`` is an input, not the clock.
 
-Steps: train the bundle's float weights (``train_local``), take the difference to the
-global weights, add the residual carried from the last round and keep the top-k, quantized
+Steps: train from the global weights plus the residual carried from the last round (where
+this gateway's own deltas would have left the model had they been sent whole), take the
+difference to that start, add the residual and keep the top-k, quantized
 (``edge_agent.learn.residual.error_feedback``), then frame and sign
-(``edge_agent.learn.delta.encode_delta``). The caller stores the new residual once the delta is
-safely in the outbox. With local privacy (``[learn.privacy]`` or the announcement's
-``privacy``), the update is clipped and noised before the residual is added
-(``edge_agent.learn.privacy``); then, and only then, the bytes are not repeatable.
+(``edge_agent.learn.delta.encode_delta``). The delta is thus ``local - global`` as before; only
+the start moves. Starting from the global weights instead counts the unsent part twice: the
+next round's training measures the same gap again *and* the residual adds it, so the residual
+winds up round after round (see ``docs/fleet-learning.md``, "Error feedback"). The caller
+stores the new residual once the delta is safely in the outbox. With local privacy
+(``[learn.privacy]`` or the announcement's ``privacy``), the trained update is clipped and
+noised before the residual is added (``edge_agent.learn.privacy``); then, and only then, the
+bytes are not repeatable.
 """
 
 from __future__ import annotations
@@ -64,6 +69,17 @@ def training_config(announcement: RoundAnnouncement, budget: Budget) -> LocalTra
     )
 
 
+def training_start(global_weights: WeightSet, residual: F32 | None) -> WeightSet:
+    """Where local training starts: the global weights plus the carried residual."""
+    if residual is None:
+        return global_weights
+    if residual.shape != (global_weights.size,):
+        raise ValueError(
+            f"residual of shape {residual.shape} for a model of {global_weights.size} parameters"
+        )
+    return WeightSet.from_flat(global_weights, global_weights.flat() + residual)
+
+
 def run_round(
     manifest: Manifest, global_weights: WeightSet, windows: F32,
     announcement: RoundAnnouncement, budget: Budget, *, machine_id: str,
@@ -80,9 +96,9 @@ def run_round(
     if learning is None or not learning.trainable:
         why = "no learning section" if learning is None else learning.reason or "not trainable"
         raise ValueError(f"model {manifest.model_version} is not trainable on the device: {why}")
-    local = train_local(global_weights, windows, training_config(announcement, budget),
-                        learning.layers)
-    update = local.weights.subtract(global_weights).flat()
+    start = training_start(global_weights, residual)
+    local = train_local(start, windows, training_config(announcement, budget), learning.layers)
+    update = local.weights.subtract(start).flat()
     dp = effective(privacy, announcement.privacy)
     if dp is not None:  # before error feedback: the residual only ever holds noised values
         update = privatize(update, dp, rng if rng is not None else device_rng()).vector

@@ -18,6 +18,7 @@ from edge_agent.bundle.manifest import Manifest
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.cascade import Cascade, WindowScores
+from edge_agent.detect.ring import WindowSource
 from edge_agent.learn.bundle_weights import load_train_weights
 from edge_agent.learn.dense import DenseAutoencoder
 from edge_agent.learn.history import history_windows
@@ -144,9 +145,11 @@ class _Recording(Cascade):
         self.seen: list[np.ndarray] = []
 
     def score(
-        self, windows: np.ndarray, features: np.ndarray, *, screen: bool = True
+        self, windows: np.ndarray | WindowSource, features: np.ndarray, *, screen: bool = True
     ) -> WindowScores:
-        self.seen.append(windows.copy())
+        # the pipeline hands a lazy WindowSource (edge_agent.detect.ring): gather them all
+        every = np.arange(windows.shape[0], dtype=np.intp)
+        self.seen.append(np.array(windows[every]) if every.size else np.zeros(windows.shape))
         return super().score(windows, features, screen=screen)
 
 
