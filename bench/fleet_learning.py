@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine  # noqa: E402
 
-DEFAULT_FRACTIONS = "1.0,0.1,0.03,0.01,0.003"
+DEFAULT_FRACTIONS = "1.0,0.1,0.03,0.015,0.012,0.01,0.003"
 TARGET_GAIN_OVER_LOCAL = 0.05
 TARGET_GAP_TO_CENTRAL = 0.02
 
@@ -64,6 +64,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--rules", default="fedavg,fedavg_clip,median,trimmed_mean", help="robustness rules"
     )
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the main run's spread")
+    ap.add_argument(
+        "--curve-seeds", type=int, default=3, help="seeds per point of the top-k curve (F1 mean)"
+    )
     ap.add_argument(
         "--poll-epochs",
         type=int,

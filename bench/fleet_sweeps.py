@@ -35,6 +35,9 @@ RULES: dict[str, dict[str, Any]] = {
     "trimmed_mean": {"rule": "trimmed_mean", "trim_fraction": TRIM_FRACTION},
 }
 ATTACKER_INDEX = 0  # the first machine of the fleet turns bad
+SEED_STEP = 100  # local-training seeds of the spreads: seed, seed + 100, seed + 200, ...
+TARGET_RATIO = 100.0  # issue 11: >= 100x smaller than the fp32 weights on the wire
+TARGET_F1_LOST = 0.01  # ... with <= 0.01 F1 lost against uncompressed federated learning
 DEVICE_COST_TIMEOUT_S = 600
 
 PerMachine = Callable[..., dict[str, Any]]
@@ -75,6 +78,14 @@ def _run(
     }
 
 
+def _seeded(settings: FleetSettings, k: int) -> FleetSettings:
+    """``settings`` with the k-th local-training seed (shuffles and subsamples), k = 0 as is."""
+    local = settings.local.model_copy(update={"seed": settings.local.seed + SEED_STEP * k})
+    return FleetSettings(
+        rounds=settings.rounds, local=local, fraction=settings.fraction, desk=settings.desk
+    )
+
+
 def topk_curve(
     g: Any,
     machines: list[Any],
@@ -84,46 +95,62 @@ def topk_curve(
     fractions: list[float],
     work: Path,
     per_machine: PerMachine,
+    seeds: int = 1,
 ) -> tuple[dict[str, Any], dict[float | None, Any]]:
-    """F1 after R rounds and bytes per delta for fp32 and every fraction."""
+    """F1 after R rounds and bytes per delta for fp32 and every fraction, each over ``seeds``
+    local-training seeds (the F1 of one federation moves by ~0.01 with the seed; the curve's
+    F1 is the mean, every seed's value is kept)."""
     size = g.weights.size
     runs: dict[float | None, Any] = {}
     rows = []
     wire_payloads: dict[str, tuple[str, bytes]] = {}
     for fraction in [None, *fractions]:
-        fed, scored = _run(
-            g,
-            clients,
-            _with(settings, fraction=fraction, keep_fraction=False),
-            machines,
-            windows,
-            per_machine,
-        )
-        runs[fraction] = fed
-        sent = [s for round_sent in fed.sent for s in round_sent]
+        base = _with(settings, fraction=fraction, keep_fraction=False)
+        scored_seeds = []
+        for k in range(seeds):
+            fed, scored = _run(g, clients, _seeded(base, k), machines, windows, per_machine)
+            scored_seeds.append(scored)
+            if k == 0:
+                runs[fraction] = fed
+                first = fed
+        scored = scored_seeds[0]
+        sent = [s for round_sent in first.sent for s in round_sent]
         if fraction is None:
             envelope = [size * FP32_BYTES] * len(sent)
             mqtt = [publish_bytes(s.machine_id, b"\0" * (size * FP32_BYTES)) for s in sent[:1]]
         else:
             envelope = [len(s.payload) for s in sent]
             mqtt = [publish_bytes(s.machine_id, s.payload) for s in sent]
-            last = fed.sent[-1][0]
+            last = first.sent[-1][0]
             wire_payloads[str(fraction)] = (last.machine_id, last.payload)
+        f1_seeds = [x["f1"] for x in scored_seeds]
         rows.append({
             "fraction": "fp32" if fraction is None else fraction,
             "envelope_bytes_mean": round(float(np.mean(envelope)), 1),
             "envelope_bytes_max": int(np.max(envelope)),
             "mqtt_publish_bytes_mean": round(float(np.mean(mqtt)), 1),
+            "mqtt_publish_bytes_max": int(np.max(mqtt)),
             "ratio_vs_fp32_weights": round(size * FP32_BYTES / float(np.mean(mqtt)), 1),
             **scored,
+            "f1_first_seed": scored["f1"],
+            "f1": round(float(np.mean(f1_seeds)), 4),
+            "f1_seeds": f1_seeds,
+            "f1_seed_std": round(float(np.std(f1_seeds)), 4),
+            "far": round(float(np.mean([x["far"] for x in scored_seeds])), 4),
+            "step_norms_first_seed": [round(log.step_norm, 4) for log in first.logs],
         })  # fmt: skip
     fp32_f1 = rows[0]["f1"]
     for row in rows:
         row["f1_lost_vs_fp32"] = round(fp32_f1 - row["f1"], 4)
+        row["meets_target"] = (
+            row["ratio_vs_fp32_weights"] >= TARGET_RATIO
+            and row["f1_lost_vs_fp32"] <= TARGET_F1_LOST
+        )
     measured = measure_on_broker(wire_payloads, work / "wire")
     return {
         "parameters": size,
         "fp32_weights_bytes": size * FP32_BYTES,
+        "seeds": seeds,
         "rows": rows,
         "broker_measured": {
             "what": "bytes Mosquitto received for the PUBLISH of the first gateway's last-round "
@@ -131,7 +158,10 @@ def topk_curve(
             "measured": measured,
             "computed": {k: publish_bytes(m, p) for k, (m, p) in wire_payloads.items()},
         },
+        "ratio_from": "MQTT PUBLISH bytes (topic, properties, envelope: framing, header, body, "
+        "signature), mean over every delta of the first seed's run",
         "target": ">= 100x smaller than fp32 weights with <= 0.01 F1 lost against fp32 FL",
+        "target_met_by": [r["fraction"] for r in rows if r["meets_target"]],
     }, runs
 
 
@@ -149,11 +179,7 @@ def seed_spread(
     much of a difference between two runs is noise."""
     f1 = [per_machine(g, first.weights[-1], machines, windows, ranking=False)["personal"]]
     for k in range(1, seeds):
-        local = settings.local.model_copy(update={"seed": settings.local.seed + 100 * k})
-        s = FleetSettings(
-            rounds=settings.rounds, local=local, fraction=settings.fraction, desk=settings.desk
-        )
-        fed = run_federation(g.base, g.manifest, clients, s)
+        fed = run_federation(g.base, g.manifest, clients, _seeded(settings, k))
         f1.append(per_machine(g, fed.weights[-1], machines, windows, ranking=False)["personal"])
     values = [x["mean"]["f1"] for x in f1]
     return {
@@ -243,7 +269,9 @@ def run_all(
     per_machine: PerMachine,
 ) -> dict[str, Any]:
     fractions = [float(x) for x in a.fractions.split(",") if x]
-    curve, runs = topk_curve(g, machines, windows, clients, settings, fractions, work, per_machine)
+    curve, runs = topk_curve(
+        g, machines, windows, clients, settings, fractions, work, per_machine, a.curve_seeds
+    )
     same = runs.get(settings.fraction)
     if same is None:
         same = run_federation(g.base, g.manifest, clients, settings)

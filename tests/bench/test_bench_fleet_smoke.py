@@ -19,7 +19,7 @@ from bench_loader import SKAB, load_bench
 SMOKE_ARGS = [
     "--machines", "2", "--history-hours", "0.5", "--fresh-hours", "0.5", "--desk-hours", "1",
     "--epochs", "2", "--rounds", "2", "--max-windows", "300", "--fractions", "1.0,0.01",
-    "--attacks", "scaled", "--rules", "fedavg,median", "--seeds", "2", "--poll-epochs", "5",
+    "--attacks", "scaled", "--rules", "fedavg,median", "--seeds", "2", "--curve-seeds", "2", "--poll-epochs", "5",
     "--poll-before-s", "2",
 ]  # fmt: skip
 HAS_BROKER = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
@@ -50,6 +50,9 @@ def test_fleet_learning_bench_smoke(tmp_path: Path) -> None:
     assert [r["fraction"] for r in rows] == ["fp32", 1.0, 0.01]
     assert rows[0]["ratio_vs_fp32_weights"] == pytest.approx(1.0, abs=0.01)
     assert rows[2]["envelope_bytes_mean"] < rows[1]["envelope_bytes_mean"]
+    assert all(len(r["f1_seeds"]) == 2 for r in rows)
+    assert rows[0]["f1_lost_vs_fp32"] == 0
+    assert saved["topk"]["target_met_by"] == [r["fraction"] for r in rows if r["meets_target"]]
     wire = saved["topk"]["broker_measured"]
     if HAS_BROKER:
         assert wire["measured"] == wire["computed"]
