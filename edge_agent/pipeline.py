@@ -23,7 +23,7 @@ from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertState
 from edge_agent.detect.cascade import STAGE_NONE, Cascade, WindowScores
 from edge_agent.detect.projection import _sample_stats
-from edge_agent.detect.ring import WindowRing, WindowSource, ring_push
+from edge_agent.detect.ring import WindowRing, WindowSource, ring_push, split_ints
 from edge_agent.detect.windows import normalize, window_ends
 from edge_agent.kernels import CALL, bind, kernel
 
@@ -79,7 +79,7 @@ class WindowBatch:
     " f8, i8, f8[:]!, f8[:]!, i8[:]!,"  # period, max_hold, last_t, held, grid_state
     " f8[:,:], f8[:], b1,"  # components, variances, has_stats
     " i8, i8, f8, f4[:,:]!, f4[:,:]!, i8[:]!, i8[:]!"  # window ... ring_state
-    " -> (f4[:,:], f4[:,:], i8[:], i8[:], f8[:], i8[:], i8[:])"
+    " -> (f4[:,:], f4[:,:], f8[:], i8[:])"
 )
 def _front(
     ts: F64, values: F64, mean: F64, scale: F64,
@@ -87,7 +87,7 @@ def _front(
     components: F64, variances: F64, has_stats: bool,
     window: int, hop: int, max_imputed_fraction: float,
     buf_x: F32, buf_s: F32, buf_imp: I64, ring_state: I64,
-) -> tuple[F32, F32, I64, I64, F64, I64, I64]:  # pragma: no cover - compiled
+) -> tuple[F32, F32, F64, I64]:  # pragma: no cover - compiled
     """Grid, normalize, per-sample statistics and window ring in one call: the daemon pays
     the interpreter's call overhead once per row, not once per step. Takes the leading rows
     that make at most CHUNK_POINTS grid points (``row_window`` says how many)."""
@@ -162,14 +162,20 @@ class StreamingPipeline:
 
     def _push(self, ts: F64, vals: F64) -> WindowBatch:
         first_id = self._ring.windows_emitted
-        points, features, last_row, end_index, end_time, seg, row_window = self._front(ts, vals)
+        points, features, end_time, ints = self._front(ts, vals)
         current = self._aligner.segment_start
-        if not end_index.shape[0]:
+        n = features.shape[0]
+        if not n:
             return replace(
-                self._empty, first_window=first_id, row_window=row_window, current_segment=current
+                self._empty, first_window=first_id, row_window=ints, current_segment=current
             )
-        # The windows stay in ``points`` until stage 2 asks for its share of them.
-        windows = WindowSource(points, last_row, self._window)
+        last_row, end_index, seg, row_window = split_ints(ints, n)
+        windows: F32 | WindowSource
+        if n == 1:  # the daemon's case: the window is a view of the points
+            last = int(last_row[0]) + 1
+            windows = points[last - self._window : last][None]
+        else:  # the windows stay in ``points`` until stage 2 asks for its share of them
+            windows = WindowSource(points, last_row, self._window)
         sc = self.cascade.score(windows, features, screen=self.screen)
         alert = self._hysteresis(sc.raw_alert, seg)
         return WindowBatch(

@@ -42,6 +42,8 @@ _LAST_END = 4  # global grid index of the latest window end in this segment (-1:
 _N_WIN = 5  # windows emitted so far: the next window's id
 _POINT_WIN = 6  # id of the window current at the latest grid point (-1: none)
 STATE_SIZE = 7
+# Per-window integers ring_push returns in one array (last row, end index, segment).
+INT_PARTS = 3
 
 
 class WindowSource:
@@ -118,12 +120,12 @@ def ring_push(
     buf_s: F32,
     buf_imp: I64,
     state: I64,
-) -> tuple[F32, F32, I64, I64, F64, I64, I64]:  # pragma: no cover - compiled
+) -> tuple[F32, F32, F64, I64]:  # pragma: no cover - compiled
     """Add grid points ``first_index, first_index + 1, ...``; see :class:`RingOutput`.
 
     Returns the points laid end to end (the ring's last ``W - 1``, then these), the features,
-    each window's last row in them, then ``end_index``, ``end_time``, ``segment`` and
-    ``row_window`` as in :class:`RingOutput`."""
+    ``end_time``, and the integers of :func:`split_ints` in one array: each array a compiled
+    kernel returns costs the daemon a Python object per row."""
     m, c = xn.shape
     s = stats.shape[1]
     lead = window - 1
@@ -185,10 +187,21 @@ def ring_push(
     for r in range(row_to_grid.shape[0]):
         k = row_to_grid[r] - first_index
         row_window[r] = point_window[k] if k >= 0 else before
-    local = ends[:n] - first_index
-    last_row = local + lead
-    features = chained_features(points, chained_stats, last_row, window)
-    return points, features, last_row, ends[:n], times[local], segment_start[local], row_window
+    ints = np.empty(INT_PARTS * n + row_to_grid.shape[0], np.int64)
+    for w in range(n):
+        local = ends[w] - first_index
+        ints[w] = local + lead
+        ints[n + w] = ends[w]
+        ints[2 * n + w] = segment_start[local]
+    ints[INT_PARTS * n :] = row_window
+    features = chained_features(points, chained_stats, ints[:n], window)
+    return points, features, times[ends[:n] - first_index], ints
+
+
+def split_ints(ints: I64, n: int) -> tuple[I64, I64, I64, I64]:
+    """:func:`ring_push`'s integers for ``n`` windows: each window's last row in the points,
+    ``end_index``, ``segment`` and ``row_window`` (views)."""
+    return ints[:n], ints[n : 2 * n], ints[2 * n : INT_PARTS * n], ints[INT_PARTS * n :]
 
 
 class WindowRing:
@@ -227,9 +240,10 @@ class WindowRing:
         first_index: int,
     ) -> RingOutput:
         """Add the grid points of one aligner push; see :func:`ring_push`."""
-        points, features, last_row, end_index, end_time, segment, row_window = ring_push(
+        points, features, end_time, ints = ring_push(
             xn, stats, imputed, times, segment_start, row_to_grid, first_index, self.window,
             self.hop, self.max_imputed_fraction, self.buf_x, self.buf_s, self.buf_imp, self.state,
         )  # fmt: skip
+        last_row, end_index, segment, row_window = split_ints(ints, features.shape[0])
         source = WindowSource(points, last_row, self.window)
         return RingOutput(source, features, end_index, end_time, segment, row_window)
