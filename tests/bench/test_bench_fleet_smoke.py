@@ -19,8 +19,8 @@ from bench_loader import SKAB, load_bench
 SMOKE_ARGS = [
     "--machines", "2", "--history-hours", "0.5", "--fresh-hours", "0.5", "--desk-hours", "1",
     "--epochs", "2", "--rounds", "2", "--max-windows", "300", "--fractions", "1.0,0.01",
-    "--attacks", "scaled", "--rules", "fedavg,median", "--seeds", "2", "--curve-seeds", "2", "--poll-epochs", "5",
-    "--poll-before-s", "2",
+    "--attacks", "scaled", "--rules", "fedavg,median", "--seeds", "2", "--curve-seeds", "2",
+    "--poll-epochs", "5", "--poll-before-s", "2",
 ]  # fmt: skip
 HAS_BROKER = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
