@@ -143,11 +143,25 @@ class DeskLink:
                 topic, payload, qos=QOS_AT_LEAST_ONCE, retain=retain
             )
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise BrokerError(f"cannot publish {topic} to {self.where}: {info.rc.name}")
+                # A broker may drop the connection right after refusing an earlier publish
+                # (Mosquitto 2.0 does, after a v5 PUBACK 0x87): that refusal is the cause.
+                self._raise_refusals(pending)
+                lost = f" ({self.lost})" if self.lost else ""
+                raise BrokerError(f"cannot publish {topic} to {self.where}: {info.rc.name}{lost}")
             pending[info.mid] = topic
             sent += len(payload)
         self._await_acks(pending)
         return sent
+
+    def _raise_refusals(self, pending: dict[int, str]) -> None:
+        """Raise for the first publish in ``pending`` the broker has already refused."""
+        with self._cond:
+            refused = [(m, self._acks[m]) for m in pending if m in self._acks]
+        for mid, reason in refused:
+            if reason.is_failure:
+                raise BrokerError(
+                    f"broker {self.where} refused the publish to {pending[mid]}: {reason}"
+                )
 
     def _await_acks(self, pending: dict[int, str]) -> None:
         left = dict(pending)
