@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,8 +42,6 @@ from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SKIPPED
 from edge_agent.errors import ConfigError, EdgeAnomalyError
 from edge_agent.events import SEVERITY_CRITICAL, Event
 from edge_agent.health import AgentHealth, AgentSnapshot, LoopCounts, new_counts
-from edge_agent.learn.learner import Learner
-from edge_agent.learn.report import LearnMetrics
 from edge_agent.logs import Throttle, setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import ModelSlot, check_channels, slot_for_config
@@ -59,6 +57,9 @@ from edge_agent.service.supervisor import TaskHealth, stalled
 from edge_agent.sources.base import Source
 from edge_agent.sources.config import ReplaySource
 from edge_agent.sources.registry import build_source
+
+if TYPE_CHECKING:  # imported only with [learn] enabled (about 3 MB resident): see __init__
+    from edge_agent.learn.learner import Learner
 
 log = logging.getLogger("edge_agent.agent")
 
@@ -124,7 +125,10 @@ class Agent:
                                 OtaMetrics(self.metrics.registry))
             self.ota = Updater(cfg, startup, reporter)
         self.learner: Learner | None = None
-        if cfg.learn.enabled:  # fleet learning (edge_agent.learn)
+        if cfg.learn.enabled:  # fleet learning, imported only here: off by default
+            from edge_agent.learn.learner import Learner
+            from edge_agent.learn.report import LearnMetrics
+
             self.learner = Learner(cfg, self.outbox, self._wake_uplink,
                                    LearnMetrics(self.metrics.registry))
             self.learner.use_model(self.model)
