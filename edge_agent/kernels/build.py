@@ -5,7 +5,8 @@ Numba) or on a desk of the same architecture and Python (``scripts/build-kernels
 every kernel module with the JIT backend, so the exported kernels and every helper they call
 are the same ``@njit`` source the desk JIT-compiles, and compiles the exported ones with their
 declared signatures into ``_aot_<digest><EXT_SUFFIX>`` (see ``edge_agent.kernels.dispatch``).
-The module needs libc and libm only: the gateway's runtime has no Numba and no LLVM.
+The module needs libc and libm only: the gateway's runtime has no Numba and no LLVM. Its
+wrappers return arrays as fast as the JIT's (``edge_agent.kernels.boxing``).
 
 Usage: ``python -m edge_agent.kernels.build [--out DIR] [--target-cpu host|generic|CPU]``.
 ``host`` (the default) tunes the code for the CPU that builds it: right for a build on the
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.fsutil import atomic_write
+from edge_agent.kernels.boxing import array_returns_from_environment
 from edge_agent.kernels.dispatch import (
     EXPORTS,
     MODE_ENV,
@@ -99,7 +101,8 @@ def build(out_dir: Path, *, target_cpu: str = "host", verbose: bool = False) -> 
         cc.target_cpu = "" if target_cpu == "generic" else target_cpu
         for entry in sorted(EXPORTS.values(), key=lambda e: e.name):
             cc.export(entry.name, numba_signature(entry.signature))(entry.py_func)
-        cc.compile()
+        with array_returns_from_environment():
+            cc.compile()
         built = Path(tmp) / cc.output_file
         dest = out_dir / module_filename(digest)
         atomic_write(dest, built.read_bytes(), mode=EXECUTABLE_MODE)
