@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib import dates as mdates
 
 from trainer.evaluate.metrics import point_metrics, summarize
 from trainer.evaluate.report import (
     MAX_PLOT_POINTS,
+    TIME_AXIS_LABEL,
     _bucket_starts,
     _reduce_max,
     _reduce_mean,
+    heatmap_figure,
+    timeline_figure,
     write_report,
 )
 
@@ -105,3 +110,45 @@ def test_report_rejects_mismatched_contributions(tmp_path: Path) -> None:
     inputs["contributions"] = np.zeros((100, 2))
     with pytest.raises(ValueError, match="contributions"):
         write_report(tmp_path, title="bad", **inputs)  # type: ignore[arg-type]
+
+
+# 2026-01-05 12:00:00 UTC in Unix seconds: the timelines must read as this wall-clock time.
+EPOCH_S = 1_767_614_400.0
+
+
+@pytest.mark.parametrize("which", ["timeline", "heatmap"])
+def test_time_axes_carry_wall_clock_dates(which: str) -> None:
+    inputs = _inputs(3_600)
+    t = EPOCH_S + np.asarray(inputs["timestamps_s"])  # 30 minutes at 0.5 s
+    if which == "timeline":
+        fig = timeline_figure(
+            t=t,
+            score=inputs["score"],  # type: ignore[arg-type]
+            threshold=1.5,
+            truth=inputs["y_true"],  # type: ignore[arg-type]
+            pred=inputs["y_pred"],  # type: ignore[arg-type]
+            stage=inputs["stage"],  # type: ignore[arg-type]
+        )
+        ax = fig.axes[-1]
+    else:
+        fig = heatmap_figure(t, inputs["contributions"], inputs["channels"])  # type: ignore[arg-type]
+        ax = fig.axes[0]
+    fig.canvas.draw()
+    assert isinstance(ax.xaxis.get_major_formatter(), mdates.ConciseDateFormatter)
+    assert ax.get_xlabel() == TIME_AXIS_LABEL
+    # The limits are the recording's dates, not seconds: 12:00 to 12:30 on 2026-01-05
+    # (with matplotlib's margins, 5 % of the span each side).
+    lo, hi = (mdates.num2date(x).replace(tzinfo=None) for x in ax.get_xlim())
+    assert abs((lo - dt.datetime(2026, 1, 5, 12, 0)).total_seconds()) <= 0.05 * 1800 + 1
+    assert abs((hi - dt.datetime(2026, 1, 5, 12, 30)).total_seconds()) <= 0.05 * 1800 + 1
+    labels = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+    assert any(re.fullmatch(r"12:\d\d", text) for text in labels), labels
+    # The concise formatter puts the date once, in the offset, not "+1.7676e9".
+    assert "2026-Jan-05" in ax.xaxis.get_major_formatter().get_offset()
+
+
+def test_the_page_names_the_recording_period(tmp_path: Path) -> None:
+    inputs = _inputs(200)
+    inputs["timestamps_s"] = EPOCH_S + np.asarray(inputs["timestamps_s"])
+    html = write_report(tmp_path, title="t", **inputs).read_text()  # type: ignore[arg-type]
+    assert "2026-01-05 12:00:00 to 2026-01-05 12:01:39 UTC" in html

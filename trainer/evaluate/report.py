@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -53,6 +54,9 @@ COLOR_THRESHOLD = "#CC0000"
 HEAT_CMAP = "Reds"
 #: Opacity of the shaded true-anomaly spans behind the score line.
 TRUE_SPAN_ALPHA = 0.25
+#: Label of every time axis: timestamps are Unix epoch seconds, drawn as UTC date-times.
+TIME_AXIS_LABEL = "time (UTC)"
+MS_PER_S = 1000.0
 
 #: Short explanations shown next to each metric in the report.
 METRIC_HELP: dict[str, str] = {
@@ -192,8 +196,20 @@ def _shade(ax: Axes, t: np.ndarray, mask: np.ndarray, color: str, alpha: float) 
     )
 
 
-def _plot_timeline(
-    path: Path,
+def as_datetimes(t_s: np.ndarray) -> np.ndarray:
+    """Unix epoch seconds as UTC ``datetime64[ms]``, which matplotlib draws as dates."""
+    return np.round(np.asarray(t_s, dtype=np.float64) * MS_PER_S).astype("datetime64[ms]")
+
+
+def _date_axis(ax: Axes) -> None:
+    """Wall-clock ticks on ``ax``'s x axis: concise labels (the date once, then the times)."""
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_xlabel(TIME_AXIS_LABEL)
+
+
+def timeline_figure(
     *,
     t: np.ndarray,
     score: np.ndarray,
@@ -201,9 +217,10 @@ def _plot_timeline(
     truth: np.ndarray,
     pred: np.ndarray,
     stage: np.ndarray | None,
-) -> str:
+) -> Figure:
+    """The score, outcome and (optional) stage strips over wall-clock time."""
     starts = _bucket_starts(len(t), MAX_PLOT_POINTS)
-    t_s = t[starts]
+    t_s = as_datetimes(t[starts])
     score_s = _reduce_max(score, starts)
     truth_s = _reduce_max(truth, starts)
     tp_s = _reduce_max(truth & pred, starts)
@@ -260,8 +277,8 @@ def _plot_timeline(
             t_s, float(stage_s.min()), stage_s, step="post", color=COLOR_TRUE_SPAN, linewidth=0.0
         )
         ax_stage.set_ylabel("stage", rotation=0, ha="right", va="center")
-    axes[-1].set_xlabel("time (s)")
-    return _save_figure(fig, path)
+    _date_axis(axes[-1])
+    return fig
 
 
 def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -322,25 +339,27 @@ def _plot_attribution(
     return _save_figure(fig, path), caption
 
 
-def _plot_heatmap(path: Path, t: np.ndarray, contributions: np.ndarray, channels: list[str]) -> str:
+def heatmap_figure(t: np.ndarray, contributions: np.ndarray, channels: list[str]) -> Figure:
+    """Each channel's share of the error over wall-clock time, as a heat strip."""
     starts = _bucket_starts(len(t), MAX_PLOT_POINTS)
     strip = _reduce_mean(contributions.astype(np.float64), starts)
     fig = Figure(figsize=HEATMAP_SIZE)
     ax = fig.subplots()
-    t_lo = float(t[0]) if len(t) else 0.0
-    t_hi = float(t[-1]) if len(t) else 1.0
+    # imshow takes a numeric extent: matplotlib's date numbers, then a date axis over them.
+    lo, hi = mdates.date2num(as_datetimes(np.array([t[0], t[-1]])))
     image = ax.imshow(
         strip.T,
         aspect="auto",
         interpolation="nearest",
-        extent=(t_lo, t_hi if t_hi > t_lo else t_lo + 1.0, len(channels) - 0.5, -0.5),
+        extent=(lo, hi if hi > lo else lo + 1.0 / mdates.SEC_PER_DAY, len(channels) - 0.5, -0.5),
         cmap=HEAT_CMAP,
     )
+    ax.xaxis_date()
     ax.set_yticks(range(len(channels)), channels)
-    ax.set_xlabel("time (s)")
+    _date_axis(ax)
     ax.set_title("Per-channel error contribution over time")
     fig.colorbar(image, ax=ax, pad=0.01)
-    return _save_figure(fig, path)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,14 +470,11 @@ def write_report(
         )
 
     sections: list[str] = []
-    timeline = _plot_timeline(
+    timeline = _save_figure(
+        timeline_figure(
+            t=t, score=values, threshold=threshold, truth=truth, pred=pred, stage=stage_arr
+        ),
         out_dir / "timeline.png",
-        t=t,
-        score=values,
-        threshold=threshold,
-        truth=truth,
-        pred=pred,
-        stage=stage_arr,
     )
     sections.append(
         "<h2>Score timeline</h2>"
@@ -483,7 +499,7 @@ def write_report(
 
     if contrib is not None:
         bars, caption = _plot_attribution(out_dir / "attribution.png", contrib, pred, channels)
-        heat = _plot_heatmap(out_dir / "attribution_heat.png", t, contrib, channels)
+        heat = _save_figure(heatmap_figure(t, contrib, channels), out_dir / "attribution_heat.png")
         sections.append(
             "<h2>Per-channel attribution</h2>"
             f"<p>Which sensor channels the reconstruction error came from ({html.escape(caption)})."
@@ -501,11 +517,13 @@ def write_report(
     )
 
     duration = float(t[-1] - t[0]) if n else 0.0
+    first, last = (str(d).replace("T", " ") for d in as_datetimes(t[[0, -1]]).astype("M8[s]"))
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
-        f"<p class='note'>{n} samples over {duration:.1f} s; {int(truth.sum())} labelled "
+        f"<p class='note'>{n} samples over {duration:.1f} s, {first} to {last} UTC; "
+        f"{int(truth.sum())} labelled "
         f"anomalous, {int(pred.sum())} alarmed at threshold {threshold:.4g}.</p>"
         + "".join(sections)
         + "</body></html>\n"
