@@ -26,9 +26,15 @@ KERNEL_SOURCES = (
     "pipeline.py",
 )
 
+# Build steps that change the compiled code without a kernel source changing: the
+# module's name covers them too, so a gateway's install rebuilds when they change.
+BUILD_INPUTS = ("kernels/boxing.py",)
+DIGEST_FILES = KERNEL_SOURCES + BUILD_INPUTS
 
-def sources_digest(root: Path = PACKAGE_DIR, files: tuple[str, ...] = KERNEL_SOURCES) -> str:
-    """SHA-256 over every kernel source file, names and contents, in a fixed order."""
+
+def sources_digest(root: Path = PACKAGE_DIR, files: tuple[str, ...] = DIGEST_FILES) -> str:
+    """SHA-256 over every kernel source file and build input, names and contents, in a fixed
+    order."""
     h = hashlib.sha256()
     for rel in files:
         h.update(rel.encode() + b"\0")

@@ -11,7 +11,12 @@ import pytest
 from edge_agent.data import grid
 from edge_agent.kernels.dispatch import EXPORTS, backend, module_name
 from edge_agent.kernels.signature import parse_signature
-from edge_agent.kernels.sources import KERNEL_SOURCES, PACKAGE_DIR, sources_digest
+from edge_agent.kernels.sources import (
+    DIGEST_FILES,
+    KERNEL_SOURCES,
+    PACKAGE_DIR,
+    sources_digest,
+)
 from edge_agent.pipeline import _front
 
 
@@ -51,7 +56,7 @@ def test_every_export_is_in_a_listed_source() -> None:
 
 
 def test_an_edit_in_any_kernel_file_changes_the_module_name(tmp_path: Path) -> None:
-    for rel in KERNEL_SOURCES:
+    for rel in DIGEST_FILES:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(PACKAGE_DIR / rel, tmp_path / rel)
     same = sources_digest(tmp_path)
@@ -59,6 +64,18 @@ def test_an_edit_in_any_kernel_file_changes_the_module_name(tmp_path: Path) -> N
     edited = tmp_path / "detect" / "windows.py"
     edited.write_text(edited.read_text() + "\n# an edit\n")
     assert module_name(sources_digest(tmp_path)) != module_name(same)
+
+
+def test_a_change_in_how_arrays_are_returned_changes_the_module_name(tmp_path: Path) -> None:
+    """The boxing hook (kernels/boxing.py) is compiled into the module: a gateway that
+    already has a module must rebuild when it changes, although no kernel source did."""
+    for rel in DIGEST_FILES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PACKAGE_DIR / rel, tmp_path / rel)
+    same = sources_digest(tmp_path)
+    boxing = tmp_path / "kernels" / "boxing.py"
+    boxing.write_text(boxing.read_text() + "\n# an edit\n")
+    assert sources_digest(tmp_path) != same
 
 
 def test_jit_cache_is_stamped_with_every_kernel_file() -> None:
