@@ -145,7 +145,11 @@ def test_evaluate_writes_metrics_and_report(
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("f1", "pa_f1", "roc_auc", "far", "mar", "nab_standard", "stage2_fraction"):
         assert key in metrics["cascade"]
-    assert set(metrics["baselines"]) == {"isolation_forest", "lof", "ocsvm"}
+    assert set(metrics["baselines"]) == {"isolation_forest", "lof", "ocsvm", "pca_t2_spe"}
+    pca = metrics["baselines"]["pca_t2_spe"]
+    assert 1 <= pca["components"] < pca["channels"]
+    assert 0.0 <= pca["f1"] <= 1.0
+    assert "<td>pca_t2_spe</td>" in (out / "report.html").read_text()
     html = (out / "report.html").read_text()
     assert "timeline.png" in html
     assert (out / "timeline.png").stat().st_size > 1000

@@ -511,8 +511,10 @@ def write_report(
     sections.append("<h2>Metrics</h2>" + _metrics_table(metrics))
     sections.append(
         "<h2>Comparison with baselines</h2>"
-        "<p>Classic detectors fitted on the same training features, each thresholded at a high "
-        "quantile of its own training scores. Hover a column header for its meaning.</p>"
+        "<p>Classic detectors fitted on the same training data, each thresholded at a high "
+        "quantile of its own training scores: isolation forest, LOF and one-class SVM on the "
+        "window features; pca_t2_spe, the process-monitoring PCA with Hotelling's T² and SPE "
+        "(Q), on each window's newest sample. Hover a column header for its meaning.</p>"
         + _comparison_table(metrics, baselines)
     )
 

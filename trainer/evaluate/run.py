@@ -1,8 +1,9 @@
 """``trainer evaluate``: score labelled data with a run (float) or a bundle (int8) and report.
 
 Runs the device pipeline (``edge_agent.pipeline``) twice, with the forest screen and without it
-(stage 2 alone), computes the metrics, scores the classic baselines on the same windows, and
-writes ``metrics.json`` and an HTML report with plots.
+(stage 2 alone), computes the metrics, scores the classic baselines on the same windows (and
+the PCA T²/SPE process monitor on each window's newest sample), and writes ``metrics.json``
+and an HTML report with plots.
 """
 
 from __future__ import annotations
@@ -31,9 +32,15 @@ from edge_agent.model_slot import load_cascade
 from edge_agent.pipeline import PipelineResult, prepare, run_pipeline
 from trainer.evaluate.baselines import run_baselines
 from trainer.evaluate.metrics import point_metrics, summarize
+from trainer.evaluate.pca_monitor import fit_pca_monitor
 from trainer.evaluate.report import write_report
 from trainer.fit import MODEL_FILE, features_of_windows
 from trainer.run_record import RunRecord
+
+#: Fewer training windows than this cannot fit the baselines (nor set a 99 % quantile).
+MIN_BASELINE_WINDOWS = 20
+#: The PCA T²/SPE monitor's name in the comparison.
+PCA_BASELINE = "pca_t2_spe"
 
 
 def manifest_from_run(record: RunRecord) -> Manifest:
@@ -124,12 +131,20 @@ def evaluate(
     test_f = screen_features(xn, forest.sample_stats(xn), ends, manifest.window.length)
     train_f = features_of_windows(np.ascontiguousarray(representative), forest)
     baselines: dict[str, Any] = {}
-    if train_f.shape[0] >= 20 and test_f.shape[0]:
+
+    def per_row(window_pred: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        row_pred = np.where(
+            res.window_of_row >= 0, window_pred[np.clip(res.window_of_row, 0, None)], False
+        )
+        return row_pred[skip_rows:]
+
+    if train_f.shape[0] >= MIN_BASELINE_WINDOWS and test_f.shape[0]:
         for name, (_, pred) in run_baselines(train_f, test_f, seed=seed).items():
-            row_pred = np.where(
-                res.window_of_row >= 0, pred[np.clip(res.window_of_row, 0, None)], False
-            )
-            baselines[name] = point_metrics(y, row_pred[skip_rows:])
+            baselines[name] = point_metrics(y, per_row(pred))
+        # The process monitor judges samples: each window by its newest one.
+        monitor = fit_pca_monitor(representative.reshape(-1, representative.shape[2]))
+        _, pred = monitor.score(xn[ends])
+        baselines[PCA_BASELINE] = point_metrics(y, per_row(pred)) | monitor.summary()
     metrics["baselines"] = baselines
     return metrics, res, baselines
 
