@@ -19,39 +19,29 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.metrics import f1_score, roc_auc_score
 
 from edge_agent.bundle.manifest import (
     SCHEMA_VERSION,
     AutoencoderSpec,
     ForestSpec,
     Manifest,
-    ParitySpec,
 )
 from edge_agent.bundle.verify import sha256_hex
 from edge_agent.detect.autoencoder import Int8Autoencoder
 from edge_agent.detect.cascade import reconstruction_error
 from export.errors import ExportError
 from export.keys import load_private_key
+from export.parity_gate import run_gate
 from export.run_dir import load_run
 from export.sign import file_digests, utc_stamp, write_signed
 from export.train_weights import learning_files
 from trainer.calibrate import calibrate_threshold, screen_threshold
-from trainer.fit import FOREST_FILE, KerasReconstructor, features_of_windows
+from trainer.fit import FOREST_FILE, features_of_windows
 
 log = logging.getLogger("export.bundle")
 
 INT8_FILE = "model_int8.tflite"
-# The parity gate: the int8 model may lose at most this much against the float model.
-MAX_F1_DROP = 0.02
-MAX_AUC_DROP = 0.01
 VARIANTS = ("edgetpu", "onnx")
-
-
-def _auc(labels: npt.NDArray[np.int8], score: npt.NDArray[np.float64]) -> float:
-    if labels.min() == labels.max():
-        return float("nan")
-    return float(roc_auc_score(labels, score))
 
 
 def build_bundle(
@@ -80,47 +70,20 @@ def build_bundle(
     int8 = Int8Autoencoder(int8_bytes)
     log.info("int8 model: %d bytes, interpreter %s", len(int8_bytes), int8.backend)
 
-    # Parity on held-out normal windows plus labelled/synthetic anomalous ones.
-    pw = arrays["parity_windows"].astype(np.float32)
-    labels = arrays["parity_labels"].astype(np.int8)
-    err_f, _ = reconstruction_error(pw, KerasReconstructor(model).reconstruct(pw))
-    err_q, _ = reconstruction_error(pw, int8.reconstruct(pw))
-    normal = labels == 0
-    thr_f = record.threshold
-    thr_q = calibrate_threshold(
-        err_q[normal], cfg.threshold, history_samples=record.history_samples
-    )
-    f1_f = float(f1_score(labels, err_f >= thr_f.alert_threshold, zero_division=0.0))
-    f1_q = float(f1_score(labels, err_q >= thr_q.alert_threshold, zero_division=0.0))
-    auc_f, auc_q = _auc(labels, err_f), _auc(labels, err_q)
-    rel = float(np.mean(np.abs(err_q - err_f)) / max(float(np.mean(err_f)), 1e-12))
-    parity = ParitySpec(
-        windows=int(labels.size),
-        positives=int(labels.sum()),
-        f1_float=f1_f,
-        f1_int8=f1_q,
-        auc_float=auc_f,
-        auc_int8=auc_q,
-        error_rel_mae=rel,
-        forced=False,
-    )
-    failures = []
-    if f1_f - f1_q > MAX_F1_DROP:
-        failures.append(f"F1 drops {f1_f - f1_q:.3f} (float {f1_f:.3f}, int8 {f1_q:.3f})")
-    if auc_f - auc_q > MAX_AUC_DROP:
-        failures.append(f"ROC-AUC drops {auc_f - auc_q:.3f} (float {auc_f:.3f}, int8 {auc_q:.3f})")
-    if failures:
-        msg = "int8 parity gate failed: " + "; ".join(failures)
-        if not force:
-            raise ExportError(msg + " (limits: F1 0.02, AUC 0.01; --force exports anyway)")
-        log.warning("%s; exporting anyway (--force)", msg)
-        parity = parity.model_copy(update={"forced": True})
+    # int8 recalibrated on its own errors of the held-out normal windows, then the gate.
+    val_w = arrays["val_windows"].astype(np.float32)
+    err_q_val, _ = reconstruction_error(val_w, int8.reconstruct(val_w))
+    thr_q = calibrate_threshold(err_q_val, cfg.threshold, history_samples=record.history_samples)
+    parity = run_gate(run, int8, int8_bytes, val_w, err_q_val, thr_q, force=force)
 
-    pos = ~normal
-    pos_forest = forest.score(features_of_windows(np.ascontiguousarray(pw[pos]), forest))
+    # The screen is set on trainer fit's anomalous windows, as fit set it for the float model.
+    screen_pos = screen_positives(arrays)
+    err_q_pos, _ = reconstruction_error(screen_pos, int8.reconstruct(screen_pos))
+    pos_forest = forest.score(features_of_windows(screen_pos, forest))
     screen = screen_threshold(
-        pos_forest, err_q[pos] >= thr_q.alert_threshold, keep_recall=cfg.cascade.keep_recall
+        pos_forest, err_q_pos >= thr_q.alert_threshold, keep_recall=cfg.cascade.keep_recall
     )
+    pw = arrays["parity_windows"].astype(np.float32)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -172,6 +135,12 @@ def build_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def screen_positives(arrays: dict[str, npt.NDArray[Any]]) -> npt.NDArray[np.float32]:
+    """trainer fit's anomalous windows (synthetic, then labelled) that set the screen."""
+    pw = arrays["parity_windows"].astype(np.float32)
+    return np.ascontiguousarray(pw[arrays["parity_labels"] == 1])
 
 
 def _build_variants(

@@ -306,9 +306,8 @@ def fit(
     threshold = calibrate_threshold(val_err, cfg.threshold, history_samples=history_samples)
 
     synth_w, synth_kinds = inject(val_w, seed=seed, copies=2)
-    pos_w = synth_w
-    if anomalous_ends.size:
-        pos_w = np.concatenate([synth_w, gather_windows(prep.xn, anomalous_ends, w)])
+    labelled_w = gather_windows(prep.xn, anomalous_ends, w)
+    pos_w = np.concatenate([synth_w, labelled_w]) if anomalous_ends.size else synth_w
     pos_f = features_of_windows(pos_w, forest)
     pos_err, _ = reconstruction_error(pos_w, recon.reconstruct(pos_w))
     pos_forest = forest.score(pos_f)
@@ -365,8 +364,11 @@ def fit(
         arrays={
             "representative": train_w[rep_idx.astype(int)],
             "val_windows": val_w,
+            # The screen's calibration set (export recalibrates the screen on it); export's
+            # parity gate builds its own set from val_windows and labelled_windows.
             "parity_windows": parity_w,
             "parity_labels": parity_labels,
+            "labelled_windows": labelled_w,
             "synthetic_kinds": np.array(synth_kinds),
         },
         overwrite=overwrite,

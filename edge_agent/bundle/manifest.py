@@ -60,6 +60,13 @@ class AutoencoderSpec(StrictModel):
 
 
 class ParitySpec(StrictModel):
+    """int8 against float on held-out windows (``export.parity``), as the gate saw it.
+
+    The fields after ``forced`` came with the sized parity set; bundles exported before it
+    lack them (``rule`` then reads ``alert_threshold``: unsized synthetic faults, which rarely
+    reached the alert threshold, so their F1 is often 0 for both models).
+    """
+
     windows: int = Field(description="Held-out windows compared")
     positives: int = Field(description="Anomalous windows among them")
     f1_float: float
@@ -68,6 +75,39 @@ class ParitySpec(StrictModel):
     auc_int8: float
     error_rel_mae: float = Field(description="Mean |int8 - float| error relative to float error")
     forced: bool = Field(default=False, description="Exported despite failing the parity gate")
+    rule: Literal["alert_threshold", "own_alert_threshold_sized"] = Field(
+        default="alert_threshold",
+        description="How F1 was compared: each model at its own alert threshold, on synthetic "
+        "faults as trainer fit made them (alert_threshold) or sized so the float model's "
+        "errors straddle its threshold (own_alert_threshold_sized)",
+    )
+    synthetic: int | None = Field(
+        default=None, description="Sized synthetic faults among positives"
+    )
+    labelled: int | None = Field(default=None, description="Labelled anomalous windows among them")
+    sized_band: list[float] | None = Field(
+        default=None, description="Float error / float alert threshold the sized faults aim at"
+    )
+    threshold_float: float | None = Field(default=None, description="Float alert threshold used")
+    threshold_int8: float | None = Field(default=None, description="int8 alert threshold used")
+    int8_worse: int | None = Field(
+        default=None, description="Windows int8 judges wrongly and float rightly"
+    )
+    int8_better: int | None = Field(
+        default=None, description="Windows float judges wrongly and int8 rightly"
+    )
+    int8_worse_p: float | None = Field(
+        default=None, description="McNemar's exact one-sided p-value of int8_worse vs better"
+    )
+    max_f1_drop: float | None = Field(default=None, description="The gate's F1 limit")
+    significance: float | None = Field(
+        default=None, description="An F1 drop fails the gate only below this p-value"
+    )
+    max_auc_drop: float | None = Field(default=None, description="The gate's ROC-AUC limit")
+    input_clipped_fraction: float | None = Field(
+        default=None,
+        description="Share of the held-out normal values outside the int8 input range",
+    )
 
 
 class TrainingSpec(StrictModel):

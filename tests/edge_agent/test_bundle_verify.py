@@ -198,3 +198,30 @@ def test_a_missing_bundle_directory(keys: Path, tmp_path: Path) -> None:
     for missing in (tmp_path / "nowhere", tmp_path / "dangling"):
         with pytest.raises(BundleError, match="bundle directory not found"):
             verify_bundle(missing, keys / "signing.pub")
+
+
+# The parity record of a bundle exported before the sized parity set (its fields, no more).
+OLD_PARITY = {
+    "windows": 1200,
+    "positives": 400,
+    "f1_float": 0.0,
+    "f1_int8": 0.0,
+    "auc_float": 0.97,
+    "auc_int8": 0.969,
+    "error_rel_mae": 0.03,
+    "forced": False,
+}
+
+
+def test_a_bundle_with_the_old_parity_record_still_loads(
+    bundle: Path, keys: Path, tmp_path: Path
+) -> None:
+    from edge_agent.model_slot import load_cascade
+
+    old = resigned_copy(bundle, tmp_path / "old", keys / "signing.key", {"parity": OLD_PARITY})
+    verified = verify_bundle(old, keys / "signing.pub")
+    parity = verified.manifest.parity
+    assert parity.rule == "alert_threshold"
+    assert parity.synthetic is None
+    assert parity.input_clipped_fraction is None
+    assert load_cascade(verified).forest is not None
