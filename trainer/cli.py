@@ -1,9 +1,10 @@
 """``python -m trainer``: learn, evaluate and simulate at the desk.
 
-Subcommands: ``fit`` (history → run directory), ``evaluate`` (labelled data → metrics.json and
-an HTML report), ``simulate`` (write plant-simulator history with labelled faults), ``demo``
-(simulate → fit → bundle → replay, end to end), ``demo-plot`` (a live demo run as a PNG),
-``federate`` (the gateways' model deltas → the next run; ``trainer.federate``).
+Subcommands: ``fit`` (history → run directory, after ``trainer.history_check`` has said what
+the history lacks), ``evaluate`` (labelled data → metrics.json and an HTML report),
+``simulate`` (write plant-simulator history with labelled faults), ``demo`` (simulate → fit →
+bundle → replay, end to end), ``demo-plot`` (a live demo run as a PNG), ``federate`` (the
+gateways' model deltas → the next run; ``trainer.federate``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     f.add_argument("--rows", type=int, help="use only the first N rows of the file")
     f.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    f.add_argument(
+        "--agent-config",
+        type=Path,
+        metavar="TOML",
+        help="gateway config whose [channels.X] min/max the history check compares each "
+        "channel's range with",
+    )
+    f.add_argument(
+        "--strict-history",
+        action="store_true",
+        help="refuse to train (exit 2) when the history check finds anything: too short, a "
+        "trending channel, a stuck or narrow one",
+    )
 
     e = sub.add_parser(
         "evaluate",
@@ -174,25 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "fit":
-        from trainer.config import load_config
-        from trainer.fit import fit
-
-        cfg = load_config(args.config)
-        table = read_table(args.data, time_col=args.time_col, label_cols=args.label_col)
-        if args.rows:
-            table = table.slice(0, args.rows)
-        record = fit(table, args.out, cfg, seed=args.seed, overwrite=args.overwrite)
-        print(
-            json.dumps(
-                {
-                    "run": str(args.out),
-                    "validation": record.validation.model_dump(),
-                    "fit_seconds": record.fit_seconds,
-                },
-                indent=2,
-            )
-        )
-        return 0
+        return _fit(args)
     if args.command == "evaluate":
         from trainer.evaluate.run import evaluate, load_scorer, write_outputs
 
@@ -224,6 +220,43 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     return 1  # pragma: no cover
+
+
+def _fit(args: argparse.Namespace) -> int:
+    """``trainer fit``: the history check's warnings first, then training."""
+    from edge_agent.data.table import read_table
+    from trainer.config import load_config
+    from trainer.fit import fit
+    from trainer.history_check import check_history, configured_ranges
+
+    cfg = load_config(args.config)
+    table = read_table(args.data, time_col=args.time_col, label_cols=args.label_col)
+    if args.rows:
+        table = table.slice(0, args.rows)
+    ranges = configured_ranges(args.agent_config) if args.agent_config else None
+    check = check_history(table, cfg, ranges)
+    for line in check.warning_lines():
+        print(line, file=sys.stderr)
+    if args.strict_history and check.findings:
+        print(
+            f"error: the history check found {len(check.findings)} problem(s) with "
+            f"{args.data} (above); not training because of --strict-history",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT_ERROR
+    record = fit(table, args.out, cfg, seed=args.seed, overwrite=args.overwrite)
+    check.write(args.out)
+    print(
+        json.dumps(
+            {
+                "run": str(args.out),
+                "validation": record.validation.model_dump(),
+                "fit_seconds": record.fit_seconds,
+            },
+            indent=2,
+        )
+    )
+    return 0
 
 
 if __name__ == "__main__":
