@@ -8,7 +8,13 @@ the MQTT/Modbus stacks...) and ``libpython`` into a private directory, runs the 
 compiled kernels with Numba absent from those copies (as the only process mapping them), with
 and without the page release, and reports RSS and where it is.
 
-    python bench/agent_private_libs.py [--minutes 1] [--out bench/results/agent_private_libs.json]
+With ``--source modbus`` the daemon polls the plant simulator over real Modbus TCP, once a
+second as on a gateway (``python -m edge_agent simulate`` serves it), instead of replaying a
+recorded CSV at 100x real time: the replay source holds its whole file in memory (about 5 MB
+for the 86,400 rows here) and imports no Modbus stack, so neither figure alone is a gateway's.
+
+    python bench/agent_private_libs.py [--minutes 1] [--source replay|modbus]
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ import argparse
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +40,9 @@ BUNDLE_PACKAGES = (
     "paho", "pymodbus", "serial", "prometheus_client", "annotated_types", "typing_extensions.py",
     "typing_inspection", "cffi",
 )  # fmt: skip
+SIM_READY_S = 60.0  # the simulator imports pymodbus and the plant model, then listens
 KEPT = ("ready_s", "rss_mb_at_ready", "rss_mb_steady_median", "rss_mb_max", "rows_processed",
-        "exit_code", "memory_at_end")  # fmt: skip
+        "windows", "events", "exit_code", "memory_at_end")  # fmt: skip
 
 
 def private_copies(dest: Path) -> Path:
@@ -58,12 +68,60 @@ def private_copies(dest: Path) -> Path:
     return out
 
 
+def modbus_config(work: Path, bundle: Path, pub: Path, port: int, broker: int | None) -> Path:
+    """The bench's agent config with one Modbus TCP source polling the simulator each second."""
+    from edge_agent.simulator import simulate_plant
+
+    channels = simulate_plant(rows=100, seed=31).channels
+    points = ",\n".join(
+        f'  {{ channel = "{c}", address = {2 * i}, type = "float32" }}'
+        for i, c in enumerate(channels)
+    )
+    cfg = ar._config(work, bundle, pub, work / "unused.csv", 1.0, broker)
+    replay = cfg.read_text().split("[[sources]]")
+    rest = replay[1].split("[metrics]", 1)[1]
+    cfg.write_text(
+        replay[0] + f'[[sources]]\ntype = "modbus_tcp"\nname = "sim"\nhost = "127.0.0.1"\n'
+        f'port = {port}\n[[sources.devices]]\nname = "compressor"\nunit_id = 1\n'
+        f"poll_period_s = 1.0\npoints = [\n{points},\n]\n[metrics]" + rest
+    )
+    return cfg
+
+
+def start_simulator(cfg: Path, port: int) -> subprocess.Popen[bytes]:
+    """``python -m edge_agent simulate`` serving the config's Modbus source (desk Python)."""
+    log = (cfg.parent / "simulator.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "simulate", "--config", str(cfg), "--seed", "31"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + SIM_READY_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"the simulator did not listen on {port}: see {log.name}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=1.0, help="length of each run")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/agent_private_libs.json")
+    ap.add_argument("--source", choices=("replay", "modbus"), default="replay")
+    ap.add_argument(
+        "--out", type=Path, help="default: bench/results/agent_private_libs[_modbus].json"
+    )
     add_bundle_args(ap)
     a = ap.parse_args(argv)
+    suffix = "_modbus" if a.source == "modbus" else ""
+    a.out = a.out or ROOT / "bench" / "results" / f"agent_private_libs{suffix}.json"
     from edge_agent.simulator import simulate_plant
 
     with tempfile.TemporaryDirectory(prefix="agent-priv-") as tmp:
@@ -78,12 +136,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "LD_LIBRARY_PATH": str(work / "private" / "lib"), "EDGE_KERNELS": "aot",
                "EDGE_KERNELS_DIR": str(aot_dir), "PYTHONNOUSERSITE": "1"}  # fmt: skip
         runs: dict[str, Any] = {}
+        simulator = None
         try:
-            cfg = ar._config(work, bundle, pub, work / "live.csv", 100.0, port)
+            if a.source == "modbus":
+                sim_port = free_port()
+                cfg = modbus_config(work, bundle, pub, sim_port, port)
+                simulator = start_simulator(cfg, sim_port)
+            else:
+                cfg = ar._config(work, bundle, pub, work / "live.csv", 100.0, port)
             for name, extra in (("released", {}), ("kept", {"EDGE_AGENT_PAGEOUT": "0"})):
                 r = ar.run_agent(cfg, {**env, **extra}, a.minutes)
                 runs[name] = {k: r[k] for k in KEPT}
         finally:
+            if simulator is not None:
+                simulator.terminate()
+                simulator.wait(10)
             if broker is not None:
                 broker.terminate()
                 broker.wait(10)
@@ -91,6 +158,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "edge agent on the compiled kernels, numba absent, its libraries private "
         "copies (nothing else maps them, as on a gateway), with and without the page release",
         "minutes_each": a.minutes,
+        "source": "plant simulator over Modbus TCP, polled each second"
+        if a.source == "modbus"
+        else "replay of a recorded CSV at 100x real time",
         "broker": port is not None,
         "page_release": runs["released"],
         "no_page_release": runs["kept"],

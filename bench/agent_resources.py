@@ -66,6 +66,8 @@ def _breakdown(pid: int) -> dict[str, float]:
             out[line.split(":")[0].lower().replace("rss", "rss_") + "_mb"] = round(
                 int(line.split()[1]) / 1024, 1
             )
+        elif line.startswith("VmHWM:"):  # the peak since start: what MemoryMax must cover
+            out["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
     out["uss_mb"] = round(out.get("private_clean_mb", 0.0) + out.get("private_dirty_mb", 0.0), 1)
     return out
 
