@@ -22,6 +22,7 @@ machine is known; the signature. Only then is anything else parsed: the header, 
 fingerprint, size, round, the body against the header's counts, and the norm of the values
 actually sent. Every refusal is a :class:`DeltaError` with a ``reason``. Format 2 leaves the
 tensor sizes out (the base fingerprint covers the layout): the receiver passes its base's.
+Reading the framing and either header is :mod:`edge_agent.learn.delta_envelope`'s part.
 The body is :func:`edge_agent.learn.sparse.pack` output: per-tensor float32 scales, int8
 codes, index coding; see that module.
 """
@@ -29,7 +30,6 @@ codes, index coding; see that module.
 from __future__ import annotations
 
 import math
-import re
 import struct
 import zlib
 from collections.abc import Container, Mapping, Sequence
@@ -41,7 +41,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-from edge_agent.errors import EdgeAnomalyError
+from edge_agent.learn.delta_envelope import (
+    HEADER_LEN,
+    ID_LEN,
+    MAGIC,
+    SIGNATURE_BYTES,
+    DeltaError,
+    machine_of,
+    parse_v1,
+    parse_v2,
+)
 from edge_agent.learn.delta_header import (
     FORMAT_V1,
     FORMAT_V2,
@@ -55,7 +64,6 @@ from edge_agent.learn.delta_header import (
     canonical_json,
     layout_sha256,
     pack_v2,
-    unpack_v2,
     utc_now,
 )
 from edge_agent.learn.sparse import SparseDelta, max_packed_bytes, pack, unpack
@@ -67,30 +75,10 @@ __all__ = [  # the header's names are re-exported: callers import the format fro
     "DeltaHeader", "canonical_json", "decode_delta", "encode_delta", "layout_sha256",
 ]
 
-MAGIC = b"EADL"
-SIGNATURE_BYTES = 64  # Ed25519
-ZLIB_LEVEL = 9
-MAX_HEADER_BYTES = 16 * 1024  # format 1: a header lists counts and hashes, never data
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # a delta of 1 % of a 60k-parameter model is ~1.3 KB
 DEFAULT_MAX_PARAMETERS = 16 * 1024 * 1024  # dense size a decoder allocates at most (64 MiB)
 NORM_REL_TOLERANCE = 1e-4  # header norm vs the norm recomputed from the body (float32 sums)
-_ID_LEN = struct.Struct(">B")
-_HEADER_LEN = struct.Struct(">I")
-_PREFIX_BYTES = len(MAGIC) + 1 + _ID_LEN.size  # magic, version, id_len
-_MIN_HEADER_BYTES = 4  # format 2: two one-byte strings with their lengths, at least
-
-Reason = Literal[
-    "too_large", "malformed", "unknown_machine", "bad_signature", "wrong_base",
-    "wrong_round", "replayed_round", "norm_bound",
-]
-
-
-class DeltaError(EdgeAnomalyError):
-    """A delta that cannot be accepted; ``reason`` is a short code for records and metrics."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason: Reason = reason
+ZLIB_LEVEL = 9
 
 
 @dataclass(frozen=True)
@@ -133,40 +121,17 @@ def encode_delta(
             layout_sha256=layout_sha256(base) if version == FORMAT_V1 else None,
         )
         if version == FORMAT_V1:
-            head = _HEADER_LEN.pack(len(json := canonical_json(header))) + json
+            head = HEADER_LEN.pack(len(json := canonical_json(header))) + json
         else:
             head = pack_v2(header)
     except (ValidationError, struct.error, OverflowError, UnicodeEncodeError) as exc:
         raise ValueError(f"cannot make a delta header:\n{exc}") from None
     ident = machine_id.encode("ascii")
     signed = b"".join([
-        MAGIC, bytes([version]), _ID_LEN.pack(len(ident)), ident, head,
+        MAGIC, bytes([version]), ID_LEN.pack(len(ident)), ident, head,
         zlib.compress(pack(sparse), ZLIB_LEVEL),
     ])
     return signed + key.sign(signed)
-
-
-def _framing(data: bytes) -> str:
-    """The machine id from the fixed framing; nothing else is read before the signature."""
-    if len(data) < _PREFIX_BYTES + 1 + _MIN_HEADER_BYTES + SIGNATURE_BYTES:
-        raise DeltaError("malformed", f"{len(data)} bytes is too short for a delta envelope")
-    if data[: len(MAGIC)] != MAGIC:
-        raise DeltaError(
-            "malformed", f"not a delta: starts with {data[: len(MAGIC)]!r}, not {MAGIC!r}"
-        )
-    if data[len(MAGIC)] not in READABLE_FORMATS:
-        raise DeltaError(
-            "malformed",
-            f"delta format version {data[len(MAGIC)]}, this reader knows {READABLE_FORMATS}",
-        )
-    (id_len,) = _ID_LEN.unpack_from(data, len(MAGIC) + 1)
-    if _PREFIX_BYTES + id_len + _MIN_HEADER_BYTES + SIGNATURE_BYTES > len(data):
-        raise DeltaError("malformed", f"machine id of {id_len} bytes does not fit the envelope")
-    raw_id = data[_PREFIX_BYTES : _PREFIX_BYTES + id_len]
-    ident = raw_id.decode("ascii", errors="replace")
-    if not 1 <= id_len <= MAX_MACHINE_ID_BYTES or not re.match(MACHINE_ID_PATTERN, ident):
-        raise DeltaError("malformed", f"machine id {raw_id!r} in the framing is not a machine id")
-    return ident
 
 
 def decode_delta(
@@ -192,7 +157,7 @@ def decode_delta(
         raise DeltaError(
             "too_large", f"delta of {len(data)} bytes is over the {max_bytes}-byte limit"
         )
-    machine = _framing(data)
+    machine = machine_of(data)
     key = public_keys.get(machine)
     if key is None:
         raise DeltaError("unknown_machine", f"no registered key for machine {machine!r}")
@@ -205,9 +170,9 @@ def decode_delta(
             "or signed by another key"
         ) from None
     if signed[len(MAGIC)] == FORMAT_V2:
-        header, body = _parse_v2(signed, machine, expected_base_fingerprint, tensor_sizes)
+        header, body = parse_v2(signed, machine, expected_base_fingerprint, tensor_sizes)
     else:
-        header, body = _parse_v1(signed, machine)
+        header, body = parse_v1(signed, machine)
     if header.base_fingerprint != expected_base_fingerprint:
         raise DeltaError(
             "wrong_base", f"delta from {machine!r} is against base {header.base_fingerprint[:12]}… "
@@ -240,53 +205,6 @@ def decode_delta(
             "norm_bound", f"delta norm {norm:.6g} from {machine!r} is over {max_norm:.6g}"
         )
     return DecodedDelta(header, sparse, sparse.dense(), len(data))
-
-
-def _parse_v2(
-    signed: bytes, machine: str, expected_fingerprint: str, tensor_sizes: Sequence[int] | None
-) -> tuple[DeltaHeader, bytes]:
-    at = _PREFIX_BYTES + len(machine)
-    try:
-        fields, used = unpack_v2(signed[at:])
-    except ValueError as exc:
-        raise DeltaError("malformed", f"header (signed, but not understood): {exc}") from None
-    if fields.base_fingerprint != expected_fingerprint:  # before the layout is taken from it
-        raise DeltaError(
-            "wrong_base", f"delta from {machine!r} is against base {fields.base_fingerprint[:12]}… "
-            f"(model {fields.model_version}), not {expected_fingerprint[:12]}…"
-        )
-    if tensor_sizes is None:
-        raise ValueError("decode_delta: a format-2 delta needs the base's tensor_sizes")
-    if fields.size != sum(tensor_sizes):
-        raise DeltaError(
-            "malformed", f"delta has {fields.size} parameters, the base {sum(tensor_sizes)}"
-        )
-    try:
-        header = fields.header(machine, tensor_sizes)
-    except ValueError as exc:
-        raise DeltaError("malformed", f"header (signed, but not understood): {exc}") from None
-    return header, signed[at + used :]
-
-
-def _parse_v1(signed: bytes, machine: str) -> tuple[DeltaHeader, bytes]:
-    at = _PREFIX_BYTES + len(machine)
-    if at + _HEADER_LEN.size > len(signed):
-        raise DeltaError("malformed", "envelope ends before the header length")
-    (head_len,) = _HEADER_LEN.unpack_from(signed, at)
-    at += _HEADER_LEN.size
-    if head_len > MAX_HEADER_BYTES or at + head_len > len(signed):
-        raise DeltaError("malformed", f"header length {head_len} does not fit the envelope")
-    try:
-        header = DeltaHeader.model_validate_json(signed[at : at + head_len])
-    except ValidationError as exc:
-        raise DeltaError("malformed", f"header (signed, but not understood):\n{exc}") from None
-    if header.format != FORMAT_V1:
-        raise DeltaError("malformed", f"header says format {header.format} in a format-1 envelope")
-    if header.machine_id != machine:
-        raise DeltaError(
-            "malformed", f"header names machine {header.machine_id!r}, the framing {machine!r}"
-        )
-    return header, signed[at + head_len :]
 
 
 def _open_body(body: bytes, header: DeltaHeader) -> SparseDelta:
