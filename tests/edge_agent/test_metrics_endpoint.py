@@ -42,7 +42,7 @@ THREAD_EXIT_WAIT_S = 3.0
 SERVER_THREADS = ("edge-metrics-http", "edge-metrics-conn")
 TCP_LISTEN = "0A"  # the LISTEN state in /proc/net/tcp
 
-# Metric names tests/agent and the README rely on; every one must stay.
+# Metric names tests/edge_agent/agent and the README rely on; every one must stay.
 EXPORTED = {
     "edge_agent_rows", "edge_agent_windows_screened", "edge_agent_stage2_windows",
     "edge_agent_events", "edge_agent_inference_seconds", "edge_agent_source_samples",

@@ -1,10 +1,10 @@
 """``python -m edge_agent watch`` beside a real agent process, end to end.
 
-The agent (``tests/agent/agent_support.py``: a subprocess with a notify socket) replays the
-simulated plant in a loop with the real int8 bundle; with a real Mosquitto it delivers its
-events there and the view, another subprocess, follows them as an upstream consumer would;
-without a broker the view reads them from the agent's local store. Output is a pipe, so the
-view prints plain lines. The terminal mode is driven in-process into a buffer.
+The agent (``tests/edge_agent/agent/agent_support.py``: a subprocess with a notify socket)
+replays the simulated plant in a loop with the real int8 bundle; with a real Mosquitto it
+delivers its events there and the view, another subprocess, follows them as an upstream
+consumer would; without a broker the view reads them from the agent's local store. Output is
+a pipe, so the view prints plain lines. The terminal mode is driven in-process into a buffer.
 """
 
 from __future__ import annotations

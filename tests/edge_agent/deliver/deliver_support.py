@@ -1,7 +1,7 @@
 """Helpers shared by the delivery tests and their child processes (events, configs, waits).
 
-Imported as ``deliver_support`` (``tests/deliver`` is on sys.path while these tests run, and
-the child scripts put it there themselves).
+Imported as ``deliver_support`` (``tests/edge_agent/deliver`` is on sys.path while these tests
+run, and the child scripts put it there themselves).
 """
 
 from __future__ import annotations

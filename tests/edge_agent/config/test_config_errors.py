@@ -10,7 +10,7 @@ import pytest
 from edge_agent.config.load import ConfigErrors, load_config
 from edge_agent.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHIPPED = sorted((REPO / "firmware_configs").glob("*.toml"))
 MACHINE_CONFIGS = [p for p in SHIPPED if p.name != "fleet.toml"]
 

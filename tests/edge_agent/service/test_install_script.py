@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "systemd" / "install.sh"
 UNIT = ROOT / "systemd" / "edge-agent.service"
 SCRIPT_TIMEOUT_S = 60

@@ -17,7 +17,7 @@ import pytest
 
 from edge_agent.config.model import DEFAULT_STATE_DIR
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 UNIT = ROOT / "systemd" / "edge-agent.service"
 SYSUSERS = ROOT / "systemd" / "edge-agent.sysusers.conf"
 GATEWAY_PYTHON = "/opt/edge-agent/venv/bin/python"

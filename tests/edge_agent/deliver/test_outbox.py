@@ -19,7 +19,7 @@ from edge_agent.deliver.outbox import Outbox, OutboxError, format_events, read_r
 from edge_agent.errors import EdgeAnomalyError
 from edge_agent.events import SEVERITY_CRITICAL, SEVERITY_INFO, SEVERITY_WARNING, ChannelShare
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHILD = Path(__file__).with_name("child_outbox.py")
 KILL_AFTER_EVENTS = 300
 CHILD_MAX_EVENTS = 1_000_000

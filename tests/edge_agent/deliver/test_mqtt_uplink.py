@@ -19,7 +19,7 @@ from deliver_support import MACHINE, UplinkFactory, make_event, mqtt_config, wai
 from edge_agent.deliver.config import OutboxConfig
 from edge_agent.deliver.outbox import Outbox, Pending
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHILD = Path(__file__).with_name("child_uplink.py")
 EVENTS = f"edge/{MACHINE}/events"
 STATUS = f"edge/{MACHINE}/status"
