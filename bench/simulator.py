@@ -3,8 +3,10 @@
 Train (default ``trainer fit``) on one simulated compressor history, export the signed int8
 bundle, and score a fresh simulated stretch (another seed) through the device pipeline twice:
 with the screen (the cascade as deployed) and without it (stage 2 alone). Reports per fault
-kind: point F1 (normal rows + that kind's rows), recall, episodes caught; the share of windows
-reaching stage 2; and the cascade's recall as a share of stage 2's own recall.
+kind: point F1 (normal rows + that kind's rows), recall, episodes caught and detection delay
+(median and p90, samples and seconds; :mod:`trainer.evaluate.per_kind`, as ``trainer evaluate``
+reports it); the share of windows reaching stage 2; and the cascade's recall as a share of
+stage 2's own recall.
 
     python bench/simulator.py                          # -> bench/results/simulator.json
     python bench/simulator.py --history 8000 --live 6000 --epochs 10 --out X   # CI smoke run
@@ -29,17 +31,28 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _kind_metrics(y: np.ndarray, pred: np.ndarray, kinds: np.ndarray, k: int) -> dict[str, float]:
-    from trainer.evaluate.metrics import point_metrics, segments
+def _kind_metrics(
+    y: np.ndarray, pred: np.ndarray, kinds: np.ndarray, kind: str, period_s: float
+) -> dict[str, float]:
+    """Point F1 on normal rows + this kind's rows; episodes caught and delays (shared code)."""
+    from trainer.evaluate.metrics import point_metrics
+    from trainer.evaluate.per_kind import NORMAL_KIND, per_kind_detection
 
-    sel = (kinds == 0) | (kinds == k)
+    sel = (kinds == NORMAL_KIND) | (kinds == kind)
     m = point_metrics(y[sel], pred[sel])
-    eps = segments(y & (kinds == k))
+    found = {r.kind: r.delays for r in per_kind_detection(y, pred, kinds, period_s)}
+    if kind not in found:
+        return {"f1": float(m["f1"]), "recall": float(m["recall"]), "episodes": 0}
+    d = found[kind]
     return {
         "f1": float(m["f1"]),
         "recall": float(m["recall"]),
-        "episodes": len(eps),
-        "episodes_caught": int(sum(pred[a:b].any() for a, b in eps)),
+        "episodes": d.episodes,
+        "episodes_caught": d.caught,
+        "delay_median_samples": d.median_samples,
+        "delay_p90_samples": d.p90_samples,
+        "delay_median_s": d.median_s,
+        "delay_p90_s": d.p90_s,
     }
 
 
@@ -85,13 +98,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = run_pipeline(test, bundle.manifest, cascade)
         alone = run_pipeline(test, bundle.manifest, cascade, screen=False)
     y = live.labels.astype(bool)
-    kinds = live.fault_kind.astype(int)
+    kinds = np.asarray(live.fault_kind_names())
     per_kind = {
         kind: {
-            "cascade": _kind_metrics(y, res.alert, kinds, i + 1),
-            "stage2_alone": _kind_metrics(y, alone.alert, kinds, i + 1),
+            "cascade": _kind_metrics(y, res.alert, kinds, kind, live.period_s),
+            "stage2_alone": _kind_metrics(y, alone.alert, kinds, kind, live.period_s),
         }
-        for i, kind in enumerate(FAULT_KINDS)
+        for kind in FAULT_KINDS
     }
     from trainer.evaluate.metrics import point_metrics
 

@@ -35,6 +35,11 @@ def test_simulator_bench_smoke(tmp_path: Path) -> None:
     assert set(saved["per_kind"]) == set(report["per_kind"])
     assert 0.0 < saved["windows_reaching_stage2"] <= 1.0
     assert saved["per_kind"]["spike"]["cascade"]["episodes"] >= 1
+    for kind in saved["per_kind"].values():
+        rec = kind["cascade"]
+        if rec["episodes"]:
+            assert 0 <= rec["episodes_caught"] <= rec["episodes"]
+            assert {"delay_median_samples", "delay_p90_s"} <= set(rec)
 
 
 def test_pipeline_throughput_bench_smoke(tmp_path: Path) -> None:

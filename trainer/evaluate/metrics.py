@@ -40,6 +40,8 @@ NAB_WINDOW_START_POSITION = -1.0
 NAB_SCALE = 100.0
 #: Length of the scoring window to the right of each true change point, as used for SKAB.
 DEFAULT_NAB_WINDOW_S = 60.0
+#: The upper detection-delay percentile reported next to the median.
+DELAY_PERCENTILE = 90.0
 
 
 @dataclass(frozen=True)
@@ -219,29 +221,36 @@ def detection_delays(
 
     Only alarms inside the segment count (an alarm raised before the segment starts is a false
     alarm, not an early detection). Returns ``delay_mean_s``, ``delay_median_s``,
-    ``delay_max_s`` over the detected segments (NaN when none is detected), ``n_segments`` and
-    ``n_detected``. ``period_s`` is the sampling period that converts samples to seconds.
+    ``delay_p90_s``, ``delay_max_s`` and the same median / p90 / max in samples
+    (``delay_median_samples`` ...) over the detected segments (NaN when none is detected),
+    ``n_segments`` and ``n_detected``. ``period_s`` is the sampling period that converts samples
+    to seconds. :mod:`trainer.evaluate.per_kind` calls this once per fault kind.
     """
-    if period_s <= 0:
+    if not period_s > 0:
         raise ValueError(f"period_s must be positive, got {period_s}")
     truth = _as_mask(y_true, "y_true")
     pred = _as_mask(y_pred, "y_pred")
     _check_same_length(y_true=truth, y_pred=pred)
     runs = segments(truth)
-    delays: list[float] = []
+    delays: list[int] = []
     for start, stop in runs:
         hits = np.flatnonzero(pred[start:stop])
         if hits.size:
-            delays.append(float(hits[0]) * period_s)
+            delays.append(int(hits[0]))
     nan = float("nan")
     arr = np.asarray(delays, dtype=np.float64)
-    return {
-        "delay_mean_s": float(arr.mean()) if arr.size else nan,
-        "delay_median_s": float(np.median(arr)) if arr.size else nan,
-        "delay_max_s": float(arr.max()) if arr.size else nan,
-        "n_segments": float(len(runs)),
-        "n_detected": float(arr.size),
+    stats = {
+        "mean": float(arr.mean()) if arr.size else nan,
+        "median": float(np.median(arr)) if arr.size else nan,
+        "p90": float(np.percentile(arr, DELAY_PERCENTILE)) if arr.size else nan,
+        "max": float(arr.max()) if arr.size else nan,
     }
+    result = {f"delay_{name}_s": value * period_s for name, value in stats.items()}
+    for name in ("median", "p90", "max"):
+        result[f"delay_{name}_samples"] = stats[name]
+    result["n_segments"] = float(len(runs))
+    result["n_detected"] = float(arr.size)
+    return result
 
 
 # --------------------------------------------------------------------------------------------

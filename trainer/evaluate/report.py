@@ -30,6 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from trainer.evaluate.kind_table import per_kind_section
+
 #: Timelines longer than this are reduced before plotting; a PNG a few thousand pixels wide
 #: cannot show more, and drawing millions of points is slow.
 MAX_PLOT_POINTS = 20_000
@@ -78,7 +80,11 @@ METRIC_HELP: dict[str, str] = {
     "than ROC AUC when anomalies are rare.",
     "delay_mean_s": "Mean time from the start of a caught incident to its first alarm (s).",
     "delay_median_s": "Median detection delay over caught incidents (s).",
+    "delay_p90_s": "90th percentile of the detection delay over caught incidents (s).",
     "delay_max_s": "Longest detection delay over caught incidents (s).",
+    "delay_median_samples": "Median detection delay over caught incidents (samples).",
+    "delay_p90_samples": "90th percentile of the detection delay (samples).",
+    "delay_max_samples": "Longest detection delay over caught incidents (samples).",
     "n_segments": "Number of labelled anomaly segments (incidents).",
     "n_detected": "Incidents with at least one alarm inside them.",
     "nab_standard": "NAB score, SKAB change-point protocol, standard profile: 100 = every "
@@ -439,6 +445,7 @@ def write_report(
     metrics: Mapping[str, Any],
     baselines: Mapping[str, Mapping[str, Any]],
     stage: np.ndarray | None,
+    per_kind: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.html`` and its PNG plots into ``out_dir``; return the HTML path.
 
@@ -447,7 +454,8 @@ def write_report(
     added. ``metrics`` is the model's flat metric dictionary (see
     :func:`trainer.evaluate.metrics.summarize`), ``baselines`` maps a method name to the same
     kind of dictionary for that method, and ``stage`` is an optional per-sample pipeline stage
-    drawn under the timeline. Existing files of the same names are replaced.
+    drawn under the timeline; ``per_kind`` (``metrics.json``'s ``per_kind``) adds a table of
+    episodes caught and delays per fault kind. Existing files of the same names are replaced.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -509,6 +517,8 @@ def write_report(
         )
 
     sections.append("<h2>Metrics</h2>" + _metrics_table(metrics))
+    if per_kind:
+        sections.append(per_kind_section(per_kind))
     sections.append(
         "<h2>Comparison with baselines</h2>"
         "<p>Classic detectors fitted on the same training data, each thresholded at a high "

@@ -33,6 +33,7 @@ from edge_agent.pipeline import PipelineResult, prepare, run_pipeline
 from trainer.evaluate.baselines import run_baselines
 from trainer.evaluate.metrics import point_metrics, summarize
 from trainer.evaluate.pca_monitor import fit_pca_monitor
+from trainer.evaluate.per_kind import DEFAULT_KIND_COL, per_kind_detection, read_kind_column
 from trainer.evaluate.report import write_report
 from trainer.fit import MODEL_FILE, features_of_windows
 from trainer.run_record import RunRecord
@@ -103,8 +104,13 @@ def evaluate(
     label_col: str,
     skip_rows: int = 0,
     seed: int = 0,
+    kind_col: str = DEFAULT_KIND_COL,
 ) -> tuple[dict[str, Any], PipelineResult, dict[str, Any]]:
-    """Metrics of the cascade, of stage 2 alone and of the baselines on rows ``skip_rows:``."""
+    """Metrics of the cascade, of stage 2 alone and of the baselines on rows ``skip_rows:``.
+
+    When the table's CSV has a ``kind_col`` column (the simulator's ``fault_kind``), the
+    metrics also carry ``per_kind``: episodes, caught and delays per fault kind.
+    """
     if label_col not in table.labels:
         raise DataError(f"label column {label_col!r} not read; pass --label-col {label_col}")
     y = table.labels[label_col][skip_rows:].astype(bool)
@@ -125,6 +131,13 @@ def evaluate(
             y, alone.alert[skip_rows:], alone.score[skip_rows:], ts, period, None
         ),
     }
+    kinds = _kinds_of(table, kind_col)
+    if kinds is not None:
+        metrics["per_kind"] = {
+            name: [k.as_dict() for k in per_kind_detection(y, pred, kinds[skip_rows:], period)]
+            for name, pred in (("cascade", res.alert), ("stage2_alone", alone.alert))
+            for pred in (pred[skip_rows:],)
+        }
     # Baselines on the same window features; rows without a window count as normal.
     _, xn, ends = prepare(table, manifest)
     forest = cascade.forest
@@ -147,6 +160,18 @@ def evaluate(
         baselines[PCA_BASELINE] = point_metrics(y, per_row(pred)) | monitor.summary()
     metrics["baselines"] = baselines
     return metrics, res, baselines
+
+
+def _kinds_of(table: SensorTable, kind_col: str) -> npt.NDArray[np.str_] | None:
+    """Each row's fault kind from the table's CSV, None when the file has no such column."""
+    if not Path(table.path).is_file():
+        return None
+    kinds = read_kind_column(table.path, kind_col)
+    if kinds is not None and kinds.size != table.rows:
+        raise DataError(
+            f"{table.path}: column {kind_col!r} has {kinds.size} values for {table.rows} rows read"
+        )
+    return kinds
 
 
 def write_outputs(
@@ -189,4 +214,5 @@ def write_outputs(
         metrics=metrics["cascade"],
         baselines=baselines,
         stage=res.stage[skip_rows:],
+        per_kind=metrics.get("per_kind"),
     )
