@@ -54,7 +54,7 @@ class ForestConfig(_Strict):
 
 class AutoencoderConfig(_Strict):
     # dense beat conv on SKAB's 400-row histories at the FAR limit (bench/skab_sweep.py).
-    kind: Literal["conv", "dense", "lstm"] = "dense"
+    kind: Literal["cnn_lstm_attn", "conv", "dense", "lstm"] = "dense"
     epochs: int = Field(default=80, ge=1)
     batch_size: int = Field(default=64, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)

@@ -4,7 +4,7 @@ Every model maps a window of normalized sensor samples, float32 ``(W, C)``, to i
 reconstruction of the same shape; the reconstruction error is the anomaly score. The
 trainer builds one through :func:`build_autoencoder`, fits it, and hands it to
 ``export.tflite_int8`` for full-integer quantization before it ships to ``edge_agent``.
-All kinds (dense, conv, lstm) convert to full int8; see each module for its design.
+All kinds (dense, conv, lstm, cnn_lstm_attn) convert to full int8; see each module for its design.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Protocol
 
 import keras
 
+from trainer.models.cnn_lstm_attn import build_cnn_lstm_attn_autoencoder
 from trainer.models.conv import build_conv_autoencoder
 from trainer.models.dense import build_dense_autoencoder
 from trainer.models.lstm import build_lstm_autoencoder
@@ -34,6 +35,7 @@ AUTOENCODER_BUILDERS: dict[str, AutoencoderBuilder] = {
     "dense": build_dense_autoencoder,
     "conv": build_conv_autoencoder,
     "lstm": build_lstm_autoencoder,
+    "cnn_lstm_attn": build_cnn_lstm_attn_autoencoder,
 }
 
 
