@@ -26,9 +26,9 @@ resizes it with ``resize_tensor_input`` to any batch (dynamic-batch reshapes bec
 SHAPE/STRIDED_SLICE/PACK ops on int32 shape tensors, which is fine). Only the Edge
 TPU needs a static batch; that is ``export.edgetpu``'s job, not this module's.
 
-All three model kinds (dense, conv, lstm) pass. The LSTM works because its layers are
-built with ``unroll=True``: the converter then sees plain FULLY_CONNECTED / LOGISTIC /
-TANH / MUL / ADD ops instead of a WHILE loop.
+All four model kinds (dense, conv, lstm, cnn_lstm_attn) pass. The LSTMs work because their
+layers are built with ``unroll=True``: the converter then sees plain FULLY_CONNECTED /
+LOGISTIC / TANH / MUL / ADD ops instead of a WHILE loop.
 """
 
 from __future__ import annotations
