@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.agent.agent_support import replay_source, write_config
+from tests.edge_agent.agent.agent_support import replay_source, write_config
 
 ROOT = Path(__file__).resolve().parents[3]
 RUN_TIMEOUT_S = 300
