@@ -30,7 +30,7 @@ import itertools
 
 import keras
 
-from trainer.models.common import compile_autoencoder, resolve_latent
+from trainer.models.common import compile_autoencoder, resolve_latent, unrolled_lstm
 
 KIND = "cnn_lstm_attn"
 
@@ -64,17 +64,6 @@ def build_cnn_lstm_attn_autoencoder(
     def glorot() -> keras.initializers.Initializer:
         return keras.initializers.GlorotUniform(seed=next(seeds))
 
-    def lstm(name: str) -> keras.layers.LSTM:
-        return keras.layers.LSTM(
-            hidden,
-            return_sequences=True,
-            # Unrolled so TFLite sees plain int8-capable ops, not a WHILE loop.
-            unroll=True,
-            kernel_initializer=glorot(),
-            recurrent_initializer=keras.initializers.Orthogonal(seed=next(seeds)),
-            name=name,
-        )
-
     inputs = keras.Input(shape=(window, channels), name="window")
     x = inputs
     for i in range(CONV_LAYERS):
@@ -86,7 +75,7 @@ def build_cnn_lstm_attn_autoencoder(
             kernel_initializer=keras.initializers.HeNormal(seed=next(seeds)),
             name=f"features_{i}",
         )(x)
-    h = lstm("encoder")(x)
+    h = unrolled_lstm(hidden, "encoder", seeds, sequences=True)(x)
 
     # Additive attention: one score per time step, softmax over time, weighted sum.
     scores = keras.layers.Dense(
@@ -99,7 +88,7 @@ def build_cnn_lstm_attn_autoencoder(
 
     z = keras.layers.Dense(latent_units, kernel_initializer=glorot(), name="latent")(context)
     x = keras.layers.RepeatVector(window, name="repeat")(z)
-    x = lstm("decoder")(x)
+    x = unrolled_lstm(hidden, "decoder", seeds, sequences=True)(x)
     outputs = keras.layers.Dense(channels, kernel_initializer=glorot(), name="reconstruction")(x)
     model = keras.Model(inputs, outputs, name=f"{KIND}_autoencoder")
     compile_autoencoder(model)

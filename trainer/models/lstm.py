@@ -33,7 +33,7 @@ import itertools
 
 import keras
 
-from trainer.models.common import compile_autoencoder, resolve_latent
+from trainer.models.common import compile_autoencoder, resolve_latent, unrolled_lstm
 
 KIND = "lstm"
 
@@ -60,26 +60,15 @@ def build_lstm_autoencoder(
     # Distinct seed per initializer: a seeded Keras 3 initializer repeats its tensor.
     seeds = itertools.count(seed)
 
-    def lstm(units: int, name: str, *, sequences: bool) -> keras.layers.LSTM:
-        return keras.layers.LSTM(
-            units,
-            return_sequences=sequences,
-            # Unrolled so TFLite sees plain int8-capable ops, not a WHILE loop.
-            unroll=True,
-            kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
-            recurrent_initializer=keras.initializers.Orthogonal(seed=next(seeds)),
-            name=name,
-        )
-
     inputs = keras.Input(shape=(window, channels), name="window")
-    x = lstm(hidden, "encoder", sequences=False)(inputs)
+    x = unrolled_lstm(hidden, "encoder", seeds, sequences=False)(inputs)
     z = keras.layers.Dense(
         latent_units,
         kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
         name="latent",
     )(x)
     x = keras.layers.RepeatVector(window, name="repeat")(z)
-    x = lstm(hidden, "decoder", sequences=True)(x)
+    x = unrolled_lstm(hidden, "decoder", seeds, sequences=True)(x)
     outputs = keras.layers.Dense(
         channels,
         kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
