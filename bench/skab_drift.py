@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data", type=Path, default=DATA, help="anomaly-free.csv")
     ap.add_argument("--rows", type=int, help="only the first N rows of the file (smoke run)")
     ap.add_argument("--epochs", type=int, help="autoencoder epochs (default: trainer's)")
+    ap.add_argument("--config", type=Path, help="training TOML (default: built-in defaults)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "skab_drift.json")
     a = ap.parse_args(argv)
     if not a.data.is_file():
@@ -107,8 +108,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_rows = int(TRAIN_SHARE * table.rows)
         fit_args = ["fit", "--data", str(data), "--out", str(work / "run")]
         fit_args += ["--rows", str(train_rows)]
+        toml = a.config.read_text(encoding="utf-8") if a.config else ""
         if a.epochs:
-            (work / "train.toml").write_text(f"[autoencoder]\nepochs = {a.epochs}\n")
+            toml += f"\n[autoencoder]\nepochs = {a.epochs}\n"
+        if toml:
+            (work / "train.toml").write_text(toml, encoding="utf-8")
             fit_args += ["--config", str(work / "train.toml")]
         _cli(trainer_main, fit_args)
         t_fit = time.perf_counter() - t0
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         replay_args = ["replay", "--bundle", str(work / "bundle"), "--data", str(data)]
         replay_args += ["--out", str(scores), "--trust", str(work / "keys" / "signing.pub")]
         _cli(agent_main, replay_args)
+        manifest = json.loads((work / "bundle" / "manifest.json").read_text(encoding="utf-8"))
         with open(scores, encoding="utf-8") as fh:
             header = next(fh).strip().split(",")
             col = header.index("alert")
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "data": a.data.name,
         "rows": table.rows,
         "train_rows": train_rows,
-        "settings": "built-in defaults" + (f", {a.epochs} epochs" if a.epochs else ""),
+        "settings": (str(a.config) if a.config else "built-in defaults")
+        + (f", {a.epochs} epochs" if a.epochs else ""),
         "parity_forced": forced,
         "alert_share_after_training": share,
         "alert_share_per_block": [
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "block_rows": BLOCK_ROWS,
         "target": {"max_share": TARGET_MAX_SHARE, "aim_share": TARGET_AIM_SHARE},
         "target_met": share <= TARGET_MAX_SHARE,
+        # The channels the bundle judges against an adapting level (edge_agent.detect.baseline).
+        "adapting_channels": (manifest.get("baseline") or {}).get("channels", []),
         "channels_by_move": channel_moves(table.values, list(table.channels), train_rows),
         "fit_seconds": round(t_fit, 1),
         "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -156,7 +164,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2) + "\n")
-    brief = ("alert_share_after_training", "alert_share_per_block", "target_met")
+    brief = (
+        "alert_share_after_training",
+        "alert_share_per_block",
+        "target_met",
+        "adapting_channels",
+    )
     print(json.dumps({k: report[k] for k in brief}, indent=2))
     return report
 

@@ -21,6 +21,7 @@ from edge_agent.bundle.manifest import Manifest
 from edge_agent.data.grid import Grid, GridAligner, align_push, align_to_grid
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertState
+from edge_agent.detect.baseline import LevelState, follow_level
 from edge_agent.detect.cascade import STAGE_NONE, Cascade, WindowScores
 from edge_agent.detect.projection import _sample_stats
 from edge_agent.detect.ring import WindowRing, WindowSource, ring_push, split_ints
@@ -77,6 +78,7 @@ class WindowBatch:
 @kernel(
     "f8[:], f8[:,:], f8[:], f8[:],"  # ts, values, mean, scale
     " f8, i8, f8[:]!, f8[:]!, i8[:]!,"  # period, max_hold, last_t, held, grid_state
+    " f8[:], f8, f8, f8[:]!, b1,"  # level_rate, max_step, max_offset, level, has_level
     " f8[:,:], f8[:], b1,"  # components, variances, has_stats
     " i8, i8, f8, f4[:,:]!, f4[:,:]!, i8[:]!, i8[:]!"  # window ... ring_state
     " -> (f4[:,:], f4[:,:], f8[:], i8[:])"
@@ -84,17 +86,21 @@ class WindowBatch:
 def _front(
     ts: F64, values: F64, mean: F64, scale: F64,
     period: float, max_hold: int, last_t: F64, held: F64, grid_state: I64,
+    level_rate: F64, max_step: float, max_offset: float, level: F64, has_level: bool,
     components: F64, variances: F64, has_stats: bool,
     window: int, hop: int, max_imputed_fraction: float,
     buf_x: F32, buf_s: F32, buf_imp: I64, ring_state: I64,
 ) -> tuple[F32, F32, F64, I64]:  # pragma: no cover - compiled
-    """Grid, normalize, per-sample statistics and window ring in one call: the daemon pays
-    the interpreter's call overhead once per row, not once per step. Takes the leading rows
-    that make at most CHUNK_POINTS grid points (``row_window`` says how many)."""
+    """Grid, normalize, adapting levels, per-sample statistics and window ring in one call:
+    the daemon pays the interpreter's call overhead once per row, not once per step. Takes
+    the leading rows that make at most CHUNK_POINTS grid points (``row_window`` says how
+    many)."""
     first = grid_state[0] + 1  # the aligner's next grid index
     times, grid, imputed, seg, row_to_grid = align_push(
         ts, values, mean, period, max_hold, last_t, held, grid_state, CHUNK_POINTS)
     xn = normalize(grid, mean, scale)
+    if has_level:
+        follow_level(xn, imputed, level_rate, max_step, max_offset, level)
     if has_stats:
         stats = _sample_stats(xn, components, variances)
     else:
@@ -123,10 +129,11 @@ class StreamingPipeline:
         self._aligner = a = GridAligner(s.period_s, s.max_hold, mean)
         self._ring = r = WindowRing(w.length, w.hop, c, n_stats, s.max_imputed_fraction)
         self._window = r.window
+        self.levels = lv = LevelState.of(manifest.baseline, manifest.channel_names, s.period_s)
         # The fused kernel's arguments after the rows, in its order: checked here, once (the
-        # aligner and the ring mutate their arrays in place), not at every pushed row.
+        # aligner, the levels and the ring mutate their arrays in place), not at every row.
         self._args = (
-            mean, scale, a.period_s, a.max_hold, a.last_t, a.held, a.state,
+            mean, scale, a.period_s, a.max_hold, a.last_t, a.held, a.state, *lv.args(),
             np.zeros((c, 0)) if proj is None else proj.components,
             np.zeros(0) if proj is None else proj.variances, proj is not None,
             r.window, r.hop, r.max_imputed_fraction, r.buf_x, r.buf_s, r.buf_imp, r.state,
@@ -249,6 +256,7 @@ def prepare(table: SensorTable, manifest: Manifest) -> Prepared:
         t.timestamps, t.values, period_s=s.period_s, max_hold=s.max_hold, fill=mean
     )
     xn = normalize(grid.values, mean, scale)
+    LevelState.of(manifest.baseline, manifest.channel_names, s.period_s).apply(xn, grid.imputed)
     ends = window_ends(grid.segment_start, grid.imputed, w.length, w.hop, s.max_imputed_fraction)
     return grid, xn, ends
 

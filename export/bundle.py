@@ -124,6 +124,7 @@ def build_bundle(
             variants=variant_info,
             files=file_digests(tmp, files),
             learning=learning,
+            baseline=record.baseline,
         )
         write_signed(tmp, manifest, key)
         # mkdtemp makes the directory private; a bundle/run is meant to be readable.

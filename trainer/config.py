@@ -94,6 +94,35 @@ class ThresholdConfig(_Strict):
         return 1.0 + (self.margin - 1.0) * share
 
 
+class BaselineConfig(_Strict):
+    """Which channels are judged against a slowly adapting level on the gateway
+    (``edge_agent.detect.baseline``), and how slowly it adapts."""
+
+    adapt: Literal["trending", "all", "none"] | list[str] = Field(
+        default="trending",
+        description="trending: the channels whose history trends (the same rule as trainer "
+        "fit's drift warning); all; none (every channel keeps its training level); or a list "
+        "of channel names",
+    )
+    # Normal drift is thermal and slow (hours); faults worth an alarm move in seconds to
+    # minutes. 15 minutes follows a warm-up (SKAB's rig, 2 degC in 2 h, lags by under one
+    # spread) while 93 % of a step still shows after a minute and 72 % after five.
+    time_constant_s: float = Field(
+        default=900.0, gt=0, description="Time constant of the adapting level, s"
+    )
+    max_step: float = Field(
+        default=2.0,
+        gt=0,
+        description="Largest deviation (training spreads) one sample feeds into the level: "
+        "bounds how fast any fault can be absorbed",
+    )
+    max_offset: float = Field(
+        default=12.0,
+        gt=0,
+        description="Farthest (training spreads) a level may move from the training mean",
+    )
+
+
 class CascadeConfig(_Strict):
     keep_recall: float = Field(
         default=0.98, gt=0, le=1, description="Share of stage-2 recall the screen must keep"
@@ -112,6 +141,7 @@ class TrainConfig(_Strict):
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     cascade: CascadeConfig = CascadeConfig()
+    baseline: BaselineConfig = BaselineConfig()
     alerts: AlertConfig = AlertConfig()
 
 

@@ -27,6 +27,7 @@ from edge_agent.bundle.manifest import ChannelSpec, ForestSpec, SamplingSpec, Wi
 from edge_agent.data.grid import align_to_grid, interpolate_held_runs
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertPolicy
+from edge_agent.detect.baseline import LevelBaseline, LevelState
 from edge_agent.detect.cascade import reconstruction_error
 from edge_agent.detect.forest import FlatForest
 from edge_agent.detect.projection import fit_projection
@@ -41,6 +42,8 @@ from edge_agent.errors import DataError
 from trainer.calibrate import calibrate_threshold, screen_threshold
 from trainer.config import TrainConfig
 from trainer.forest import fit_forest
+from trainer.history_findings import is_trending
+from trainer.history_trend import robust_trend
 from trainer.run_record import RUN_FILE, AutoencoderTraining, RunRecord, ValidationSummary
 from trainer.synthetic import inject
 
@@ -71,6 +74,41 @@ class Prepared:
     scale: npt.NDArray[np.float64]
     period_s: float
     clean_rows: npt.NDArray[np.bool_]  # grid points fully measured and labelled normal
+    baseline: LevelBaseline | None  # channels judged against an adapting level
+
+
+def level_baseline(table: SensorTable, cfg: TrainConfig) -> LevelBaseline | None:
+    """The channels whose level adapts on the gateway (``cfg.baseline.adapt``): with
+    ``trending``, those ``trainer fit``'s drift warning names, judged on normal rows only."""
+    b = cfg.baseline
+    if b.adapt == "none":
+        return None
+    if isinstance(b.adapt, list):
+        unknown = sorted(set(b.adapt) - set(table.channels))
+        if unknown:
+            raise DataError(
+                f"[baseline] adapt names channels the history lacks: {unknown}", path=table.path
+            )
+        names = [n for n in table.channels if n in b.adapt]
+    elif b.adapt == "all":
+        names = list(table.channels)
+    else:
+        normal = np.ones(table.rows, np.bool_)
+        for lab in table.labels.values():
+            normal &= lab == 0
+        names = [
+            name
+            for j, name in enumerate(table.channels)
+            if is_trending(robust_trend(table.timestamps[normal], table.values[normal, j]), cfg)
+        ]
+    if not names:
+        return None
+    return LevelBaseline(
+        channels=names,
+        time_constant_s=b.time_constant_s,
+        max_step=b.max_step,
+        max_offset=b.max_offset,
+    )
 
 
 def median_period(table: SensorTable) -> float:
@@ -115,6 +153,9 @@ def prepare_history(table: SensorTable, cfg: TrainConfig) -> Prepared:
         floor = max(cfg.data.scale_floor * abs(mean[j]), 1e-9)
         scale[j] = max(float(col.std()), floor)
     xn = normalize(grid.values, mean, scale)
+    # The gateway judges trending channels against a level that follows them: so does training.
+    baseline = level_baseline(table, cfg)
+    LevelState.of(baseline, list(table.channels), period).apply(xn, grid.imputed)
     w = cfg.window.length
     ends = window_ends(grid.segment_start, grid.imputed, w, 1, cfg.data.max_imputed_fraction)
     if ends.size == 0:
@@ -126,7 +167,7 @@ def prepare_history(table: SensorTable, cfg: TrainConfig) -> Prepared:
         )
     cum = np.concatenate([[0], np.cumsum(label)])
     window_labels = ((cum[ends + 1] - cum[ends + 1 - w]) > 0).astype(np.int8)
-    return Prepared(xn, ends, window_labels, mean, scale, period, clean.all(axis=1))
+    return Prepared(xn, ends, window_labels, mean, scale, period, clean.all(axis=1), baseline)
 
 
 def split_validation(
@@ -342,6 +383,7 @@ def fit(
         autoencoder=AutoencoderTraining(kind=cfg.autoencoder.kind, **train_info),
         threshold=threshold,
         alerts=AlertPolicy.model_validate(cfg.alerts.model_dump()),
+        baseline=prep.baseline,
         validation=ValidationSummary(
             windows=int(val_ends.size),
             false_alarm_rate=float(np.mean(val_err >= threshold.alert_threshold)),

@@ -24,6 +24,7 @@ from edge_agent.bundle.manifest import (
 )
 from edge_agent.config.strict import StrictModel
 from edge_agent.detect.alerts import AlertPolicy
+from edge_agent.detect.baseline import LevelBaseline
 from edge_agent.detect.threshold import ThresholdModel
 from trainer.config import TrainConfig
 
@@ -111,6 +112,9 @@ class RunRecord(StrictModel):
     alerts: AlertPolicy = Field(description="Hysteresis from window decisions to alert state")
     validation: ValidationSummary = Field(description="Held-out figures of the float model")
     fit_seconds: float = Field(ge=0, description="Wall time of the whole fit, in seconds")
+    baseline: LevelBaseline | None = Field(
+        default=None, description="Channels judged against an adapting level (trending ones)"
+    )
     federation: FederationSummary | None = Field(
         default=None, description="Set on runs made by `trainer federate`: round and base model"
     )

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from edge_agent.config.strict import StrictModel
 from edge_agent.detect.alerts import AlertPolicy
+from edge_agent.detect.baseline import LevelBaseline
 from edge_agent.detect.threshold import ThresholdModel
 
 SCHEMA_VERSION = 1
@@ -178,12 +179,20 @@ class Manifest(StrictModel):
     learning: LearningSpec | None = Field(
         default=None, description="Fleet learning; absent in bundles exported before it"
     )
+    baseline: LevelBaseline | None = Field(
+        default=None,
+        description="Channels judged against a slowly adapting level (those that trended in "
+        "training); absent: every channel keeps its training level",
+    )
 
     @model_validator(mode="after")
-    def _learning_file_is_signed(self) -> Manifest:
+    def _references_resolve(self) -> Manifest:
+        """The learning file is signed; the level baseline names channels of the model."""
         learning = self.learning
         if learning is not None and learning.file is not None and learning.file not in self.files:
             raise ValueError(f"learning.file {learning.file!r} is not listed in files")
+        if self.baseline is not None:
+            self.baseline.rates(self.channel_names, self.sampling.period_s)  # names checked
         return self
 
     @property

@@ -17,6 +17,7 @@ KERNEL_SOURCES = (
     "data/grid.py",
     "detect/alerts.py",
     "detect/autoencoder.py",
+    "detect/baseline.py",
     "detect/cascade.py",
     "detect/forest.py",
     "detect/projection.py",

@@ -24,5 +24,8 @@ def test_skab_drift_bench_smoke(tmp_path: Path) -> None:
     assert saved["target_met"] == (saved["alert_share_after_training"] <= 0.10)
     moves = [c["max_abs_block_move_in_train_std"] for c in saved["channels_by_move"]]
     assert len(moves) == 8
+    # 10 minutes of the rig warming up: the thermocouple trends, so its level adapts.
+    assert "Thermocouple" in saved["adapting_channels"]
+    assert not {"Current", "Voltage"} & set(saved["adapting_channels"])
     assert moves == sorted(moves, reverse=True)
     assert report["machine"] == saved["machine"]

@@ -12,6 +12,7 @@ from edge_agent.bundle.manifest import Manifest
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.data.table import SensorTable, read_table
 from edge_agent.detect.alerts import AlertState
+from edge_agent.detect.baseline import LevelBaseline
 from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_SCREEN, STAGE_SKIPPED, Cascade
 from edge_agent.detect.ring import WindowRing
 from edge_agent.detect.windows import gather_windows, screen_features, window_ends
@@ -264,3 +265,33 @@ def test_a_window_the_model_cannot_take_is_skipped_not_fatal(
     after = pipe.push(ts[n : 2 * n], vals[n : 2 * n])
     assert after.size
     assert (after.stage >= STAGE_SCREEN).all()
+
+
+def test_adapting_levels_stream_bit_identically(
+    model: tuple[Manifest, Cascade], messy: Rows
+) -> None:
+    """The adapting level is pipeline state like the aligner's: any chunking, same bits, and
+    the batch kernels (``prepare``) agree; with it the windows differ from the fixed level."""
+    m, cascade = model
+    names = m.channel_names[:2]
+    fast = LevelBaseline(channels=names, time_constant_s=30.0, max_step=2.0, max_offset=12.0)
+    adapting = (m.model_copy(update={"baseline": fast}), cascade)
+    whole = _stream(adapting, messy, "all")
+    _assert_same(_stream(adapting, messy, "one"), whole)
+    _assert_same(_stream(adapting, messy, "random"), whole)
+    _assert_same(whole, _batch_reference(adapting, messy))
+    fixed = _stream(model, messy, "all")
+    np.testing.assert_array_equal(whole.end_index, fixed.end_index)
+    assert not np.array_equal(whole.score, fixed.score)
+
+
+def test_a_manifest_whose_baseline_names_an_unknown_channel_is_refused(
+    model: tuple[Manifest, Cascade],
+) -> None:
+    doc = model[0].model_dump(mode="json")
+    doc["baseline"] = {"channels": ["nope"], "time_constant_s": 900.0, "max_step": 2.0,
+                       "max_offset": 12.0}  # fmt: skip
+    with pytest.raises(ValueError, match=r"level baseline names channels .* \['nope'\]"):
+        Manifest.model_validate(doc)
+    doc["baseline"]["channels"] = model[0].channel_names[:1]
+    assert Manifest.model_validate(doc).baseline is not None

@@ -62,6 +62,7 @@ def manifest_from_run(record: RunRecord) -> Manifest:
             windows=0, positives=0, f1_float=0, f1_int8=0, auc_float=0, auc_int8=0, error_rel_mae=0
         ),
         files={},
+        baseline=record.baseline,
     )
 
 
