@@ -78,7 +78,7 @@ class WindowBatch:
 @kernel(
     "f8[:], f8[:,:], f8[:], f8[:],"  # ts, values, mean, scale
     " f8, i8, f8[:]!, f8[:]!, i8[:]!,"  # period, max_hold, last_t, held, grid_state
-    " f8[:], f8, f8, f8[:]!, b1,"  # level_rate, max_step, max_offset, level, has_level
+    " f8[:], f8, f8, f8[:]!, f8[:]!, b1,"  # level_rate, max_step, max_offset, level, seen, on
     " f8[:,:], f8[:], b1,"  # components, variances, has_stats
     " i8, i8, f8, f4[:,:]!, f4[:,:]!, i8[:]!, i8[:]!"  # window ... ring_state
     " -> (f4[:,:], f4[:,:], f8[:], i8[:])"
@@ -86,7 +86,8 @@ class WindowBatch:
 def _front(
     ts: F64, values: F64, mean: F64, scale: F64,
     period: float, max_hold: int, last_t: F64, held: F64, grid_state: I64,
-    level_rate: F64, max_step: float, max_offset: float, level: F64, has_level: bool,
+    level_rate: F64, max_step: float, max_offset: float, level: F64, seen: F64,
+    has_level: bool,
     components: F64, variances: F64, has_stats: bool,
     window: int, hop: int, max_imputed_fraction: float,
     buf_x: F32, buf_s: F32, buf_imp: I64, ring_state: I64,
@@ -100,7 +101,7 @@ def _front(
         ts, values, mean, period, max_hold, last_t, held, grid_state, CHUNK_POINTS)
     xn = normalize(grid, mean, scale)
     if has_level:
-        follow_level(xn, imputed, level_rate, max_step, max_offset, level)
+        follow_level(xn, imputed, level_rate, max_step, max_offset, level, seen)
     if has_stats:
         stats = _sample_stats(xn, components, variances)
     else:

@@ -10,7 +10,11 @@ each normalized sample is judged against a level that follows the channel slowly
     level[t+1] = clip(level[t] + rate * clip(r[t], -max_step, max_step), -max_offset, max_offset)
 
 ``z`` is the sample in training units (mean removed, divided by scale), ``rate`` is
-``1 - exp(-period / time_constant)``. Three properties matter:
+``1 - exp(-period / time_constant)``. A fresh level is the running mean of the first
+``START_SAMPLES`` measured samples (a warm start, so an agent started on a machine that has
+warmed up since training judges it from where it stands within half a minute, not after the
+hour bounded steps would take; the first sample itself is judged against the training mean).
+Three properties matter:
 
 * **Causal and row-wise**: the level at ``t`` depends only on samples before ``t``, carried in
   one float per channel, so any split of the rows into pushes gives the same bits and the
@@ -41,6 +45,12 @@ from edge_agent.kernels import jit
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
+# A fresh level is the mean of the first this many measured samples: an agent started on a
+# machine that warmed up since training judges it from where it stands within half a minute
+# (bounded steps alone would take an hour to cover 8 spreads), and the noise of one sample does
+# not become the reference. Short, so that what comes later meets the bounded steps.
+START_SAMPLES = 30.0
+
 
 def adapt_rate(period_s: float, time_constant_s: float) -> float:
     """The per-sample update weight of a level with this time constant."""
@@ -55,11 +65,15 @@ def follow_level(
     max_step: float,
     max_offset: float,
     level: F64,
+    seen: F64,
 ) -> None:  # pragma: no cover - compiled
     """Subtract each adapting channel's level from ``xn`` (in place), updating ``level``.
 
-    ``rate`` is 0 for channels that keep their training level; ``level`` (C,) is the state
-    carried from one call to the next.
+    ``rate`` is 0 for channels that keep their training level; ``level`` and ``seen`` (C,)
+    are the state carried from one call to the next: the level, and how many measured samples
+    it has taken in. For the first ``START_SAMPLES`` the level is their running mean (a warm
+    start: no long lag behind wherever the machine stands when the agent starts), then it
+    moves by bounded steps.
     """
     m, c = xn.shape
     for j in range(c):
@@ -67,14 +81,25 @@ def follow_level(
         if a == 0.0:
             continue
         lv = level[j]
+        n = seen[j]
         for t in range(m):
-            r = np.float64(xn[t, j]) - lv
+            z = np.float64(xn[t, j])
+            if n == 0.0 and (imputed[t, j] or not np.isfinite(z)):
+                continue  # nothing measured yet: judged against the training mean
+            r = z - lv
             xn[t, j] = r
-            if imputed[t, j]:
+            if imputed[t, j] or not np.isfinite(r):
                 continue
-            lv += a * min(max(r, -max_step), max_step)
+            n += 1.0
+            if n <= START_SAMPLES:
+                # Start: the running mean of the first samples, each capped at the level's
+                # reach so one glitch cannot carry it far.
+                lv += min(max(r, -max_offset), max_offset) / n
+            else:
+                lv += a * min(max(r, -max_step), max_step)
             lv = min(max(lv, -max_offset), max_offset)
         level[j] = lv
+        seen[j] = n
 
 
 class LevelBaseline(StrictModel):
@@ -110,27 +135,31 @@ class LevelState:
     max_step: float
     max_offset: float
     level: F64  # (C,) current level, training spreads from the training mean; mutated in place
+    seen: F64  # (C,) measured samples taken in so far; mutated in place
 
     @classmethod
     def of(
         cls, baseline: LevelBaseline | None, channel_names: list[str], period_s: float
     ) -> LevelState:
-        """Fresh state (every level at the training mean); all rates 0 without a baseline."""
+        """Fresh state: no sample seen yet, every level at the training mean; all rates 0
+        without a baseline."""
         c = len(channel_names)
         if baseline is None:
-            return cls(np.zeros(c), 1.0, 1.0, np.zeros(c))
+            return cls(np.zeros(c), 1.0, 1.0, np.zeros(c), np.zeros(c))
         rate = baseline.rates(channel_names, period_s)
-        return cls(rate, baseline.max_step, baseline.max_offset, np.zeros(c))
+        return cls(rate, baseline.max_step, baseline.max_offset, np.zeros(c), np.zeros(c))
 
     @property
     def active(self) -> bool:
         return bool(np.any(self.rate > 0))
 
-    def args(self) -> tuple[F64, float, float, F64, bool]:
+    def args(self) -> tuple[F64, float, float, F64, F64, bool]:
         """The fused pipeline kernel's level arguments, in its order."""
-        return self.rate, self.max_step, self.max_offset, self.level, self.active
+        return self.rate, self.max_step, self.max_offset, self.level, self.seen, self.active
 
     def apply(self, xn: F32, imputed: npt.NDArray[np.bool_]) -> None:
         """Judge ``xn`` (normalized, (m, C), in place) against the levels and move them on."""
         if self.active:
-            follow_level(xn, imputed, self.rate, self.max_step, self.max_offset, self.level)
+            follow_level(
+                xn, imputed, self.rate, self.max_step, self.max_offset, self.level, self.seen
+            )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from edge_agent.detect.baseline import LevelBaseline, LevelState, adapt_rate
+from edge_agent.detect.baseline import START_SAMPLES, LevelBaseline, LevelState, adapt_rate
 
 TAU_S, MAX_STEP, MAX_OFFSET = 900.0, 2.0, 12.0
 
@@ -42,19 +42,46 @@ def test_a_warm_up_is_followed_and_a_fixed_channel_left_alone() -> None:
 
 
 def test_a_step_is_not_absorbed_while_it_is_detected() -> None:
-    z = np.zeros((600, 1))
-    z[300:, 0] = 2.0  # a level shift of two spreads, five minutes long
+    settled = 2_000  # past the warm-up (1 / rate = 900 samples)
+    z = np.zeros((settled + 300, 1))
+    z[settled:, 0] = 2.0  # a level shift of two spreads, five minutes long
     out = _judge(_state(["a"], ["a"]), z)
     # After one minute the shift still shows at 93 % and after five at 72 % (exp(-t/tau)).
-    assert out[360, 0] == pytest.approx(2.0 * np.exp(-60 / TAU_S), rel=0.01)
-    assert out[599, 0] > 0.7 * 2.0
+    assert out[settled + 60, 0] == pytest.approx(2.0 * np.exp(-60 / TAU_S), rel=0.01)
+    assert out[-1, 0] > 0.7 * 2.0
+
+
+def test_the_level_starts_where_the_machine_stands() -> None:
+    """Started on a machine 8 spreads above its training level (warmed up since), the level
+    is the mean of its first START_SAMPLES samples: judged from where it stands at once."""
+    rng = np.random.default_rng(2)
+    z = 8.0 + rng.normal(0, 1.0, (1_200, 1))
+    state = _state(["a"], ["a"])
+    out = _judge(state, z)
+    assert out[0, 0] == np.float32(z[0, 0])  # the first sample is judged against training
+    assert abs(out[1:, 0].mean()) < 0.3  # then noise only, no 8-spread offset
+    start = int(START_SAMPLES)
+    assert np.abs(out[start:, 0]).max() < 4.5
+    fresh = _state(["a"], ["a"])
+    _judge(fresh, z[:start])
+    assert fresh.level[0] == pytest.approx(z[:start].mean(), rel=1e-6)
+
+
+def test_a_glitch_cannot_carry_a_fresh_level() -> None:
+    state = _state(["a"], ["a"])
+    _judge(state, np.array([[1e6]]))
+    assert state.level[0] == MAX_OFFSET  # capped at the level's reach...
+    _judge(state, np.zeros((int(START_SAMPLES) - 1, 1)))
+    assert state.level[0] == pytest.approx(MAX_OFFSET / START_SAMPLES)  # ...and averaged out
 
 
 def test_one_sample_moves_the_level_by_a_bounded_step_and_reach_is_capped() -> None:
     state = _state(["a"], ["a"])
+    _judge(state, np.zeros((2_000, 1)))  # settled at the training level
+    before = state.level[0]
     out = _judge(state, np.array([[1e6]]))
-    assert out[0, 0] == np.float32(1e6)  # judged against the old level...
-    assert state.level[0] == pytest.approx(adapt_rate(1.0, TAU_S) * MAX_STEP)  # ...moved little
+    assert out[0, 0] == pytest.approx(1e6)  # judged against the old level...
+    assert state.level[0] - before == pytest.approx(adapt_rate(1.0, TAU_S) * MAX_STEP)
     _judge(state, np.full((200_000, 1), 1e6))
     assert state.level[0] == MAX_OFFSET  # never past max_offset
 
@@ -62,8 +89,13 @@ def test_one_sample_moves_the_level_by_a_bounded_step_and_reach_is_capped() -> N
 def test_held_samples_are_judged_but_do_not_move_the_level() -> None:
     state = _state(["a"], ["a"])
     out = _judge(state, np.full((50, 1), 3.0), np.ones((50, 1), np.bool_))
-    assert (out == 3.0).all()
-    assert state.level[0] == 0.0
+    assert (out == 3.0).all()  # nothing measured yet: judged against the training mean
+    assert state.seen[0] == 0.0
+    _judge(state, np.zeros((2_000, 1)))
+    level = state.level[0]
+    out = _judge(state, np.full((50, 1), 3.0), np.ones((50, 1), np.bool_))
+    assert (out == np.float32(3.0 - level)).all()
+    assert state.level[0] == level
 
 
 def test_any_split_of_the_rows_gives_the_same_bits() -> None:

@@ -55,8 +55,10 @@ def test_prime_makes_the_next_row_score_in_a_full_window(
     running = _open(bundle, [keys / "signing.pub"])
     ts, values = _rows(sim_csv, running)
     n = ROWS_BEFORE_SWAP
-    reference = running.pipeline.push(ts[: n + 1], values[: n + 1])
     window = running.manifest.window.length
+    # A pipeline that has run since the primed rows began: adapting levels (the bundle's
+    # trending channels) start at a model's first rows, so the primed model starts there too.
+    reference = running.pipeline.push(ts[n - window : n + 1], values[n - window : n + 1])
 
     primed = _open(bundle, [keys / "signing.pub"])
     primed.prime(ts[n - window : n], values[n - window : n])
@@ -112,11 +114,13 @@ def test_close_episodes_ends_the_open_episode_as_this_model(
 
 
 def _config(bundle: Path | None, keys: Path, **model: object) -> AgentConfig:
-    return AgentConfig.model_validate({
-        "machine_id": MACHINE,
-        "model": {"bundle": bundle, "trust_key": keys / "signing.pub", **model},
-        "sources": [{"type": "replay", "path": "plant.csv"}],
-    })
+    return AgentConfig.model_validate(
+        {
+            "machine_id": MACHINE,
+            "model": {"bundle": bundle, "trust_key": keys / "signing.pub", **model},
+            "sources": [{"type": "replay", "path": "plant.csv"}],
+        }
+    )
 
 
 def test_slot_for_config_keeps_the_running_slot_until_the_bundle_changes(
@@ -140,12 +144,19 @@ def test_slot_for_config_keeps_the_running_slot_until_the_bundle_changes(
 def test_undelivered_channels(bundle: Path, keys: Path) -> None:
     slot = _open(bundle, [keys / "signing.pub"])
     assert undelivered_channels(slot.manifest, _config(bundle, keys)) == []  # replay: the file
-    live = AgentConfig.model_validate({
-        "machine_id": MACHINE,
-        "model": {"bundle": bundle, "trust_key": keys / "signing.pub"},
-        "sources": [{
-            "type": "serial_line", "name": "mcu", "port": "/dev/ttyUSB0", "format": "csv",
-            "columns": slot.channels[1:],
-        }],
-    })
+    live = AgentConfig.model_validate(
+        {
+            "machine_id": MACHINE,
+            "model": {"bundle": bundle, "trust_key": keys / "signing.pub"},
+            "sources": [
+                {
+                    "type": "serial_line",
+                    "name": "mcu",
+                    "port": "/dev/ttyUSB0",
+                    "format": "csv",
+                    "columns": slot.channels[1:],
+                }
+            ],
+        }
+    )
     assert undelivered_channels(slot.manifest, live) == slot.channels[:1]
