@@ -2,10 +2,11 @@
 
 One signed int8 bundle on simulated compressor history (``common.make_bundle``), scored on a
 fresh simulated stretch twice in the same process, alternating: with every level fixed (no
-baseline) and with a baseline that adapts every channel (the most the level step can cost). Reported per variant: batch rows/s and
-channel-samples/s of ``run_pipeline`` (what ``replay`` does) and the latency of one-row pushes
-that complete a window (what the daemon does), p50/p99 over the pushes. Runs on the kernels the
-process resolves (``python -m edge_agent.kernels`` says which).
+baseline) and with a baseline that adapts every channel (the most the level step can cost).
+Reported per variant: batch rows/s and channel-samples/s of ``run_pipeline`` (what ``replay``
+does) and the latency of one-row pushes that complete a window (what the daemon does), p50/p99
+over the pushes. Runs on the kernels the process resolves (``python -m edge_agent.kernels``
+says which).
 
     python bench/baseline_cost.py          # -> bench/results/baseline_cost.json
     python bench/baseline_cost.py --history 8000 --live 3000 --epochs 2 --pushes 300 --out X

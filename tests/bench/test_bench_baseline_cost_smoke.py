@@ -14,10 +14,9 @@ from bench_loader import load_bench
 
 def test_baseline_cost_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
-    report = load_bench("baseline_cost").main(
-        ["--history", "8000", "--live", "3000", "--epochs", "2", "--pushes", "300",
-         "--repeats", "1", "--out", str(out)]  # fmt: skip
-    )
+    args = ["--history", "8000", "--live", "3000", "--epochs", "2", "--pushes", "300",
+            "--repeats", "1", "--out", str(out)]  # fmt: skip
+    report = load_bench("baseline_cost").main(args)
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["rows"] == 3000
