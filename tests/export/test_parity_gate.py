@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import export.bundle
 from export.bundle import build_bundle
 from export.errors import ExportError
 from export.parity import RULE
@@ -65,8 +66,13 @@ def test_sized_faults_alone_pass_a_good_model(
 
 
 def test_a_model_quantized_from_too_narrow_data_is_refused(
-    trained_run: Path, keys: Path, tmp_path: Path
+    trained_run: Path, keys: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Calibrated on the narrow windows alone: export's synthetic faults (which widen the
+    # ranges, see the next test) would otherwise mend what this test breaks on purpose.
+    monkeypatch.setattr(
+        export.bundle, "int8_calibration_windows", lambda rep, seed: rep.astype(np.float32)
+    )
     run = edited_run(trained_run, tmp_path / "run", rep_scale=NARROW_REPRESENTATIVE)
     with pytest.raises(ExportError) as refused:
         build_bundle(run, tmp_path / "b", keys / "signing.key", variants=())
@@ -81,6 +87,21 @@ def test_a_model_quantized_from_too_narrow_data_is_refused(
     assert m.parity.forced
     assert m.parity.f1_float - m.parity.f1_int8 > m.parity.max_f1_drop  # type: ignore[operator]
     assert m.parity.input_clipped_fraction > 0.01  # type: ignore[operator]
+
+
+def test_calibrating_on_faults_too_keeps_their_values_in_range(
+    trained_run: Path, keys: Path, tmp_path: Path
+) -> None:
+    """The windows int8 ranges come from: the representative ones and a synthetic fault made
+    from each, so the values that make a fault are not clipped by ranges set on normal alone."""
+    with np.load(trained_run / CALIBRATION_FILE) as z:
+        rep = z["representative"]
+    cal = export.bundle.int8_calibration_windows(rep, seed=0)
+    assert cal.shape == (2 * rep.shape[0], *rep.shape[1:])
+    np.testing.assert_array_equal(cal[: rep.shape[0]], rep)
+    assert np.abs(cal).max() > np.abs(rep).max()  # the faults reach past normal
+    m = build_bundle(trained_run, tmp_path / "b", keys / "signing.key", variants=())
+    assert m.parity.input_clipped_fraction == 0.0
 
 
 def test_labelled_windows_of_a_run_written_before_they_were_stored_apart() -> None:
