@@ -134,11 +134,19 @@ class DeskLink:
 
         paho keeps ``max_inflight`` in flight and queues the rest. Waits at most
         ``ack_timeout_s`` without any acknowledgement. Returns the payload bytes sent.
+
+        The first publish is acknowledged before the rest go out: a broker that refuses it
+        (an ACL) may close the connection right after its PUBACK (Mosquitto 2.0 does), and a
+        second publish written into the closing socket could lose that PUBACK, and with it
+        the reason, to a bare "disconnected" (seen under load).
         """
         client = self._live()
         pending: dict[int, str] = {}
         sent = 0
-        for topic, payload in messages:
+        for i, (topic, payload) in enumerate(messages):
+            if i == 1:
+                self._await_acks(pending)
+                pending.clear()
             info: MQTTMessageInfo = client.publish(
                 topic, payload, qos=QOS_AT_LEAST_ONCE, retain=retain
             )
