@@ -29,7 +29,7 @@ from common import ROOT
 from edge_agent.simulate.store import UnitTables
 
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' real-broker, agent and desk helpers
-sys.path.insert(0, str(ROOT / "tests" / "agent"))
+sys.path.insert(0, str(ROOT / "tests" / "edge_agent" / "agent"))
 
 POLL_PERIOD_S = 0.1
 WATCHDOG_USEC = 2_000_000  # the agent pings every half of it: 1 s

@@ -41,7 +41,7 @@ from typing import Any
 from common import ROOT, machine, make_bundle
 
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' real-broker and desk helpers
-sys.path.insert(0, str(ROOT / "tests" / "agent"))
+sys.path.insert(0, str(ROOT / "tests" / "edge_agent" / "agent"))
 from agent_support import AgentProcess, replay_source
 from broker import Mosquitto
 from ota_desk import variant
