@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge_agent.errors import ConfigError
 
@@ -94,16 +94,29 @@ class ThresholdConfig(_Strict):
         return 1.0 + (self.margin - 1.0) * share
 
 
+ADAPT_CHOICES = ("trending", "all", "none")
+
+
 class BaselineConfig(_Strict):
     """Which channels are judged against a slowly adapting level on the gateway
     (``edge_agent.detect.baseline``), and how slowly it adapts."""
 
-    adapt: Literal["trending", "all", "none"] | list[str] = Field(
+    adapt: str | list[str] = Field(
         default="trending",
         description="trending: the channels whose history trends (the same rule as trainer "
         "fit's drift warning); all; none (every channel keeps its training level); or a list "
         "of channel names",
     )
+
+    @field_validator("adapt")
+    @classmethod
+    def _known_choice(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, str) and v not in ADAPT_CHOICES:
+            raise ValueError(
+                f"must be one of {', '.join(map(repr, ADAPT_CHOICES))} or a list of channel names"
+            )
+        return v
+
     # Normal drift is thermal and slow (hours); faults worth an alarm move in seconds to
     # minutes. 15 minutes follows a warm-up (SKAB's rig, 2 degC in 2 h, lags by under one
     # spread) while 93 % of a step still shows after a minute and 72 % after five.
