@@ -45,12 +45,19 @@ PARITY_FIELDS = (
 )
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+def hours_list(text: str) -> list[float]:
+    """``6,24,48`` -> [6.0, 24.0, 48.0] (argparse names the option when it fails)."""
+    out = [float(x) for x in text.split(",") if x.strip()]
+    if not out or min(out) <= 0:
+        raise ValueError(text)
+    return out
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+def seed_list(text: str) -> list[int]:
+    out = [int(x) for x in text.split(",") if x.strip()]
+    if not out:
+        raise ValueError(text)
+    return out
 
 
 def one_run(work: Path, hours: float, seed: int, epochs: int | None) -> dict[str, Any]:
@@ -96,8 +103,10 @@ def one_run(work: Path, hours: float, seed: int, epochs: int | None) -> dict[str
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hours", default="6,24,48", help="history lengths, comma list")
-    ap.add_argument("--seeds", default="21,31", help="simulator seeds, comma list")
+    ap.add_argument(
+        "--hours", type=hours_list, default="6,24,48", help="history lengths, comma list"
+    )
+    ap.add_argument("--seeds", type=seed_list, default="21,31", help="simulator seeds, comma list")
     ap.add_argument("--epochs", type=int, help="autoencoder epochs (default: trainer's)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sim_exports.json")
     a = ap.parse_args(argv)
@@ -110,8 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sim-exports-") as tmp:
         work = Path(tmp)
         keygen(work / "keys")
-        for hours in _floats(a.hours):
-            for seed in _ints(a.seeds):
+        for hours in a.hours:
+            for seed in a.seeds:
                 runs.append(one_run(work, hours, seed, a.epochs))
                 print(json.dumps(runs[-1]), flush=True)
     report: dict[str, Any] = {

@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     if not a.data.is_file():
         raise SystemExit(f"{a.data}: not found (SKAB's anomaly-free.csv)")
+    if a.config and not a.config.is_file():
+        raise SystemExit(f"{a.config}: training TOML not found")
 
     from bench.common import machine
     from edge_agent.cli import main as agent_main
