@@ -120,18 +120,33 @@ def test_a_silent_unit_does_not_steal_bus_time(bus: tuple[Path, ServerLoop, list
     source = ModbusRtu(cfg)
     started.append(source)
     sink = Sink()
+    began = time.monotonic()
     source.start(sink)
     assert wait_for(lambda: len(sink.of("ch1")) >= 3)
-    start = time.time()
-    time.sleep(window_s)
-    live = [t for v, t in sink.of("ch1") if start <= t < start + window_s and v == 7.0]
     expected = window_s / period_s
-    assert abs(len(live) - expected) <= 0.1 * expected, (len(live), expected)
+    counts = []
+    # A pty write that socat does not drain within the timeout (a loaded CI host) is a link
+    # fault, and its reconnect backoff costs unit 1 polls for reasons this test is not about:
+    # such a window is measured again, and only a window the link stayed up through counts.
+    for _ in range(3):
+        reconnects = source.counters.reconnects
+        start = time.time()
+        time.sleep(window_s)
+        assert wait_for(lambda: source.device_status()["live"]["ok"], timeout_s=10)
+        live = [t for v, t in sink.of("ch1") if start <= t < start + window_s and v == 7.0]
+        counts.append(len(live))
+        if source.counters.reconnects == reconnects:
+            break
+    else:
+        pytest.fail(f"the link dropped in every window: {counts} polls of unit 1")
+    assert abs(counts[-1] - expected) <= 0.1 * expected, (counts, expected)
 
     dead = source.device_status()["dead"]
     assert dead["ok"] is False
-    # still polled, at the backoff rate, so it is picked up again when it returns
-    assert 2 <= dead["polls"] <= 4
+    # still polled, at the backoff rate (and at once after a reconnect), so it is picked up
+    # again when it returns; polled on its own period it would have been ~25 times a window
+    elapsed = time.monotonic() - began
+    assert 2 <= dead["polls"] <= 2 + elapsed / 2.0 + source.counters.reconnects, (dead, elapsed)
     assert dead["consecutive_failures"] == dead["polls"]
     assert [v for v, _ in sink.of("ch5")] == [pytest.approx(math.nan, nan_ok=True)]
     assert source.device_status()["live"]["ok"] is True
