@@ -57,6 +57,15 @@ def load_cascade(bundle: VerifiedBundle, *, num_threads: int = 1) -> Cascade:
             "install the agent version it was made for"
         )
     forest = FlatForest.from_bytes(bundle.files[m.forest.file], source=m.forest.file)
+    if (forest.envelope is not None) != m.forest.envelope:
+        # The screen threshold was set on one kind of score: compared with the other it would
+        # pass every window, or none.
+        raise BundleError(
+            f"{m.forest.file}: the manifest says envelope={str(m.forest.envelope).lower()}, "
+            "but the forest file "
+            + ("carries" if forest.envelope is not None else "lacks")
+            + " the envelope arrays"
+        )
     ae = Int8Autoencoder(bundle.files[m.autoencoder.file], num_threads=num_threads)
     if ae.window != m.window.length or ae.channels != len(m.channels):
         raise BundleError(

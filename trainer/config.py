@@ -50,6 +50,11 @@ class WindowConfig(_Strict):
 class ForestConfig(_Strict):
     n_trees: int = Field(default=100, ge=10, le=1000)
     max_samples: int = Field(default=256, ge=16)
+    envelope: bool = Field(
+        default=True,
+        description="Also send to stage 2 every window with a feature outside the range the "
+        "training windows showed (edge_agent.detect.envelope); false screens on the forest alone",
+    )
 
 
 class AutoencoderConfig(_Strict):

@@ -336,6 +336,7 @@ def fit(
         max_samples=cfg.forest.max_samples,
         seed=seed,
         projection=projection,
+        envelope=cfg.forest.envelope,
     )
     train_w = gather_windows(prep.xn, train_ends, w)
     val_w = gather_windows(prep.xn, val_ends, w)
@@ -351,10 +352,10 @@ def fit(
     pos_w = np.concatenate([synth_w, labelled_w]) if anomalous_ends.size else synth_w
     pos_f = features_of_windows(pos_w, forest)
     pos_err, _ = reconstruction_error(pos_w, recon.reconstruct(pos_w))
-    pos_forest = forest.score(pos_f)
+    pos_forest = forest.screen_score(pos_f)
     detected = pos_err >= threshold.alert_threshold
     screen = screen_threshold(pos_forest, detected, keep_recall=cfg.cascade.keep_recall)
-    val_forest = forest.score(screen_features(prep.xn, stats, val_ends, w))
+    val_forest = forest.screen_score(screen_features(prep.xn, stats, val_ends, w))
     record = RunRecord(
         trainer_version=_version(),
         seed=seed,
@@ -379,6 +380,7 @@ def fit(
             n_trees=forest.n_trees,
             max_samples=forest.max_samples,
             screen_threshold=screen,
+            envelope=forest.envelope is not None,
         ),
         autoencoder=AutoencoderTraining(kind=cfg.autoencoder.kind, **train_info),
         threshold=threshold,

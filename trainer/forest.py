@@ -6,10 +6,13 @@ arrays; a test checks that its scores equal scikit-learn's ``-score_samples`` ex
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import numpy.typing as npt
 from sklearn.ensemble import IsolationForest
 
+from edge_agent.detect.envelope import Envelope
 from edge_agent.detect.forest import LEAF, FlatForest, average_path_length
 from edge_agent.detect.projection import Projection
 
@@ -21,8 +24,10 @@ def fit_forest(
     max_samples: int,
     seed: int,
     projection: Projection | None = None,
+    envelope: bool = False,
 ) -> tuple[IsolationForest, FlatForest]:
-    """Fit on ``features`` (n, F) and return the fitted model and its flat twin."""
+    """Fit on ``features`` (n, F) and return the fitted model and its flat twin, with the
+    features' envelope when ``envelope`` is set."""
     model = IsolationForest(
         n_estimators=n_trees,
         max_samples=min(max_samples, features.shape[0]),
@@ -30,7 +35,10 @@ def fit_forest(
         n_jobs=1,
     )
     model.fit(features)
-    return model, flatten_forest(model, n_features=features.shape[1], projection=projection)
+    flat = flatten_forest(model, n_features=features.shape[1], projection=projection)
+    if envelope:
+        flat = dataclasses.replace(flat, envelope=Envelope.of(features))
+    return model, flat
 
 
 def flatten_forest(

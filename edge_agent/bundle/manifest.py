@@ -50,7 +50,13 @@ class ForestSpec(StrictModel):
     n_trees: int = Field(ge=1)
     max_samples: int = Field(ge=1)
     screen_threshold: float = Field(
-        description="Forest score at or above which a window goes on to stage 2"
+        description="Screen score at or above which a window goes on to stage 2: the forest's "
+        "score, or 1 + how far outside the envelope a window lies"
+    )
+    envelope: bool = Field(
+        default=False,
+        description="The forest file carries the training windows' feature ranges, and the "
+        "screen score takes them in (bundles before it screened on the forest alone)",
     )
 
 

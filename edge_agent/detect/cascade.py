@@ -171,7 +171,7 @@ class Cascade:
         finite = np.asarray(np.isfinite(features).all(axis=1), np.bool_)
         if not finite.all():
             return self._score_finite_only(windows, features, finite, screen=screen)
-        forest_score = self.forest.score(features)
+        forest_score = self.forest.screen_score(features)
         idx = np.flatnonzero(forest_score >= self.screen_threshold) if screen else np.arange(n)
         if idx.size == 0:
             return WindowScores(

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.detect.envelope import ENVELOPE_ARRAYS, Envelope
 from edge_agent.detect.projection import Projection
 from edge_agent.errors import BundleError
 from edge_agent.kernels import CALL, bind, jit, kernel
@@ -265,6 +266,9 @@ class FlatForest:
     n_features: int
     # The subspace behind the SPE/T² features; None for a forest on per-channel features only.
     projection: Projection | None = None
+    # The training windows' feature ranges (``edge_agent.detect.envelope``); None for a forest
+    # exported before the screen took them in, whose screen is the forest's score alone.
+    envelope: Envelope | None = None
 
     def sample_stats(self, xn: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Per-sample statistics the screen features need: ``(m, 2)``, or ``(m, 0)``."""
@@ -289,6 +293,16 @@ class FlatForest:
                 f"forest expects features of shape (n, {self.n_features}), got {x.shape}"
             )
         return self._scorer(x)
+
+    def screen_score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """What the screen threshold is compared with: ``1 + exceedance`` for a window outside
+        the envelope (above every forest score, which stays below 1), the forest's score for
+        one inside it, and the forest's score alone for a forest without an envelope."""
+        scores = self.score(features)
+        if self.envelope is None:
+            return scores
+        outside = self.envelope.exceedance(features)
+        return np.where(outside > 0.0, 1.0 + outside, scores)
 
     @cached_property
     def _scorer(self) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]]:
@@ -319,6 +333,8 @@ class FlatForest:
         if self.projection is not None:
             arrays["pca_components"] = self.projection.components
             arrays["pca_variances"] = self.projection.variances
+        if self.envelope is not None:
+            arrays.update(self.envelope.arrays())
         np.savez(buf, allow_pickle=False, **arrays)
         return buf.getvalue()
 
@@ -333,6 +349,11 @@ class FlatForest:
                         np.ascontiguousarray(z["pca_components"], dtype=np.float64),
                         np.ascontiguousarray(z["pca_variances"], dtype=np.float64),
                     )
+                envelope = None
+                if ENVELOPE_ARRAYS[0] in z.files:
+                    envelope = Envelope(
+                        *(np.ascontiguousarray(z[k], dtype=np.float64) for k in ENVELOPE_ARRAYS)
+                    )
         except (ValueError, KeyError, OSError) as exc:
             raise BundleError(f"{source}: not a valid flat forest ({exc})") from None
         forest = cls(
@@ -345,6 +366,7 @@ class FlatForest:
             max_samples=int(arrays["meta"][0]),
             n_features=int(arrays["meta"][1]),
             projection=projection,
+            envelope=envelope,
         )
         forest.check(source)
         return forest
@@ -378,6 +400,8 @@ class FlatForest:
             raise BundleError(f"{source}: max_samples must be >= 1")
         if self.n_features < 1:
             raise BundleError(f"{source}: n_features must be >= 1")
+        if self.envelope is not None and (why := self.envelope.check(self.n_features)):
+            raise BundleError(f"{source}: {why}")
         if self.projection is not None:
             comp, var = self.projection.components, self.projection.variances
             if comp.ndim != 2 or var.shape != (comp.shape[1],) or (var <= 0).any():

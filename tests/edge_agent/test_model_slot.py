@@ -160,3 +160,17 @@ def test_undelivered_channels(bundle: Path, keys: Path) -> None:
         }
     )
     assert undelivered_channels(slot.manifest, live) == slot.channels[:1]
+
+
+def test_a_manifest_that_misstates_the_screen_envelope_is_refused(
+    bundle: Path, keys: Path, tmp_path: Path
+) -> None:
+    """A threshold set on envelope-aware screen scores, compared with forest scores alone
+    (or the reverse), would pass every window or none: such a bundle does not open."""
+    has = _open(bundle, [keys / "signing.pub"]).manifest.forest.envelope
+    assert has  # trainer fit's default
+    wrong = resigned_copy(
+        bundle, tmp_path / "wrong", keys / "signing.key", {"forest.envelope": not has}
+    )
+    with pytest.raises(BundleError, match="envelope=false, but the forest file carries"):
+        _open(wrong, [keys / "signing.pub"])

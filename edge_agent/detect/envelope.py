@@ -1,0 +1,79 @@
+"""Stage 1's second test: is any window feature outside what the training windows showed?
+
+The Isolation Forest ranks windows by how easy they are to isolate, which dilutes a fault that
+moves two of forty features: a spike, a level shift or a noise burst in one channel often
+scores like an ordinary window. Yet such a window usually lies outside the range of values a
+feature took over all normal training windows, something a comparison per feature sees at once.
+The envelope is that range: per feature the minimum and maximum over the training windows, and
+the median between them.
+
+:meth:`Envelope.exceedance` measures how far a window lies outside it: per feature the distance
+beyond the nearer edge, as a fraction of the distance from the median to that edge; the largest
+over features. It is at most 0 for a window inside the envelope. The screen
+(:meth:`edge_agent.detect.forest.FlatForest.screen_score`) sends a window outside it to stage
+2 before the forest's score is consulted; the trainer calibrates one threshold over both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+ENVELOPE_ARRAYS = ("envelope_lo", "envelope_mid", "envelope_hi")
+# An edge this close to the median (a constant feature) counts distances in these units.
+MIN_HALF_WIDTH = 1e-6
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Per-feature ``lo <= mid <= hi`` over the normal training windows' features."""
+
+    lo: F64
+    mid: F64
+    hi: F64
+
+    @classmethod
+    def of(cls, features: F32) -> Envelope:
+        """The envelope of training windows' features ``(n, F)``; non-finite rows are left out."""
+        f = np.asarray(features, np.float64)
+        f = f[np.isfinite(f).all(axis=1)]
+        if f.shape[0] == 0:
+            raise ValueError("no finite feature rows to take an envelope of")
+        return cls(f.min(axis=0), np.median(f, axis=0), f.max(axis=0))
+
+    @property
+    def n_features(self) -> int:
+        return int(self.mid.shape[0])
+
+    @property
+    def _scales(self) -> tuple[F64, F64]:
+        below = 1.0 / np.maximum(self.mid - self.lo, MIN_HALF_WIDTH)
+        above = 1.0 / np.maximum(self.hi - self.mid, MIN_HALF_WIDTH)
+        return below, above
+
+    def exceedance(self, features: F32) -> F64:
+        """Per row of ``features`` ``(n, F)``: the largest relative distance outside the
+        envelope over its features; at most 0 inside. A NaN feature gives NaN."""
+        below, above = self._scales
+        x = np.asarray(features, np.float64)
+        out: F64 = np.maximum((self.lo - x) * below, (x - self.hi) * above).max(axis=1)
+        return out
+
+    def arrays(self) -> dict[str, F64]:
+        return dict(zip(ENVELOPE_ARRAYS, (self.lo, self.mid, self.hi), strict=True))
+
+    def check(self, n_features: int) -> str | None:
+        """What is wrong with these arrays for a forest of ``n_features``, or None."""
+        shapes = {a.shape for a in (self.lo, self.mid, self.hi)}
+        if shapes != {(n_features,)}:
+            return f"envelope arrays of shapes {sorted(shapes)} for {n_features} features"
+        if not (np.isfinite(self.lo).all() and np.isfinite(self.hi).all()):
+            return "envelope arrays hold non-finite values"
+        if ((self.lo > self.mid) | (self.mid > self.hi)).any():
+            return "envelope arrays are not ordered lo <= mid <= hi"
+        return None
