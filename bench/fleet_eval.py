@@ -99,7 +99,9 @@ def global_cascade(g: GlobalModel, weights: WeightSet) -> tuple[Manifest, Cascad
         errors_of(ae, g.val_windows), g.config.threshold, history_samples=g.history_samples
     )
     detected = errors_of(ae, g.positive_windows) >= threshold.alert_threshold
-    pos_forest = g.forest.screen_score(features_of_windows(g.positive_windows, g.forest))
+    pos_forest = g.forest.screen_score(
+        features_of_windows(g.positive_windows, g.forest), g.positive_windows
+    )
     screen = screen_threshold(pos_forest, detected, keep_recall=g.config.cascade.keep_recall)
     manifest = g.manifest.model_copy(
         update={

@@ -8,9 +8,10 @@ a fresh simulated stretch (another seed) two ways, in the same process and on th
 * the reference: what a straightforward notebook-to-production port does. Window features
   with pandas rolling windows (numpy if pandas is not installed), scikit-learn's
   ``IsolationForest`` trained here on the same history features, the run's float Keras
-  autoencoder on the windows the forest flags (same screen and alert thresholds as the
-  bundle). Streaming: append the row to a deque, rebuild the latest window's features, call
-  ``score_samples`` on one row and the Keras model on one window.
+  autoencoder on the windows the screen flags (the bundle's screen limits, envelope and
+  window residual, in numpy, and its screen and alert thresholds). Streaming: append the row
+  to a deque, rebuild the latest window's features, call ``score_samples`` on one row and
+  the Keras model on one window.
 
 The ``ours`` block runs in this process on the JIT (``EDGE_KERNELS=jit``); the ``aot`` block
 (``bench/kernels_side_by_side.py``) runs the same loops in fresh processes on the JIT and on
@@ -243,7 +244,7 @@ def bench_cold_start(bundle: Path, pub: Path, live_csv: Path, work: Path) -> dic
 class Reference:
     """The notebook stack: pandas/numpy features, scikit-learn forest, float Keras model."""
 
-    def __init__(self, manifest: Any, projection: Any, model: Any) -> None:
+    def __init__(self, manifest: Any, projection: Any, model: Any, limits: Any = None) -> None:
         try:
             import pandas as pd
         except ImportError:
@@ -260,6 +261,18 @@ class Reference:
         self.variances = projection.variances if projection is not None else None
         self.model = model
         self.forest: Any = None
+        # The bundle's screen limits (envelope, residual subspace), applied the same way.
+        self.envelope = getattr(limits, "envelope", None)
+        self.residual = getattr(limits, "residual", None)
+
+    def outside(self, features: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """How far outside the screen's limits each window lies (> 0: sent on regardless)."""
+        out = np.full(features.shape[0], -np.inf)
+        if self.envelope is not None:
+            out = self.envelope.exceedance(features)
+        if self.residual is not None:
+            out = np.maximum(out, self.residual.exceedance(windows))
+        return out
 
     def sample_stats(self, xn: np.ndarray) -> np.ndarray:
         """SPE and T² per sample, (m, 2), or (m, 0) without a projection."""
@@ -335,9 +348,12 @@ class Reference:
         """The whole file: per complete window its forest score, stage and raw alert."""
         w = self.window
         xn = (values - self.mean) / self.scale
-        forest = -self.forest.score_samples(self.batch_features(xn))
-        flagged = np.flatnonzero(forest >= self.screen)
+        feats = self.batch_features(xn)
+        forest = -self.forest.score_samples(feats)
         windows = np.lib.stride_tricks.sliding_window_view(xn, w, axis=0).transpose(0, 2, 1)
+        outside = self.outside(feats, windows)
+        forest = np.where(outside > 0, 1.0 + outside, forest)
+        flagged = np.flatnonzero(forest >= self.screen)
         x = windows[flagged].astype(np.float32)
         err = np.full(forest.size, np.nan)
         if flagged.size:
@@ -361,6 +377,8 @@ class Reference:
             win = np.asarray(buf)
             f = self.window_features(win, self.sample_stats(win))
             score = -self.forest.score_samples(f[None, :])[0]
+            out = self.outside(f[None, :], win[None])[0]
+            score = 1.0 + out if out > 0 else score
             stage = 1
             if score >= self.screen:
                 stage = 2
@@ -522,7 +540,7 @@ def _run(a: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
         )  # fmt: skip
         load["after_aot"] = round(os.getloadavg()[0], 2)
 
-        ref = Reference(m, cascade.forest.projection, model)
+        ref = Reference(m, cascade.forest.projection, model, cascade.forest)
         ref_fit_s = ref.fit(history, history.labels["anomaly"])
         reference = bench_reference(ref, live, c, max(1, min(a.repeats, 2)), a.ref_stream_windows)
         load["end"] = round(os.getloadavg()[0], 2)

@@ -57,14 +57,22 @@ def load_cascade(bundle: VerifiedBundle, *, num_threads: int = 1) -> Cascade:
             "install the agent version it was made for"
         )
     forest = FlatForest.from_bytes(bundle.files[m.forest.file], source=m.forest.file)
-    if (forest.envelope is not None) != m.forest.envelope:
-        # The screen threshold was set on one kind of score: compared with the other it would
-        # pass every window, or none.
+    for part, carried, said in (
+        ("envelope", forest.envelope is not None, m.forest.envelope),
+        ("residual", forest.residual is not None, m.forest.residual),
+    ):
+        if carried != said:
+            # The screen threshold was set on one kind of score: compared with another it
+            # would pass every window, or none.
+            raise BundleError(
+                f"{m.forest.file}: the manifest says {part}={str(said).lower()}, but the "
+                f"forest file {'carries' if carried else 'lacks'} the {part} arrays"
+            )
+    cells = m.window.length * len(m.channels)
+    if forest.residual is not None and forest.residual.cells != cells:
         raise BundleError(
-            f"{m.forest.file}: the manifest says envelope={str(m.forest.envelope).lower()}, "
-            "but the forest file "
-            + ("carries" if forest.envelope is not None else "lacks")
-            + " the envelope arrays"
+            f"{m.forest.file}: the residual subspace is over {forest.residual.cells} values, "
+            f"but the manifest's windows hold {cells}"
         )
     ae = Int8Autoencoder(bundle.files[m.autoencoder.file], num_threads=num_threads)
     if ae.window != m.window.length or ae.channels != len(m.channels):

@@ -80,7 +80,7 @@ def build_bundle(
     # The screen is set on trainer fit's anomalous windows, as fit set it for the float model.
     screen_pos = screen_positives(arrays)
     err_q_pos, _ = reconstruction_error(screen_pos, int8.reconstruct(screen_pos))
-    pos_forest = forest.screen_score(features_of_windows(screen_pos, forest))
+    pos_forest = forest.screen_score(features_of_windows(screen_pos, forest), screen_pos)
     screen = screen_threshold(
         pos_forest, err_q_pos >= thr_q.alert_threshold, keep_recall=cfg.cascade.keep_recall
     )
@@ -117,6 +117,7 @@ def build_bundle(
                 max_samples=forest.max_samples,
                 screen_threshold=screen,
                 envelope=forest.envelope is not None,
+                residual=forest.residual is not None,
             ),
             autoencoder=AutoencoderSpec(file=INT8_FILE, kind=record.autoencoder.kind),
             threshold=thr_q,

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import genpareto
 
+from edge_agent.detect.forest import OUTSIDE_LIMITS
 from edge_agent.detect.threshold import PotTail, ThresholdModel
 from trainer.config import ThresholdConfig
 
@@ -66,19 +67,24 @@ def calibrate_threshold(
 
 
 def screen_threshold(
-    forest_scores: npt.NDArray[np.float64],
+    screen_scores: npt.NDArray[np.float64],
     stage2_detects: npt.NDArray[np.bool_],
     *,
     keep_recall: float,
 ) -> float:
-    """Highest forest threshold that still passes ``keep_recall`` of what stage 2 detects.
+    """Highest screen threshold that still passes ``keep_recall`` of what stage 2 detects,
+    and never above :data:`OUTSIDE_LIMITS`.
 
-    ``forest_scores`` and ``stage2_detects`` are over anomalous validation windows (labelled
-    or synthetic). If stage 2 detects none, nothing can be kept and the screen passes all.
+    ``screen_scores`` (:meth:`FlatForest.screen_score`) and ``stage2_detects`` are over
+    anomalous validation windows (labelled or synthetic). If stage 2 detects none, nothing can
+    be kept and the screen passes all. The cap means a window outside the envelope or above
+    the residual limit always reaches stage 2: those limits already say "unlike the normal
+    history", and live faults are subtler than the synthetic ones that would otherwise set a
+    threshold among them (on the simulator such a threshold kept 89 % of stage 2's recall).
     """
-    caught = np.sort(forest_scores[stage2_detects])
+    caught = np.sort(screen_scores[stage2_detects])
     if caught.size == 0:
         return 0.0
     # Windows below the threshold are lost; allow losing floor((1-keep) * n) of them.
     lose = int(np.floor((1.0 - keep_recall) * caught.size))
-    return float(caught[lose])
+    return float(min(caught[lose], OUTSIDE_LIMITS))

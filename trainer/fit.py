@@ -9,6 +9,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -41,7 +42,7 @@ from edge_agent.detect.windows import (
 from edge_agent.errors import DataError
 from trainer.calibrate import calibrate_threshold, screen_threshold
 from trainer.config import TrainConfig
-from trainer.forest import fit_forest
+from trainer.forest import fit_forest, fit_window_residual
 from trainer.history_findings import is_trending
 from trainer.history_trend import robust_trend
 from trainer.run_record import RUN_FILE, AutoencoderTraining, RunRecord, ValidationSummary
@@ -340,6 +341,15 @@ def fit(
     )
     train_w = gather_windows(prep.xn, train_ends, w)
     val_w = gather_windows(prep.xn, val_ends, w)
+    if cfg.forest.residual:
+        forest = dataclasses.replace(
+            forest,
+            residual=fit_window_residual(
+                train_w,
+                explained=cfg.forest.residual_explained,
+                quantile=cfg.forest.residual_quantile,
+            ),
+        )
     model, train_info = train_autoencoder(train_w, val_w, cfg, seed)
     recon = KerasReconstructor(model)
 
@@ -352,10 +362,10 @@ def fit(
     pos_w = np.concatenate([synth_w, labelled_w]) if anomalous_ends.size else synth_w
     pos_f = features_of_windows(pos_w, forest)
     pos_err, _ = reconstruction_error(pos_w, recon.reconstruct(pos_w))
-    pos_forest = forest.screen_score(pos_f)
+    pos_forest = forest.screen_score(pos_f, pos_w)
     detected = pos_err >= threshold.alert_threshold
     screen = screen_threshold(pos_forest, detected, keep_recall=cfg.cascade.keep_recall)
-    val_forest = forest.screen_score(screen_features(prep.xn, stats, val_ends, w))
+    val_forest = forest.screen_score(screen_features(prep.xn, stats, val_ends, w), val_w)
     record = RunRecord(
         trainer_version=_version(),
         seed=seed,
@@ -381,6 +391,7 @@ def fit(
             max_samples=forest.max_samples,
             screen_threshold=screen,
             envelope=forest.envelope is not None,
+            residual=forest.residual is not None,
         ),
         autoencoder=AutoencoderTraining(kind=cfg.autoencoder.kind, **train_info),
         threshold=threshold,

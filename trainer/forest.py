@@ -15,6 +15,10 @@ from sklearn.ensemble import IsolationForest
 from edge_agent.detect.envelope import Envelope
 from edge_agent.detect.forest import LEAF, FlatForest, average_path_length
 from edge_agent.detect.projection import Projection
+from edge_agent.detect.residual import WindowResidual
+
+# Windows the residual subspace is fitted on at most (evenly spaced); its limit uses them all.
+RESIDUAL_FIT_WINDOWS = 20_000
 
 
 def fit_forest(
@@ -84,3 +88,23 @@ def flatten_forest(
         n_features=n_features,
         projection=projection,
     )
+
+
+def fit_window_residual(
+    windows: npt.NDArray[np.float32], *, explained: float, quantile: float
+) -> WindowResidual:
+    """The principal subspace of normal training windows ``(n, W, C)`` that keeps
+    ``explained`` of their variance, and its SPE limit: the ``quantile`` of their own SPE."""
+    n = windows.shape[0]
+    flat = np.asarray(windows, np.float64).reshape(n, -1)
+    sample = flat[np.linspace(0, n - 1, min(n, RESIDUAL_FIT_WINDOWS)).astype(int)]
+    mean = sample.mean(axis=0)
+    _, sv, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    energy = np.cumsum(sv**2) / max(float(np.sum(sv**2)), np.finfo(np.float64).tiny)
+    k = min(int(np.searchsorted(energy, explained)) + 1, vt.shape[0])
+    subspace = WindowResidual(mean, np.ascontiguousarray(vt[:k]), 1.0)
+    spe = subspace.spe(windows)
+    limit = float(np.quantile(spe, quantile))
+    # A subspace that reconstructs its training windows exactly leaves no scale to judge by:
+    # the smallest positive float keeps every later residual above the limit, as it should be.
+    return WindowResidual(mean, subspace.components, max(limit, np.finfo(np.float64).tiny))

@@ -58,6 +58,11 @@ class ForestSpec(StrictModel):
         description="The forest file carries the training windows' feature ranges, and the "
         "screen score takes them in (bundles before it screened on the forest alone)",
     )
+    residual: bool = Field(
+        default=False,
+        description="The forest file carries the normal windows' subspace and SPE limit "
+        "(edge_agent.detect.residual), and the screen score takes them in",
+    )
 
 
 class AutoencoderSpec(StrictModel):

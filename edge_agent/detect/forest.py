@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from edge_agent.detect.envelope import ENVELOPE_ARRAYS, Envelope
 from edge_agent.detect.projection import Projection
+from edge_agent.detect.residual import RESIDUAL_ARRAYS, WindowResidual
 from edge_agent.errors import BundleError
 from edge_agent.kernels import CALL, bind, jit, kernel
 
@@ -48,6 +49,9 @@ def average_path_length(n: float) -> float:
     return float(2.0 * (np.log(n - 1.0) + EULER_GAMMA) - 2.0 * (n - 1.0) / n)
 
 
+# Screen scores above this are windows outside the envelope or above the residual limit;
+# the forest's own scores, 2 ** -(path length ratio), stay below it.
+OUTSIDE_LIMITS = 1.0
 # Walks advanced side by side; the two kernels below are written out for exactly this many.
 LANES = 8
 # A record's packed link is an int32: (first child << feature bits) | feature.
@@ -269,6 +273,8 @@ class FlatForest:
     # The training windows' feature ranges (``edge_agent.detect.envelope``); None for a forest
     # exported before the screen took them in, whose screen is the forest's score alone.
     envelope: Envelope | None = None
+    # The normal windows' subspace (``edge_agent.detect.residual``); None: not part of the screen.
+    residual: WindowResidual | None = None
 
     def sample_stats(self, xn: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Per-sample statistics the screen features need: ``(m, 2)``, or ``(m, 0)``."""
@@ -294,15 +300,22 @@ class FlatForest:
             )
         return self._scorer(x)
 
-    def screen_score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        """What the screen threshold is compared with: ``1 + exceedance`` for a window outside
-        the envelope (above every forest score, which stays below 1), the forest's score for
-        one inside it, and the forest's score alone for a forest without an envelope."""
+    def screen_score(
+        self, features: npt.NDArray[np.float32], windows: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float64]:
+        """What the screen threshold is compared with, per window: ``1 + exceedance`` for a
+        window outside the envelope or above the residual limit (the larger of the two; above
+        every forest score, which stays below 1), else the forest's score. ``windows``
+        ``(n, W, C)`` are needed when the forest carries a residual subspace."""
         scores = self.score(features)
-        if self.envelope is None:
-            return scores
-        outside = self.envelope.exceedance(features)
-        return np.where(outside > 0.0, 1.0 + outside, scores)
+        outside = np.full(scores.shape[0], -np.inf)
+        if self.envelope is not None:
+            outside = self.envelope.exceedance(features)
+        if self.residual is not None:
+            if windows is None:
+                raise ValueError("this screen judges windows too: pass them")
+            outside = np.maximum(outside, self.residual.exceedance(windows))
+        return np.where(outside > 0.0, OUTSIDE_LIMITS + outside, scores)
 
     @cached_property
     def _scorer(self) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]]:
@@ -335,6 +348,8 @@ class FlatForest:
             arrays["pca_variances"] = self.projection.variances
         if self.envelope is not None:
             arrays.update(self.envelope.arrays())
+        if self.residual is not None:
+            arrays.update(self.residual.arrays())
         np.savez(buf, allow_pickle=False, **arrays)
         return buf.getvalue()
 
@@ -354,6 +369,9 @@ class FlatForest:
                     envelope = Envelope(
                         *(np.ascontiguousarray(z[k], dtype=np.float64) for k in ENVELOPE_ARRAYS)
                     )
+                residual = None
+                if RESIDUAL_ARRAYS[0] in z.files:
+                    residual = WindowResidual.from_arrays({k: z[k] for k in RESIDUAL_ARRAYS})
         except (ValueError, KeyError, OSError) as exc:
             raise BundleError(f"{source}: not a valid flat forest ({exc})") from None
         forest = cls(
@@ -367,6 +385,7 @@ class FlatForest:
             n_features=int(arrays["meta"][1]),
             projection=projection,
             envelope=envelope,
+            residual=residual,
         )
         forest.check(source)
         return forest
@@ -401,6 +420,8 @@ class FlatForest:
         if self.n_features < 1:
             raise BundleError(f"{source}: n_features must be >= 1")
         if self.envelope is not None and (why := self.envelope.check(self.n_features)):
+            raise BundleError(f"{source}: {why}")
+        if self.residual is not None and (why := self.residual.check()):
             raise BundleError(f"{source}: {why}")
         if self.projection is not None:
             comp, var = self.projection.components, self.projection.variances

@@ -97,7 +97,9 @@ def test_close_episodes_ends_the_open_episode_as_this_model(
             break
     opened = slot.episodes.open_episode
     assert opened is not None, "the simulated plant has faults: an episode opens"
-    assert events[-1].state == "open"
+    opening = [e for e in events if e.state == "open"]
+    assert len(opening) == 1
+    assert opening[0].episode == opened
 
     closed = slot.close_episodes(1234.5, "model a replaced by b (test)")
     assert len(closed) == 1
@@ -105,7 +107,7 @@ def test_close_episodes_ends_the_open_episode_as_this_model(
     assert (e.kind, e.state, e.episode) == ("anomaly", "close", opened)
     assert e.model_version == slot.version
     assert e.end == last_end  # the last window this model scored
-    assert e.start == events[-1].start
+    assert e.start == opening[0].start
     assert e.created == 1234.5
     assert e.detail is not None
     assert e.detail.endswith("closed early: model a replaced by b (test)")
@@ -162,15 +164,16 @@ def test_undelivered_channels(bundle: Path, keys: Path) -> None:
     assert undelivered_channels(slot.manifest, live) == slot.channels[:1]
 
 
-def test_a_manifest_that_misstates_the_screen_envelope_is_refused(
-    bundle: Path, keys: Path, tmp_path: Path
+@pytest.mark.parametrize("part", ["envelope", "residual"])
+def test_a_manifest_that_misstates_the_screen_parts_is_refused(
+    bundle: Path, keys: Path, tmp_path: Path, part: str
 ) -> None:
-    """A threshold set on envelope-aware screen scores, compared with forest scores alone
-    (or the reverse), would pass every window or none: such a bundle does not open."""
-    has = _open(bundle, [keys / "signing.pub"]).manifest.forest.envelope
+    """A threshold set on one kind of screen score, compared with another, would pass every
+    window or none: a bundle whose manifest and forest file disagree does not open."""
+    has = getattr(_open(bundle, [keys / "signing.pub"]).manifest.forest, part)
     assert has  # trainer fit's default
     wrong = resigned_copy(
-        bundle, tmp_path / "wrong", keys / "signing.key", {"forest.envelope": not has}
+        bundle, tmp_path / "wrong", keys / "signing.key", {f"forest.{part}": not has}
     )
-    with pytest.raises(BundleError, match="envelope=false, but the forest file carries"):
+    with pytest.raises(BundleError, match=f"{part}=false, but the forest file carries"):
         _open(wrong, [keys / "signing.pub"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_agent.detect.forest import OUTSIDE_LIMITS
 from trainer.calibrate import calibrate_threshold, screen_threshold
 from trainer.config import ThresholdConfig
 
@@ -44,6 +45,20 @@ def test_screen_keeps_the_required_share_of_stage2_detections() -> None:
     assert kept >= 0.98
     assert kept < 0.99  # and no lower threshold than needed
     assert screen_threshold(forest, np.zeros(1000, bool), keep_recall=0.98) == 0.0
+
+
+def test_screen_never_drops_a_window_outside_the_limits() -> None:
+    """Every detected window lies far outside the limits (scores 1 + exceedance): the rule
+    alone would set the threshold among them; the cap passes every window outside."""
+    rng = np.random.default_rng(3)
+    outside = 1.0 + rng.uniform(0.5, 3.0, 500)
+    detected = np.ones(500, bool)
+    t = screen_threshold(outside, detected, keep_recall=0.98)
+    assert t == OUTSIDE_LIMITS == 1.0
+    barely_outside = np.array([1.0 + 1e-9])
+    assert (barely_outside >= t).all()
+    inside = rng.uniform(0.3, 0.7, 500)  # forest scores: the rule decides
+    assert screen_threshold(inside, detected, keep_recall=0.98) < 0.7
 
 
 def test_margin_scales_the_alert_threshold() -> None:

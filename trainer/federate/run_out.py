@@ -70,10 +70,11 @@ def recalibrated_record(
     pw = arrays["parity_windows"].astype(np.float32)
     pos_w = np.ascontiguousarray(pw[arrays["parity_labels"] == 1])
     pos_err, _ = reconstruction_error(pos_w, recon.reconstruct(pos_w))
-    pos_forest = forest.screen_score(features_of_windows(pos_w, forest))
+    pos_forest = forest.screen_score(features_of_windows(pos_w, forest), pos_w)
     detected = pos_err >= threshold.alert_threshold
     screen = screen_threshold(pos_forest, detected, keep_recall=cfg.cascade.keep_recall)
-    val_forest = forest.screen_score(features_of_windows(np.ascontiguousarray(val_w), forest))
+    val_w = np.ascontiguousarray(val_w)
+    val_forest = forest.screen_score(features_of_windows(val_w, forest), val_w)
     validation = ValidationSummary(
         windows=int(val_w.shape[0]),
         false_alarm_rate=float(np.mean(val_err >= threshold.alert_threshold)),

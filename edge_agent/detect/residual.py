@@ -1,0 +1,87 @@
+"""Stage 1's third test: how badly a linear model of normal windows reconstructs this one.
+
+The autoencoder of stage 2 learns to reconstruct normal windows; so, far more cheaply, does the
+principal subspace of normal windows, each window flattened to ``W * C`` values. The screen
+asks it first: the mean squared residual of a window off that subspace (its SPE), against the
+same statistic over the training windows. A window the subspace reconstructs no worse than
+``limit`` (a high quantile of the training windows' SPE) is not sent on by this test; one it
+reconstructs worse is, by :meth:`WindowResidual.exceedance` = ``SPE / limit - 1``.
+
+Where the forest and the envelope judge a window by summaries, this judges its shape, which is
+what stage 2 judges: on the plant simulator the windows the autoencoder alerts on are almost
+all above the limit, while most normal windows are below it. The cost on the device is two
+small matrix products per window (``W * C * k`` multiply-adds each; 160 x 30 by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+RESIDUAL_ARRAYS = ("residual_mean", "residual_components", "residual_limit")
+
+
+@dataclass(frozen=True)
+class WindowResidual:
+    """The principal subspace of flattened normal windows: ``mean`` ``(W*C,)``, orthonormal
+    ``components`` ``(k, W*C)``, and the SPE ``limit`` a normal window rarely exceeds."""
+
+    mean: F64
+    components: F64
+    limit: float
+
+    @property
+    def cells(self) -> int:
+        """``W * C``: the values of one window."""
+        return int(self.mean.shape[0])
+
+    def spe(self, windows: F32) -> F64:
+        """Mean squared residual of each window ``(n, W, C)`` off the subspace."""
+        n = windows.shape[0]
+        flat = np.asarray(windows, np.float64).reshape(n, -1)
+        if flat.shape[1] != self.cells:
+            raise ValueError(f"windows of {flat.shape[1]} values; the subspace has {self.cells}")
+        z = flat - self.mean
+        r = z - (z @ self.components.T) @ self.components
+        out: F64 = np.square(r).mean(axis=1)
+        return out
+
+    def exceedance(self, windows: F32) -> F64:
+        """``SPE / limit - 1`` per window: above 0 when the subspace fits it worse than the
+        training windows' limit."""
+        out: F64 = self.spe(windows) / self.limit - 1.0
+        return out
+
+    def arrays(self) -> dict[str, F64]:
+        return dict(
+            zip(RESIDUAL_ARRAYS, (self.mean, self.components, np.array([self.limit])), strict=True)
+        )
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, npt.NDArray[np.generic]]) -> WindowResidual:
+        limit = np.asarray(arrays["residual_limit"], np.float64).reshape(-1)
+        return cls(
+            np.ascontiguousarray(arrays["residual_mean"], dtype=np.float64),
+            np.ascontiguousarray(arrays["residual_components"], dtype=np.float64),
+            float(limit[0]) if limit.size == 1 else float("nan"),
+        )
+
+    def check(self) -> str | None:
+        """What is wrong with these arrays, or None."""
+        if self.mean.ndim != 1 or self.components.ndim != 2:
+            return "residual arrays of the wrong rank"
+        if self.components.shape[1] != self.cells:
+            return (
+                f"residual components of {self.components.shape[1]} values for windows of "
+                f"{self.cells}"
+            )
+        if not (np.isfinite(self.mean).all() and np.isfinite(self.components).all()):
+            return "residual arrays hold non-finite values"
+        if not (np.isfinite(self.limit) and self.limit > 0):
+            return f"residual limit {self.limit} is not a positive number"
+        return None

@@ -1,0 +1,77 @@
+"""The screen's window residual: fitted on normal windows, it lets them through and sends on a
+window of another shape; the forest file carries it, and malformed arrays are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from edge_agent.detect.forest import FlatForest
+from edge_agent.detect.residual import WindowResidual
+from edge_agent.detect.windows import window_features
+from edge_agent.errors import BundleError
+from trainer.forest import fit_forest, fit_window_residual
+
+W, C = 16, 3
+
+
+def sine_windows(n: int, seed: int) -> np.ndarray:
+    """Normal windows: three channels following one phase-shifted sine, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
+    t = np.arange(W)[None, :, None] * 0.4
+    lag = np.arange(C)[None, None, :] * 0.7
+    noise = rng.normal(0, 0.05, size=(n, W, C))
+    return (np.sin(t + phase + lag) + noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def residual() -> WindowResidual:
+    return fit_window_residual(sine_windows(4000, 0), explained=0.95, quantile=0.98)
+
+
+def test_normal_windows_pass_and_a_broken_shape_goes_on(residual: WindowResidual) -> None:
+    assert 0 < residual.components.shape[0] < W * C
+    fresh = sine_windows(2000, 1)
+    share = float(np.mean(residual.exceedance(fresh) > 0))
+    assert share < 0.05  # about 1 - quantile of fresh normal windows exceed the limit
+    broken = fresh[:200].copy()
+    broken[:, W // 2 :, 1] = broken[:, W // 2, 1:2]  # channel 1 stuck for half the window
+    assert np.mean(residual.exceedance(broken) > 0) > 0.9
+    spike = fresh[:200].copy()
+    spike[:, -1, 2] += 2.0  # one sample, well within the channel's range
+    assert np.mean(residual.exceedance(spike) > 0) > 0.9
+
+
+def test_spe_is_the_mean_squared_residual_off_the_subspace(residual: WindowResidual) -> None:
+    w = sine_windows(5, 2)
+    z = w.reshape(5, -1).astype(np.float64) - residual.mean
+    p = residual.components
+    np.testing.assert_allclose(residual.spe(w), ((z - z @ p.T @ p) ** 2).mean(axis=1))
+    with pytest.raises(ValueError, match="windows of 32 values"):
+        residual.spe(np.zeros((1, W, 2), np.float32))
+
+
+def test_the_forest_file_carries_it_and_refuses_bad_arrays(residual: WindowResidual) -> None:
+    windows = sine_windows(600, 3)
+    ends = np.arange(W - 1, W * 600, W)
+    feats = window_features(windows.reshape(-1, C), ends, W)
+    _, forest = fit_forest(feats, n_trees=20, max_samples=64, seed=1)
+    forest = dataclasses.replace(forest, residual=residual)
+    again = FlatForest.from_bytes(forest.to_bytes())
+    assert again.residual is not None
+    np.testing.assert_array_equal(
+        again.screen_score(feats, windows), forest.screen_score(feats, windows)
+    )
+    with pytest.raises(ValueError, match="pass them"):
+        forest.screen_score(feats)
+    for bad, why in (
+        (dataclasses.replace(residual, limit=0.0), "not a positive number"),
+        (dataclasses.replace(residual, components=residual.components[:, :5]), "components of 5"),
+        (dataclasses.replace(residual, mean=residual.mean * np.nan), "non-finite"),
+    ):
+        forged = dataclasses.replace(forest, residual=bad)
+        with pytest.raises(BundleError, match=why):
+            FlatForest.from_bytes(forged.to_bytes(), source="forest.npz")
