@@ -31,9 +31,10 @@ from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.baseline import LevelBaseline, LevelState
 from edge_agent.detect.cascade import reconstruction_error
 from edge_agent.detect.forest import FlatForest
-from edge_agent.detect.projection import fit_projection
+from edge_agent.detect.projection import STAT_NAMES, fit_projection
 from edge_agent.detect.windows import (
     FEATURE_SET_VERSION,
+    FEATURES_PER_CHANNEL,
     gather_windows,
     normalize,
     screen_features,
@@ -338,6 +339,7 @@ def fit(
         seed=seed,
         projection=projection,
         envelope=cfg.forest.envelope,
+        envelope_quantiles=_spe_edge(len(table.channels), cfg),
     )
     train_w = gather_windows(prep.xn, train_ends, w)
     val_w = gather_windows(prep.xn, val_ends, w)
@@ -429,6 +431,11 @@ def fit(
         overwrite=overwrite,
     )
     return record
+
+
+def _spe_edge(channels: int, cfg: TrainConfig) -> dict[int, float]:
+    """The envelope's upper edge of the window mean SPE column, as a training quantile."""
+    return {channels * FEATURES_PER_CHANNEL + STAT_NAMES.index("spe_mean"): cfg.forest.spe_quantile}
 
 
 def features_of_windows(

@@ -29,9 +29,11 @@ def fit_forest(
     seed: int,
     projection: Projection | None = None,
     envelope: bool = False,
+    envelope_quantiles: dict[int, float] | None = None,
 ) -> tuple[IsolationForest, FlatForest]:
     """Fit on ``features`` (n, F) and return the fitted model and its flat twin, with the
-    features' envelope when ``envelope`` is set."""
+    features' envelope when ``envelope`` is set (``envelope_quantiles``: see
+    :meth:`Envelope.of`)."""
     model = IsolationForest(
         n_estimators=n_trees,
         max_samples=min(max_samples, features.shape[0]),
@@ -41,7 +43,7 @@ def fit_forest(
     model.fit(features)
     flat = flatten_forest(model, n_features=features.shape[1], projection=projection)
     if envelope:
-        flat = dataclasses.replace(flat, envelope=Envelope.of(features))
+        flat = dataclasses.replace(flat, envelope=Envelope.of(features, envelope_quantiles))
     return model, flat
 
 

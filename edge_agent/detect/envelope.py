@@ -5,7 +5,8 @@ moves two of forty features: a spike, a level shift or a noise burst in one chan
 scores like an ordinary window. Yet such a window usually lies outside the range of values a
 feature took over all normal training windows, something a comparison per feature sees at once.
 The envelope is that range: per feature the minimum and maximum over the training windows, and
-the median between them.
+the median between them; for the window's mean sample SPE (off the normal subspace of
+``edge_agent.detect.projection``) a high quantile instead of the maximum, set by the trainer.
 
 :meth:`Envelope.exceedance` measures how far a window lies outside it: per feature the distance
 beyond the nearer edge, as a fraction of the distance from the median to that edge; the largest
@@ -38,13 +39,22 @@ class Envelope:
     hi: F64
 
     @classmethod
-    def of(cls, features: F32) -> Envelope:
-        """The envelope of training windows' features ``(n, F)``; non-finite rows are left out."""
+    def of(cls, features: F32, upper_quantiles: dict[int, float] | None = None) -> Envelope:
+        """The envelope of training windows' features ``(n, F)``; non-finite rows are left out.
+
+        ``upper_quantiles`` sets the upper edge of some features (column: quantile, at least
+        0.5) to a quantile instead of the maximum: for a residual, whose high tail is where
+        faults show, the largest training value is an outlier's, not a normal window's."""
         f = np.asarray(features, np.float64)
         f = f[np.isfinite(f).all(axis=1)]
         if f.shape[0] == 0:
             raise ValueError("no finite feature rows to take an envelope of")
-        return cls(f.min(axis=0), np.median(f, axis=0), f.max(axis=0))
+        hi = f.max(axis=0)
+        for col, q in (upper_quantiles or {}).items():
+            if not 0.5 <= q <= 1.0:
+                raise ValueError(f"upper quantile {q} of feature {col} is not in [0.5, 1]")
+            hi[col] = np.quantile(f[:, col], q)
+        return cls(f.min(axis=0), np.median(f, axis=0), hi)
 
     @property
     def n_features(self) -> int:

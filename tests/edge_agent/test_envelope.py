@@ -74,3 +74,13 @@ def test_round_trip_and_refusal_of_bad_envelope_arrays(train: np.ndarray) -> Non
         forged = dataclasses.replace(forest, envelope=bad)
         with pytest.raises(BundleError, match=why):
             FlatForest.from_bytes(forged.to_bytes(), source="forest.npz")
+
+
+def test_an_upper_quantile_edge_for_a_residual_feature(train: np.ndarray) -> None:
+    env = Envelope.of(train, {2: 0.99})
+    assert env.hi[2] == np.quantile(train[:, 2].astype(np.float64), 0.99)
+    np.testing.assert_array_equal(np.delete(env.hi, 2), np.delete(train.max(axis=0), 2))
+    outside = env.exceedance(train) > 0
+    assert 0.005 < outside.mean() < 0.015  # about the 1 % of rows above that edge
+    with pytest.raises(ValueError, match="upper quantile 0.2 of feature 1"):
+        Envelope.of(train, {1: 0.2})
