@@ -171,13 +171,9 @@ class Cascade:
         finite = np.asarray(np.isfinite(features).all(axis=1), np.bool_)
         if not finite.all():
             return self._score_finite_only(windows, features, finite, screen=screen)
-        every: F32 | None = None  # every window, when the screen gathered them
         if screen:
-            # The residual test judges every window's shape: gathered here (a view for the
-            # daemon's single window).
-            if self.forest.residual is not None:
-                every = windows if isinstance(windows, np.ndarray) else windows[np.arange(n)]
-            forest_score = self.forest.screen_score(features, every)
+            # The residual test reads every window's values, in place (WindowSource.rows).
+            forest_score = self.forest.screen_score(features, windows)
             idx = np.flatnonzero(forest_score >= self.screen_threshold)
         else:
             forest_score, idx = np.zeros(n), np.arange(n)  # every window's score is its error
@@ -190,8 +186,7 @@ class Cascade:
                 np.full(n, np.nan),
                 np.zeros((n, c), np.float32),
             )
-        source = windows if every is None else every
-        w = source if idx.size == n and isinstance(source, np.ndarray) else source[idx]
+        w = windows if idx.size == n and isinstance(windows, np.ndarray) else windows[idx]
         err, share = reconstruction_error(w, self.autoencoder.reconstruct(w))
         p = self.threshold.p_anomaly(err)
         raw = err >= self.threshold.alert_threshold

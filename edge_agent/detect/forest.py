@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from edge_agent.detect.envelope import ENVELOPE_ARRAYS, Envelope
 from edge_agent.detect.projection import Projection
-from edge_agent.detect.residual import RESIDUAL_ARRAYS, WindowResidual
+from edge_agent.detect.residual import RESIDUAL_ARRAYS, WindowResidual, WindowRows
 from edge_agent.errors import BundleError
 from edge_agent.kernels import CALL, bind, jit, kernel
 
@@ -301,12 +301,15 @@ class FlatForest:
         return self._scorer(x)
 
     def screen_score(
-        self, features: npt.NDArray[np.float32], windows: npt.NDArray[np.float32] | None = None
+        self,
+        features: npt.NDArray[np.float32],
+        windows: npt.NDArray[np.float32] | WindowRows | None = None,
     ) -> npt.NDArray[np.float64]:
         """What the screen threshold is compared with, per window: ``1 + exceedance`` for a
         window outside the envelope or above the residual limit (the larger of the two; above
         every forest score, which stays below 1), else the forest's score. ``windows``
-        ``(n, W, C)`` are needed when the forest carries a residual subspace."""
+        (``(n, W, C)``, or a pipeline's :class:`WindowRows`) are needed when the forest
+        carries a residual subspace."""
         scores = self.score(features)
         outside = np.full(scores.shape[0], -np.inf)
         if self.envelope is not None:

@@ -62,6 +62,19 @@ class WindowSource:
         self.window = window
         self.shape = (int(ends.shape[0]), window, int(points.shape[1]))
 
+    def rows(self) -> tuple[F32, I64]:
+        """Every window as one row of ``W * C`` values without a copy: a read-only strided
+        view of the points (row ``r`` is the window starting at point ``r``) and each
+        window's row in it."""
+        p = np.ascontiguousarray(self.points)
+        view: F32 = np.lib.stride_tricks.as_strided(
+            p,
+            shape=(p.shape[0] - self.window + 1, self.window * p.shape[1]),
+            strides=(p.strides[0], p.strides[1]),
+            writeable=False,
+        )
+        return view, self.ends - (self.window - 1)
+
     def __getitem__(self, idx: npt.NDArray[np.intp]) -> F32:
         last = self.ends[idx]
         if last.shape[0] == 1:  # the daemon's case: one window, no copy

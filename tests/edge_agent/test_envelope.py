@@ -82,5 +82,5 @@ def test_an_upper_quantile_edge_for_a_residual_feature(train: np.ndarray) -> Non
     np.testing.assert_array_equal(np.delete(env.hi, 2), np.delete(train.max(axis=0), 2))
     outside = env.exceedance(train) > 0
     assert 0.005 < outside.mean() < 0.015  # about the 1 % of rows above that edge
-    with pytest.raises(ValueError, match="upper quantile 0.2 of feature 1"):
+    with pytest.raises(ValueError, match=r"upper quantile 0\.2 of feature 1"):
         Envelope.of(train, {1: 0.2})

@@ -75,3 +75,22 @@ def test_the_forest_file_carries_it_and_refuses_bad_arrays(residual: WindowResid
         forged = dataclasses.replace(forest, residual=bad)
         with pytest.raises(BundleError, match=why):
             FlatForest.from_bytes(forged.to_bytes(), source="forest.npz")
+
+
+def test_pipeline_windows_are_read_in_place_with_the_same_result(
+    residual: WindowResidual,
+) -> None:
+    """A pipeline's windows (a WindowSource over consecutive points, never gathered whole)
+    give the same SPE as the gathered windows, across several blocks."""
+    from edge_agent.detect.residual import BLOCK
+    from edge_agent.detect.ring import WindowSource
+
+    points = np.concatenate([sine_windows(1, s)[0] for s in range(200)])  # (3200, C)
+    ends = np.arange(W - 1, points.shape[0], 2)  # hop 2: more windows than one block
+    assert ends.size > 2 * BLOCK
+    source = WindowSource(points, ends, W)
+    gathered = source[np.arange(ends.size)]
+    np.testing.assert_allclose(residual.spe(source), residual.spe(gathered), rtol=1e-12)
+    view, starts = source.rows()
+    assert not view.flags.writeable
+    np.testing.assert_array_equal(view[starts[3]].reshape(W, C), gathered[3])
