@@ -21,16 +21,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.detect.envelope import BLOCK
+
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 RESIDUAL_ARRAYS = ("residual_mean", "residual_components", "residual_limit")
-
-
-# Windows projected per block: a block's rows (512 x W*C float64) stay in cache, which makes
-# the whole several times faster than one product over every window of a long replay.
-BLOCK = 512
 
 
 class WindowRows(Protocol):
