@@ -104,9 +104,13 @@ def fit_window_residual(
     _, sv, vt = np.linalg.svd(sample - mean, full_matrices=False)
     energy = np.cumsum(sv**2) / max(float(np.sum(sv**2)), np.finfo(np.float64).tiny)
     k = min(int(np.searchsorted(energy, explained)) + 1, vt.shape[0])
-    subspace = WindowResidual(mean, np.ascontiguousarray(vt[:k]), 1.0)
+    # The device projects each window on the smaller basis. The complement is spanned by the
+    # remaining right singular vectors only when the sample has as many windows as values.
+    complement = vt.shape[0] == flat.shape[1] and vt.shape[0] - k < k
+    basis = vt[k:] if complement else vt[:k]
+    subspace = WindowResidual(mean, np.ascontiguousarray(basis), 1.0, complement)
     spe = subspace.spe(windows)
     limit = float(np.quantile(spe, quantile))
     # A subspace that reconstructs its training windows exactly leaves no scale to judge by:
     # the smallest positive float keeps every later residual above the limit, as it should be.
-    return WindowResidual(mean, subspace.components, max(limit, np.finfo(np.float64).tiny))
+    return dataclasses.replace(subspace, limit=max(limit, np.finfo(np.float64).tiny))

@@ -46,12 +46,30 @@ def test_normal_windows_pass_and_a_broken_shape_goes_on(residual: WindowResidual
 
 
 def test_spe_is_the_mean_squared_residual_off_the_subspace(residual: WindowResidual) -> None:
+    assert not residual.complement  # 95 % of the variance: a few of 48 dimensions
     w = sine_windows(5, 2)
     z = w.reshape(5, -1).astype(np.float64) - residual.mean
     p = residual.components
     np.testing.assert_allclose(residual.spe(w), ((z - z @ p.T @ p) ** 2).mean(axis=1))
     with pytest.raises(ValueError, match="windows of 32 values"):
         residual.spe(np.zeros((1, W, 2), np.float32))
+
+
+def test_a_wide_subspace_is_judged_by_its_smaller_complement_with_the_same_spe() -> None:
+    wide = fit_window_residual(sine_windows(4000, 0), explained=0.9999, quantile=0.98)
+    assert wide.complement
+    assert wide.components.shape[0] < W * C // 2
+    # The subspace itself: the orthonormal complement of the stored basis.
+    _, _, vt = np.linalg.svd(wide.components, full_matrices=True)
+    subspace = dataclasses.replace(
+        wide, components=vt[wide.components.shape[0] :], complement=False
+    )
+    w = sine_windows(300, 4)
+    w[:50, 5:, 1] += 1.5  # some windows well off the subspace
+    np.testing.assert_allclose(wide.spe(w), subspace.spe(w), rtol=1e-9, atol=1e-12)
+    again = WindowResidual.from_arrays(wide.arrays())
+    assert again.complement
+    assert np.array_equal(again.spe(w), wide.spe(w))
 
 
 def test_the_forest_file_carries_it_and_refuses_bad_arrays(residual: WindowResidual) -> None:
@@ -71,6 +89,7 @@ def test_the_forest_file_carries_it_and_refuses_bad_arrays(residual: WindowResid
         (dataclasses.replace(residual, limit=0.0), "not a positive number"),
         (dataclasses.replace(residual, components=residual.components[:, :5]), "components of 5"),
         (dataclasses.replace(residual, mean=residual.mean * np.nan), "non-finite"),
+        (dataclasses.replace(residual, complement=1), "not one boolean"),  # type: ignore[arg-type]
     ):
         forged = dataclasses.replace(forest, residual=bad)
         with pytest.raises(BundleError, match=why):
