@@ -71,7 +71,9 @@ def cache(config: Path | None, tag: str, shard: int, shards: int) -> None:
         res = run_pipeline(table, manifest, cascade, screen=False)
         loaded = load_run(run)
         val = loaded.arrays["val_windows"]
-        val_err, _ = reconstruction_error(val, KerasReconstructor(loaded.model).reconstruct(val))
+        val_err, _ = reconstruction_error(
+            val, KerasReconstructor(loaded.model).reconstruct(val), cfg.threshold.statistic
+        )
         np.savez(
             out / f"{name}.npz",
             row_err=res.score,

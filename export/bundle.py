@@ -73,13 +73,14 @@ def build_bundle(
 
     # int8 recalibrated on its own errors of the held-out normal windows, then the gate.
     val_w = arrays["val_windows"].astype(np.float32)
-    err_q_val, _ = reconstruction_error(val_w, int8.reconstruct(val_w))
+    statistic = cfg.threshold.statistic
+    err_q_val, _ = reconstruction_error(val_w, int8.reconstruct(val_w), statistic)
     thr_q = calibrate_threshold(err_q_val, cfg.threshold, history_samples=record.history_samples)
     parity = run_gate(run, int8, int8_bytes, val_w, err_q_val, thr_q, force=force)
 
     # The screen is set on trainer fit's anomalous windows, as fit set it for the float model.
     screen_pos = screen_positives(arrays)
-    err_q_pos, _ = reconstruction_error(screen_pos, int8.reconstruct(screen_pos))
+    err_q_pos, _ = reconstruction_error(screen_pos, int8.reconstruct(screen_pos), statistic)
     pos_forest = forest.screen_score(features_of_windows(screen_pos, forest), screen_pos)
     screen = screen_threshold(
         pos_forest, err_q_pos >= thr_q.alert_threshold, keep_recall=cfg.cascade.keep_recall

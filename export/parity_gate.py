@@ -60,16 +60,17 @@ def run_gate(
     """Compare int8 with float (``export.parity``); ExportError saying what to try on failure."""
     record = run.record
     recon = KerasReconstructor(run.model)
+    statistic = record.config.threshold.statistic
 
     def float_errors(w: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        return reconstruction_error(w, recon.reconstruct(w))[0]
+        return reconstruction_error(w, recon.reconstruct(w), statistic)[0]
 
     thr_f = record.threshold.alert_threshold
     sized = sized_faults(val_w, float_errors, thr_f, seed=record.seed)
     ps = parity_set(val_w, sized, labelled_windows(run.arrays))
     positives = ps.windows[ps.normal :]
     err_f = np.concatenate([float_errors(val_w), float_errors(positives)])
-    err_q_pos, _ = reconstruction_error(positives, int8.reconstruct(positives))
+    err_q_pos, _ = reconstruction_error(positives, int8.reconstruct(positives), statistic)
     spec, failures = compare(
         ps,
         err_f,

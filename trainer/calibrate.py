@@ -59,6 +59,7 @@ def calibrate_threshold(
     levels = QUANTILE_LEVELS * e.size / (e.size + 1)
     return ThresholdModel(
         method=method,  # type: ignore[arg-type]
+        statistic=cfg.statistic,
         alert_threshold=thr,
         quantile_levels=[float(x) for x in levels],
         quantile_values=[float(x) for x in values],

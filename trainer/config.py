@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edge_agent.detect.threshold import ErrorStatistic
 from edge_agent.errors import ConfigError
 
 
@@ -100,6 +101,11 @@ class AutoencoderConfig(_Strict):
 
 class ThresholdConfig(_Strict):
     method: Literal["pot", "percentile"] = "pot"
+    statistic: ErrorStatistic = Field(
+        default="mean",
+        description="A window's error: mean (squared error over all samples and channels) or "
+        "channel_max (its worst channel's; a one-channel fault is not diluted by the others)",
+    )
     percentile: float = Field(default=99.5, gt=50, lt=100, description="For method=percentile")
     pot_level: float = Field(
         default=0.9, gt=0.5, lt=1, description="Quantile of normal errors where the GPD tail starts"

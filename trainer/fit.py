@@ -355,7 +355,7 @@ def fit(
     model, train_info = train_autoencoder(train_w, val_w, cfg, seed)
     recon = KerasReconstructor(model)
 
-    val_err, _ = reconstruction_error(val_w, recon.reconstruct(val_w))
+    val_err, _ = reconstruction_error(val_w, recon.reconstruct(val_w), cfg.threshold.statistic)
     history_samples = int(prep.xn.shape[0])
     threshold = calibrate_threshold(val_err, cfg.threshold, history_samples=history_samples)
 
@@ -363,7 +363,7 @@ def fit(
     labelled_w = gather_windows(prep.xn, anomalous_ends, w)
     pos_w = np.concatenate([synth_w, labelled_w]) if anomalous_ends.size else synth_w
     pos_f = features_of_windows(pos_w, forest)
-    pos_err, _ = reconstruction_error(pos_w, recon.reconstruct(pos_w))
+    pos_err, _ = reconstruction_error(pos_w, recon.reconstruct(pos_w), cfg.threshold.statistic)
     pos_forest = forest.screen_score(pos_f, pos_w)
     detected = pos_err >= threshold.alert_threshold
     screen = screen_threshold(pos_forest, detected, keep_recall=cfg.cascade.keep_recall)

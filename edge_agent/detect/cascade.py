@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from edge_agent.detect.forest import FlatForest
 from edge_agent.detect.ring import WindowSource
-from edge_agent.detect.threshold import ThresholdModel
+from edge_agent.detect.threshold import ErrorStatistic, ThresholdModel
 from edge_agent.kernels import jit, kernel
 
 F32 = npt.NDArray[np.float32]
@@ -83,8 +83,10 @@ def _numpy_sum(a: F64, n: int) -> float:  # pragma: no cover - compiled
     return float(s)
 
 
-@kernel("f4[:,:,:], f4[:,:,:] -> (f8[:], f4[:,:])")
-def _error_kernel(windows: F32, recon: F32) -> tuple[F64, F32]:  # pragma: no cover - compiled
+@kernel("f4[:,:,:], f4[:,:,:], b1 -> (f8[:], f4[:,:])")
+def _error_kernel(
+    windows: F32, recon: F32, channel_max: bool
+) -> tuple[F64, F32]:  # pragma: no cover - compiled
     n, w, c = windows.shape
     err = np.empty(n, np.float64)
     share = np.empty((n, c), np.float32)
@@ -107,33 +109,41 @@ def _error_kernel(windows: F32, recon: F32) -> tuple[F64, F32]:  # pragma: no co
         for j in range(c):
             per_channel[j] /= w
         total = _numpy_sum(per_channel, c)
-        err[i] = total / c
+        err[i] = per_channel.max() if channel_max else total / c
         for j in range(c):
             share[i, j] = per_channel[j] / total if total > 0 else 0.0
     return err, share
 
 
-def reconstruction_error(windows: F32, recon: F32) -> tuple[F64, F32]:
-    """Mean squared error per window and each channel's share of it.
+def reconstruction_error(
+    windows: F32, recon: F32, statistic: ErrorStatistic = "mean"
+) -> tuple[F64, F32]:
+    """Each window's error by ``statistic``, and each channel's share of its squared error.
 
-    Bit for bit what ``np.square(w - r).mean(axis=1)`` and its mean and sum over channels give
-    in float64: the trainer calibrated the threshold on these very numbers.
+    Per channel, the mean squared error over the window's samples; the window's error is their
+    mean (``mean``) or their largest (``channel_max``: a fault in one of C channels is not
+    diluted C times). Bit for bit what ``np.square(w - r).mean(axis=1)`` and its mean, max and
+    sum over channels give in float64: the trainer calibrated the threshold on these very
+    numbers.
     """
+    if statistic not in ("mean", "channel_max"):
+        raise ValueError(f"unknown error statistic {statistic!r}; known: mean, channel_max")
     w = np.ascontiguousarray(windows)
     r = np.ascontiguousarray(recon)
     if w.ndim != 3 or w.shape != r.shape:
         raise ValueError(f"windows {w.shape} and reconstruction {r.shape} must be (n, W, C)")
     _, steps, c = w.shape
+    channel_max = statistic == "channel_max"
     if c > _PAIRWISE_BLOCK or (c == 1 and steps > _PAIRWISE_BLOCK):
-        return _error_numpy(w, r)
-    return _error_kernel(w, r)
+        return _error_numpy(w, r, channel_max)
+    return _error_kernel(w, r, channel_max)
 
 
-def _error_numpy(windows: F32, recon: F32) -> tuple[F64, F32]:
+def _error_numpy(windows: F32, recon: F32, channel_max: bool) -> tuple[F64, F32]:
     """The numpy formula, for the shapes the kernel does not cover."""
     sq = np.square(windows.astype(np.float64) - recon.astype(np.float64))
     per_channel = sq.mean(axis=1)  # (n, C)
-    err = per_channel.mean(axis=1)
+    err = per_channel.max(axis=1) if channel_max else per_channel.mean(axis=1)
     total = per_channel.sum(axis=1, keepdims=True)
     share = np.divide(per_channel, total, out=np.zeros_like(per_channel), where=total > 0)
     return err, share.astype(np.float32)
@@ -187,7 +197,9 @@ class Cascade:
                 np.zeros((n, c), np.float32),
             )
         w = windows if idx.size == n and isinstance(windows, np.ndarray) else windows[idx]
-        err, share = reconstruction_error(w, self.autoencoder.reconstruct(w))
+        err, share = reconstruction_error(
+            w, self.autoencoder.reconstruct(w), self.threshold.statistic
+        )
         p = self.threshold.p_anomaly(err)
         raw = err >= self.threshold.alert_threshold
         if idx.size == n:

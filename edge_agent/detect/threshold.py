@@ -100,10 +100,21 @@ class PotTail(StrictModel):
     tail_fraction: float = Field(gt=0, le=1, description="Share of normal errors above u")
 
 
+#: What one number per window summarises its reconstruction error by
+#: (:func:`edge_agent.detect.cascade.reconstruction_error`): the mean squared error over all its
+#: samples and channels, or the largest of its channels' mean squared errors.
+ErrorStatistic = Literal["mean", "channel_max"]
+
+
 class ThresholdModel(StrictModel):
     """Calibrated threshold of stage-2 error, as stored in the bundle manifest."""
 
     method: Literal["percentile", "pot"]
+    statistic: ErrorStatistic = Field(
+        default="mean",
+        description="The window error the threshold and table are in: mean (over samples and "
+        "channels) or channel_max (the worst channel's mean over samples)",
+    )
     alert_threshold: float = Field(gt=0, description="Error at or above which a window alerts")
     quantile_levels: list[float] = Field(description="Levels of the empirical quantile table")
     quantile_values: list[float] = Field(description="Normal errors at those levels")

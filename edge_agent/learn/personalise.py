@@ -106,7 +106,7 @@ def calibrate(
     if n < min_windows:
         return manifest_threshold(manifest, n, f"{n} buffered normal windows, fewer than "
                                   f"{min_windows}")
-    errors, _ = reconstruction_error(windows, autoencoder.reconstruct(windows))
+    errors, _ = reconstruction_error(windows, autoencoder.reconstruct(windows), thr.statistic)
     desk = float(np.interp(quantile, thr.quantile_levels, thr.quantile_values))
     here = float(np.quantile(errors, quantile))
     if not (desk > 0 and np.isfinite(here) and here > 0):

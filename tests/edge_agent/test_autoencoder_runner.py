@@ -254,3 +254,24 @@ def test_reconstruction_error_kernel_matches_numpy(steps: int, channels: int) ->
     np.testing.assert_array_equal(err, per_channel.mean(axis=1))
     total = per_channel.sum(axis=1, keepdims=True)
     np.testing.assert_array_equal(share, (per_channel / total).astype(np.float32))
+    worst, worst_share = reconstruction_error(w, r, "channel_max")
+    np.testing.assert_array_equal(worst, per_channel.max(axis=1))
+    np.testing.assert_array_equal(worst_share, share)
+
+
+def test_channel_max_keeps_a_one_channel_fault_undiluted() -> None:
+    from edge_agent.detect.cascade import reconstruction_error
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(4, 32, 8)).astype(np.float32)
+    r = (w + rng.normal(scale=0.1, size=w.shape)).astype(np.float32)
+    spiked = w.copy()
+    spiked[:, -3:, 5] += 3.0  # three samples of one of eight channels
+    rises = {
+        stat: reconstruction_error(spiked, r, stat)[0] / reconstruction_error(w, r, stat)[0]
+        for stat in ("mean", "channel_max")
+    }
+    # The fault adds about 27/32 to its channel's mean square: 8 times less to the mean.
+    assert np.all(rises["channel_max"] > 5 * rises["mean"])
+    with pytest.raises(ValueError, match="unknown error statistic 'median'"):
+        reconstruction_error(w, r, "median")  # type: ignore[arg-type]

@@ -295,3 +295,28 @@ def test_a_manifest_whose_baseline_names_an_unknown_channel_is_refused(
         Manifest.model_validate(doc)
     doc["baseline"]["channels"] = model[0].channel_names[:1]
     assert Manifest.model_validate(doc).baseline is not None
+
+
+def test_the_cascade_scores_stage_2_by_its_thresholds_statistic(
+    model: tuple[Manifest, Cascade], clean: Rows
+) -> None:
+    manifest, cascade = model
+    assert cascade.threshold.statistic == "mean"
+    worst = Cascade(
+        forest=cascade.forest,
+        screen_threshold=cascade.screen_threshold,
+        autoencoder=cascade.autoencoder,
+        threshold=cascade.threshold.model_copy(update={"statistic": "channel_max"}),
+    )
+    rows = (clean[0][:600], clean[1][:600])
+    mean = _stream((manifest, cascade), rows, "all", screen=False)
+    top = _stream((manifest, worst), rows, "one", screen=False)
+    np.testing.assert_array_equal(top.contributions, mean.contributions)
+    # Each channel's mean square is its share of C times the window mean; the worst is the max.
+    c = len(manifest.channel_names)
+    expected = mean.contributions.astype(np.float64).max(axis=1) * c * mean.error
+    np.testing.assert_allclose(top.error, expected, rtol=1e-6)
+    assert np.all(top.error > mean.error)
+    np.testing.assert_array_equal(top.raw_alert, top.error >= worst.threshold.alert_threshold)
+    # Screened, streamed one row at a time, it is still the batch path.
+    _assert_same(_stream((manifest, worst), rows, "one"), _batch_reference((manifest, worst), rows))

@@ -76,3 +76,12 @@ def test_margin_shrinks_with_a_long_history() -> None:
     short = calibrate_threshold(errors, cfg, history_samples=400).alert_threshold
     long = calibrate_threshold(errors, cfg, history_samples=100_000).alert_threshold
     assert long == pytest.approx(short / 2.0 * 1.01)
+
+
+def test_the_threshold_records_the_error_statistic_it_was_calibrated_on() -> None:
+    errors = np.random.default_rng(4).exponential(1.0, size=2_000)
+    assert calibrate_threshold(errors, ThresholdConfig()).statistic == "mean"
+    worst = calibrate_threshold(errors, ThresholdConfig(statistic="channel_max"))
+    assert worst.statistic == "channel_max"
+    with pytest.raises(ValueError, match="statistic"):
+        ThresholdConfig(statistic="median")  # type: ignore[arg-type]

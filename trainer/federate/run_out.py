@@ -65,11 +65,11 @@ def recalibrated_record(
     cfg = record.config
     recon = KerasReconstructor(model)
     val_w = arrays["val_windows"].astype(np.float32)
-    val_err, _ = reconstruction_error(val_w, recon.reconstruct(val_w))
+    val_err, _ = reconstruction_error(val_w, recon.reconstruct(val_w), cfg.threshold.statistic)
     threshold = calibrate_threshold(val_err, cfg.threshold, history_samples=record.history_samples)
     pw = arrays["parity_windows"].astype(np.float32)
     pos_w = np.ascontiguousarray(pw[arrays["parity_labels"] == 1])
-    pos_err, _ = reconstruction_error(pos_w, recon.reconstruct(pos_w))
+    pos_err, _ = reconstruction_error(pos_w, recon.reconstruct(pos_w), cfg.threshold.statistic)
     pos_forest = forest.screen_score(features_of_windows(pos_w, forest), pos_w)
     detected = pos_err >= threshold.alert_threshold
     screen = screen_threshold(pos_forest, detected, keep_recall=cfg.cascade.keep_recall)
