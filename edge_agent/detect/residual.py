@@ -9,7 +9,7 @@ reconstructs worse is, by :meth:`WindowResidual.exceedance` = ``SPE / limit - 1`
 
 Where the forest and the envelope judge a window by summaries, this judges its shape, which is
 what stage 2 judges: on the plant simulator the windows the autoencoder alerts on are almost
-all above the limit, while most normal windows are below it. The cost on the device is two
+all above the limit, while most normal windows are below it. The cost on the device is one
 matrix product per window, by whichever basis is smaller: the subspace's ``k`` components, or
 the ``W * C - k`` that span its orthogonal complement (SKAB's windows keep 184 of 256
 dimensions, so 72 complement rows cost 2.5 times less than 184 subspace rows).
