@@ -89,9 +89,8 @@ def build_file(out: Path, copies: int) -> dict[str, Any]:
 
 
 def fit_model(data: Path, rows: int, work: Path, epochs: int | None) -> dict[str, Any]:
+    from bench.common import bundle_past_the_gate
     from edge_agent.data.table import read_table
-    from export.bundle import build_bundle
-    from export.errors import ExportError
     from export.keys import keygen
     from trainer.config import load_config
     from trainer.fit import fit
@@ -103,15 +102,8 @@ def fit_model(data: Path, rows: int, work: Path, epochs: int | None) -> dict[str
     table = read_table(data).slice(0, rows // FIT_FRACTION)
     fit(table, work / "run", cfg, seed=0)
     keygen(work / "keys")
-    forced = False
-    try:
-        build_bundle(work / "run", work / "bundle", work / "keys" / "signing.key", variants=())
-    except ExportError as exc:
-        if "parity gate" not in str(exc):
-            raise
-        forced = True
-        build_bundle(work / "run", work / "bundle", work / "keys" / "signing.key", variants=(),
-                     force=True, overwrite=True)  # fmt: skip
+    refusal = bundle_past_the_gate(work / "run", work / "bundle", work / "keys" / "signing.key")
+    forced = refusal is not None
     return {
         "fit_rows": table.rows,
         "epochs": cfg.autoencoder.epochs,
