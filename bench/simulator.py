@@ -2,11 +2,13 @@
 
 Train (default ``trainer fit``) on one simulated compressor history, export the signed int8
 bundle, and score a fresh simulated stretch (another seed) through the device pipeline twice:
-with the screen (the cascade as deployed) and without it (stage 2 alone). Reports per fault
-kind: point F1 (normal rows + that kind's rows), recall, episodes caught and detection delay
-(median and p90, samples and seconds; :mod:`trainer.evaluate.per_kind`, as ``trainer evaluate``
-reports it); the share of windows reaching stage 2; and the cascade's recall as a share of
-stage 2's own recall.
+with the screen (the cascade as deployed) and without it (stage 2 alone). A row counts as
+flagged when the operator is told about it: in alert, or with a channel past its learned stuck
+limit (a ``sensor_fault``, ``edge_agent.data.repeats``); ``alerts_only`` leaves the latter out.
+Reports per fault kind: point F1 (normal rows + that kind's rows), recall, episodes caught and
+detection delay (median and p90, samples and seconds; :mod:`trainer.evaluate.per_kind`, as
+``trainer evaluate`` reports it); the share of windows reaching stage 2; and the cascade's
+recall as a share of stage 2's own recall.
 
     python bench/simulator.py                          # -> bench/results/simulator.json
     python bench/simulator.py --history 8000 --live 6000 --epochs 10 --out X   # CI smoke run
@@ -102,14 +104,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     kinds = np.asarray(live.fault_kind_names())
     per_kind = {
         kind: {
-            "cascade": _kind_metrics(y, res.alert, kinds, kind, live.period_s),
-            "stage2_alone": _kind_metrics(y, alone.alert, kinds, kind, live.period_s),
+            "cascade": _kind_metrics(y, res.flagged, kinds, kind, live.period_s),
+            "alerts_only": _kind_metrics(y, res.alert, kinds, kind, live.period_s),
+            "stage2_alone": _kind_metrics(y, alone.flagged, kinds, kind, live.period_s),
         }
         for kind in FAULT_KINDS
     }
     from trainer.evaluate.metrics import point_metrics
 
-    mc, ma = point_metrics(y, res.alert), point_metrics(y, alone.alert)
+    mc, ma = point_metrics(y, res.flagged), point_metrics(y, alone.flagged)
+    mo = point_metrics(y, res.alert)
     # Window-level: how many windows reach stage 2, and how much of stage 2's recall survives.
     win_y = np.zeros(res.windows.stage.size, bool)
     rows_of_window = res.window_of_row >= 0
@@ -122,6 +126,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "anomalous_share_live": float(y.mean()),
         "cascade": {k: float(mc[k]) for k in ("f1", "precision", "recall", "far", "mar")},
         "stage2_alone": {k: float(ma[k]) for k in ("f1", "precision", "recall", "far", "mar")},
+        "alerts_only": {k: float(mo[k]) for k in ("f1", "precision", "recall", "far", "mar")},
+        "sensor_fault_rows": {
+            "total": int(res.sensor_fault.sum()),
+            "on_normal_rows": int((res.sensor_fault & ~y).sum()),
+        },
+        "stuck_after": [c.stuck_after for c in bundle.manifest.channels],
         "windows_reaching_stage2": float(np.mean(res.windows.stage == 2)),
         "window_recall_kept_by_screen": float(kept.sum() / max(s2.sum(), 1)),
         "per_kind": per_kind,

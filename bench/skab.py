@@ -100,8 +100,10 @@ def run_file(args: tuple[Path, Path, Path, str | None]) -> dict[str, Any]:
         "y": table.labels["anomaly"][TRAIN_ROWS:].astype(bool),
         "cp": table.labels["changepoint"][TRAIN_ROWS:].astype(bool),
         "ts": table.timestamps[TRAIN_ROWS:],
-        "int8": res.alert[TRAIN_ROWS:],
-        "float": flt.alert[TRAIN_ROWS:],
+        # What the operator is told: alerts, and stuck-sensor faults (none expected on SKAB).
+        "int8": res.flagged[TRAIN_ROWS:],
+        "float": flt.flagged[TRAIN_ROWS:],
+        "sensor_fault": res.sensor_fault[TRAIN_ROWS:],
         "stage2": res.stage[TRAIN_ROWS:] == 2,
         "parity": manifest_json["parity"],
         "parity_forced": forced,
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "int8_minus_float": {k: int8[k] - flt[k] for k in int8},
         "stage2_fraction": float(np.mean(np.concatenate([r["stage2"] for r in results]))),
         "parity_forced_files": [r["file"] for r in results if r["parity_forced"]],
+        "sensor_fault_rows": int(sum(r["sensor_fault"].sum() for r in results)),
         "per_file": [
             {
                 "file": r["file"],

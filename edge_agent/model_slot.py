@@ -23,6 +23,7 @@ import numpy.typing as npt
 from edge_agent.bundle.manifest import Manifest
 from edge_agent.bundle.verify import VerifiedBundle, verify_bundle
 from edge_agent.config.model import AgentConfig, EventsConfig
+from edge_agent.data.quality import ModelChannels
 from edge_agent.detect.cascade import Cascade
 from edge_agent.detect.episodes import EpisodeTracker
 from edge_agent.detect.forest import FlatForest
@@ -183,10 +184,14 @@ class ModelSlot:
         return self.manifest.channel_names
 
     @property
-    def training_stats(self) -> tuple[F64, F64]:
-        """Per-channel training (mean, scale), for data quality's plausibility bound."""
+    def training_stats(self) -> ModelChannels:
+        """Per-channel training (mean, scale) and learned stuck limit, for data quality."""
         chans = self.manifest.channels
-        return np.array([c.mean for c in chans]), np.array([c.scale for c in chans])
+        return ModelChannels(
+            mean=np.array([c.mean for c in chans]),
+            scale=np.array([c.scale for c in chans]),
+            stuck_after=tuple(c.stuck_after for c in chans),
+        )
 
     @property
     def key(self) -> tuple[str, str, EventsConfig, int]:

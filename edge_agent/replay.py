@@ -29,7 +29,13 @@ from edge_agent.data.table import iter_table, read_table
 from edge_agent.data.table_stream import BLOCK_BYTES
 from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_NONE
 from edge_agent.model_slot import load_cascade
-from edge_agent.pipeline import PipelineResult, StreamingPipeline, WindowBatch, run_pipeline
+from edge_agent.pipeline import (
+    PipelineResult,
+    StreamingPipeline,
+    WindowBatch,
+    run_pipeline,
+    stuck_filter,
+)
 from edge_agent.replay_format import score_lines
 
 log = logging.getLogger("edge_agent.replay")
@@ -38,7 +44,7 @@ G = TypeVar("G", bound=np.generic)
 RowColumns = tuple[
     npt.NDArray[np.int8], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]
 ]
-OUTPUT_COLUMNS = ("timestamp", "stage", "score", "p_anomaly", "alert")
+OUTPUT_COLUMNS = ("timestamp", "stage", "score", "p_anomaly", "alert", "sensor_fault")
 HEADER = (",".join(OUTPUT_COLUMNS) + "\r\n").encode("ascii")  # csv.writer's line end, as before
 
 
@@ -50,6 +56,7 @@ class ReplaySummary:
     stage2_rows: int
     alert_rows: int
     windows: int
+    sensor_fault_rows: int  # a channel past its learned stuck limit (edge_agent.data.repeats)
     local_threshold: str | None = None  # --local-history: the threshold used, and why
 
 
@@ -98,16 +105,22 @@ def replay_stream(
         note = personalise_cascade(bundle, cascade, local_history, time_col=time_col)
     log.info("bundle %s verified; scoring %s", m.model_version, data)
     pipe = StreamingPipeline(m, cascade)
+    stuck = stuck_filter(m)
     rows = _RowView()
-    counts = np.zeros(3, np.int64)  # rows, stage-2 rows, rows in alert
+    counts = np.zeros(4, np.int64)  # rows, stage-2 rows, rows in alert, rows with a stuck channel
     blocks = iter_table(data, time_col=time_col, channels=m.channel_names, block_bytes=block_bytes)
     with ScoreFile(out) as sink:
         for block in blocks:
-            stage, score, p_anomaly, alert = rows.of(pipe.push(block.timestamps, block.values))
-            sink.write(score_lines(block.timestamps, stage, score, p_anomaly, alert))
-            counts += np.array([stage.size, np.count_nonzero(stage == STAGE_AUTOENCODER),
-                                np.count_nonzero(alert)], np.int64)  # fmt: skip
-    return ReplaySummary(int(counts[0]), int(counts[1]), int(counts[2]), rows.windows, note)
+            values, fault = stuck.apply(block.values)
+            stage, score, p_anomaly, alert = rows.of(pipe.push(block.timestamps, values))
+            sink.write(score_lines(block.timestamps, stage, score, p_anomaly, alert, fault))
+            s2 = np.count_nonzero(stage == STAGE_AUTOENCODER)
+            counts += np.array(
+                [stage.size, s2, np.count_nonzero(alert), np.count_nonzero(fault)], np.int64
+            )
+    return ReplaySummary(
+        int(counts[0]), int(counts[1]), int(counts[2]), rows.windows, int(counts[3]), note
+    )
 
 
 class _RowView:
@@ -169,5 +182,12 @@ def write_scores(out: Path, timestamps: npt.NDArray[np.float64], result: Pipelin
     """Write the per-row CSV of a whole-file result atomically (temporary file, then rename)."""
     with ScoreFile(out) as sink:
         sink.write(
-            score_lines(timestamps, result.stage, result.score, result.p_anomaly, result.alert)
+            score_lines(
+                timestamps,
+                result.stage,
+                result.score,
+                result.p_anomaly,
+                result.alert,
+                result.sensor_fault,
+            )
         )

@@ -1,7 +1,8 @@
 """Text of ``replay``'s output rows, built for a whole block of rows at once.
 
 The reference is the per-row writer ``replay`` had: ``csv.writer`` with the row
-``(_iso(t), stage, f"{score:.6g}", f"{p_anomaly:.6g}", alert)`` and ``\\r\\n`` line ends. Here
+``(_iso(t), stage, f"{score:.6g}", f"{p_anomaly:.6g}", alert)`` and ``\\r\\n`` line ends (and
+now a ``sensor_fault`` flag after ``alert``, written like it). Here
 each column becomes fixed-width bytes (NUL-padded) with numpy arithmetic, the columns are laid
 side by side with their separators, and the padding is dropped, so a block costs a few array
 passes. Values whose text arithmetic cannot vouch for (not finite, far out of range, a decimal
@@ -179,8 +180,10 @@ def score_lines(
     score: F64,
     p_anomaly: F64,
     alert: npt.NDArray[np.bool_],
+    sensor_fault: npt.NDArray[np.bool_],
 ) -> bytes:
-    """The output rows of a block: ``timestamp,stage,score,p_anomaly,alert\\r\\n`` each."""
+    """The output rows of a block: ``timestamp,stage,score,p_anomaly,alert,sensor_fault\\r\\n``
+    each."""
     n = timestamps.shape[0]
     sep = np.full((n, 1), SEPARATOR, np.uint8)
     cells = [
@@ -193,6 +196,8 @@ def score_lines(
         format_g6_sparse(np.asarray(p_anomaly, np.float64)),
         sep,
         _digits(np.asarray(alert, np.int64), 1),
+        sep,
+        _digits(np.asarray(sensor_fault, np.int64), 1),
         np.tile(np.frombuffer(LINE_END, np.uint8), (n, 1)),
     ]
     return np.concatenate(cells, axis=1).tobytes().translate(None, b"\x00")

@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from edge_agent.bundle.manifest import ChannelSpec, ForestSpec, SamplingSpec, WindowSpec
 from edge_agent.data.grid import align_to_grid, interpolate_held_runs
+from edge_agent.data.repeats import learned_limits
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.baseline import LevelBaseline, LevelState
@@ -111,6 +112,15 @@ def level_baseline(table: SensorTable, cfg: TrainConfig) -> LevelBaseline | None
         max_step=b.max_step,
         max_offset=b.max_offset,
     )
+
+
+def stuck_limits(table: SensorTable) -> list[int | None]:
+    """Each channel's learned stuck limit (``edge_agent.data.repeats``), from the history's
+    readings as recorded; labelled anomalies (a stuck fault among them) do not count."""
+    normal = np.ones(table.rows, np.bool_)
+    for lab in table.labels.values():
+        normal &= lab == 0
+    return learned_limits(np.where(normal[:, None], table.values, np.nan))
 
 
 def median_period(table: SensorTable) -> float:
@@ -378,8 +388,10 @@ def fit(
         threshold_margin=cfg.threshold.effective_margin(history_samples),
         data_fingerprint=data_fingerprint(table),
         channels=[
-            ChannelSpec(name=n, unit="", mean=float(m), scale=float(s))
-            for n, m, s in zip(table.channels, prep.mean, prep.scale, strict=True)
+            ChannelSpec(name=n, unit="", mean=float(m), scale=float(s), stuck_after=k)
+            for n, m, s, k in zip(
+                table.channels, prep.mean, prep.scale, stuck_limits(table), strict=True
+            )
         ],
         sampling=SamplingSpec(
             period_s=prep.period_s,

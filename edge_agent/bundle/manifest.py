@@ -29,6 +29,12 @@ class ChannelSpec(StrictModel):
     unit: str = Field(default="", description="Engineering unit, informational")
     mean: float = Field(description="Normalization: value subtracted")
     scale: float = Field(gt=0, description="Normalization: divisor after subtracting the mean")
+    stuck_after: int | None = Field(
+        default=None,
+        ge=2,
+        description="Identical readings in a row from which data quality calls the channel "
+        "stuck, learned from the training history (edge_agent.data.repeats); none: not judged",
+    )
 
 
 class SamplingSpec(StrictModel):

@@ -19,6 +19,9 @@ value is old, so judging its range or repetition would be meaningless):
   float32 input, so this check applies to every channel, with or without ``min``/``max``.
 * ``stuck``: the last ``stuck_samples`` *fresh* readings are identical. Only fresh readings
   count: a sensor polled slower than the sample period legitimately repeats its last value.
+  Without a configured ``stuck_samples`` the model's learned limit applies (``stuck_after`` in
+  the manifest, :mod:`edge_agent.data.repeats`: the same rule ``replay`` and ``trainer
+  evaluate`` apply offline); a channel with neither is never judged stuck.
 
 This runs once per sample, so the checks are numpy expressions over all channels and Python
 code runs only for channels that are or were faulty.
@@ -34,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config.model import ChannelQuality, QualityDefaults
+from edge_agent.data.repeats import NO_LIMIT
 from edge_agent.events import SEVERITY_WARNING, Event, EventState, new_id
 
 log = logging.getLogger(__name__)
@@ -45,11 +49,18 @@ _GOOD, _STALE, _NAN, _RANGE, _STUCK = range(5)
 # beyond any real excursion (a 1000x overload is 1e3 scales for a typical channel), and it keeps
 # every normalized value well inside float32.
 IMPLAUSIBLE_SCALES = 1e6
-# stuck_samples of a channel without a stuck check: a run that can never be reached.
-_NEVER = np.iinfo(np.int64).max
-
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChannels:
+    """What the running model knows of each channel, from its manifest: the training (mean,
+    scale) for the plausibility bound and the learned stuck limit (None: not judged)."""
+
+    mean: FloatArray
+    scale: FloatArray
+    stuck_after: tuple[int | None, ...]
 
 
 @dataclass(slots=True)
@@ -84,21 +95,20 @@ class QualityMonitor:
         defaults: QualityDefaults,
         machine_id: str,
         *,
-        training: tuple[FloatArray, FloatArray] | None = None,
+        training: ModelChannels | None = None,
     ) -> None:
-        """``training``: the model's per-channel (mean, scale), for the plausibility bound."""
+        """``training``: what the running model knows of the channels (none before a first
+        model: no plausibility bound, and only configured stuck checks)."""
         self.channels = list(channels)
         self.machine_id = machine_id
         own = [checks.get(ch) or ChannelQuality() for ch in self.channels]
+        self._configured_stuck = [q.stuck_samples or defaults.stuck_samples for q in own]
         self._stale_s = np.array(
             [q.stale_s if q.stale_s is not None else defaults.stale_s for q in own], np.float64
         )
         self._min = np.array([-np.inf if q.min is None else q.min for q in own], np.float64)
         self._max = np.array([np.inf if q.max is None else q.max for q in own], np.float64)
         self.set_training(training)
-        self._stuck_n = np.array(
-            [q.stuck_samples or defaults.stuck_samples or _NEVER for q in own], np.int64
-        )
         self._clear = defaults.clear_samples
         n = len(self.channels)
         self._rows = np.arange(n)
@@ -108,16 +118,20 @@ class QualityMonitor:
         self._faults: dict[int, _Fault] = {}
         self._t0: float | None = None
 
-    def set_training(self, training: tuple[FloatArray, FloatArray] | None) -> None:
-        """The model's per-channel (mean, scale) for the plausibility bound; a new model with
-        the same channels changes only this, and open fault episodes carry on."""
+    def set_training(self, training: ModelChannels | None) -> None:
+        """The running model's view of the channels; a new model with the same channels
+        changes only the plausibility bound and learned stuck limits, and open fault episodes
+        carry on."""
         n = len(self.channels)
         self._plausible_lo = np.full(n, -np.inf)
         self._plausible_hi = np.full(n, np.inf)
+        learned: tuple[int | None, ...] = (None,) * n
         if training is not None:
-            mean, scale = training
-            self._plausible_lo = mean - IMPLAUSIBLE_SCALES * scale
-            self._plausible_hi = mean + IMPLAUSIBLE_SCALES * scale
+            self._plausible_lo = training.mean - IMPLAUSIBLE_SCALES * training.scale
+            self._plausible_hi = training.mean + IMPLAUSIBLE_SCALES * training.scale
+            learned = training.stuck_after
+        limits = [c or k for c, k in zip(self._configured_stuck, learned, strict=True)]
+        self._stuck_n = np.array([NO_LIMIT if k is None else k for k in limits], np.int64)
         self._lo = np.maximum(self._min, self._plausible_lo)
         self._hi = np.minimum(self._max, self._plausible_hi)
 

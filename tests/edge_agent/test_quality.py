@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edge_agent.config.model import ChannelQuality, QualityDefaults
-from edge_agent.data.quality import QualityMonitor
+from edge_agent.data.quality import ModelChannels, QualityMonitor
+from edge_agent.data.repeats import StuckFilter
 from edge_agent.events import SEVERITY_WARNING, Event
 
 INF = math.inf
@@ -115,9 +116,46 @@ def test_stuck_counts_only_fresh_readings() -> None:
     assert feed.reasons() == {"stuck": 2, "nan": 1}
 
 
-def test_stuck_check_is_off_by_default() -> None:
+def test_stuck_check_is_off_without_a_configured_or_learned_limit() -> None:
     feed = Feeder(monitor(stuck=None))
     assert [feed(4.0) for _ in range(50)] == [4.0] * 50
+
+
+def learned(mon: QualityMonitor, limit: int | None) -> QualityMonitor:
+    """``mon`` running a model that learned ``limit`` for 'x' (and nothing for 'y')."""
+    mon.set_training(ModelChannels(np.array([5.0, 0.0]), np.array([1.0, 1.0]), (limit, None)))
+    return mon
+
+
+def test_the_models_learned_stuck_limit_applies_when_none_is_configured() -> None:
+    feed = Feeder(learned(monitor(stuck=None), 4))
+    out = [feed(4.0) for _ in range(6)]
+    assert out[:3] == [4.0] * 3
+    assert all(math.isnan(v) for v in out[3:])  # the 4th identical reading is stuck
+    assert [(e.state, e.reason) for e in feed.events] == [("open", "stuck")]
+
+
+def test_a_configured_stuck_limit_beats_the_learned_one() -> None:
+    feed = Feeder(learned(monitor(stuck=8), 3))
+    out = [feed(4.0) for _ in range(9)]
+    assert out[:7] == [4.0] * 7
+    assert all(math.isnan(v) for v in out[7:])
+
+
+def test_streaming_check_and_offline_filter_agree_on_what_is_stuck() -> None:
+    """The agent's data quality and ``replay``'s StuckFilter flag the same readings."""
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(5.0, 1.0, 400), 0)  # coarse: short natural repeats
+    x[98] = x[99] + 1.0
+    x[100:160] = x[99]  # a frozen transmitter: 61 identical readings from row 99
+    x[250] = NAN
+    feed = Feeder(learned(monitor(stuck=None), 12))
+    streamed = np.array([feed(v) for v in x])
+    offline, rows = StuckFilter([12, None]).apply(np.column_stack([x, np.arange(x.size)]))
+    assert np.array_equal(np.isnan(streamed), np.isnan(offline[:, 0]))
+    assert np.array_equal(rows, np.isnan(offline[:, 0]) & ~np.isnan(x))
+    assert rows[110:160].all()
+    assert rows.sum() == 61 - 11
 
 
 def test_never_read_channel_is_stale_only_after_stale_s_from_start() -> None:
@@ -239,7 +277,7 @@ def test_implausible_value_is_a_range_fault_without_min_max(bad: float) -> None:
     and the value never reaches the pipeline."""
     mon = QualityMonitor(
         ["flow"], {}, QualityDefaults(clear_samples=CLEAR), "pump-3",
-        training=(np.array([12.0]), np.array([0.5])),
+        training=ModelChannels(np.array([12.0]), np.array([0.5]), (None,)),
     )
     fresh = np.array([True])
     ok, events = mon.check(1.0, np.array([12.3]), np.array([0.1]), fresh)
@@ -255,7 +293,8 @@ def test_implausible_value_is_a_range_fault_without_min_max(bad: float) -> None:
 def test_plausibility_bound_leaves_real_excursions_alone() -> None:
     """A real overload, even a thousand training scales out, is the machine's business."""
     mon = QualityMonitor(
-        ["flow"], {}, QualityDefaults(), "pump-3", training=(np.array([12.0]), np.array([0.5]))
+        ["flow"], {}, QualityDefaults(), "pump-3",
+        training=ModelChannels(np.array([12.0]), np.array([0.5]), (None,)),
     )
     out, events = mon.check(1.0, np.array([12.0 + 1000 * 0.5]), np.array([0.1]), np.array([True]))
     assert out[0] == 512.0

@@ -68,10 +68,11 @@ def test_rows_as_the_csv_writer_wrote_them() -> None:
     score = np.where(stage > 0, rng.random(n) * 3, 0.0)
     p = np.where(stage > 0, rng.random(n) ** 8, 0.0)
     alert = rng.random(n) < 0.2
+    fault = rng.random(n) < 0.1
     ref = io.StringIO(newline="")
     csv.writer(ref).writerows(
-        (iso_text(float(a)), int(b), f"{c:.6g}", f"{d:.6g}", int(e))
-        for a, b, c, d, e in zip(ts, stage, score, p, alert, strict=True)
+        (iso_text(float(a)), int(b), f"{c:.6g}", f"{d:.6g}", int(e), int(f))
+        for a, b, c, d, e, f in zip(ts, stage, score, p, alert, fault, strict=True)
     )
-    assert score_lines(ts, stage, score, p, alert) == ref.getvalue().encode("ascii")
-    assert score_lines(ts[:0], stage[:0], score[:0], p[:0], alert[:0]) == b""
+    assert score_lines(ts, stage, score, p, alert, fault) == ref.getvalue().encode("ascii")
+    assert score_lines(ts[:0], stage[:0], score[:0], p[:0], alert[:0], fault[:0]) == b""

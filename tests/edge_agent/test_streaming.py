@@ -32,8 +32,12 @@ WINDOW_FIELDS = ("end_time", "end_index", "segment", "stage", "score", "p_anomal
 
 @pytest.fixture(scope="module")
 def model(bundle: Path, keys: Path) -> tuple[Manifest, Cascade]:
+    """The bundle's model without learned stuck limits: these tests push raw rows into the
+    pipeline, and ``prepare`` (their batch reference) would otherwise apply data quality's
+    stuck filter to the simulator's stuck episodes first."""
     b = verify_bundle(bundle, keys / "signing.pub")
-    return b.manifest, load_cascade(b)
+    unjudged = [c.model_copy(update={"stuck_after": None}) for c in b.manifest.channels]
+    return b.manifest.model_copy(update={"channels": unjudged}), load_cascade(b)
 
 
 @pytest.fixture(scope="module")

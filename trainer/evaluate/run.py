@@ -109,6 +109,9 @@ def evaluate(
 ) -> tuple[dict[str, Any], PipelineResult, dict[str, Any]]:
     """Metrics of the cascade, of stage 2 alone and of the baselines on rows ``skip_rows:``.
 
+    A row counts as flagged as the gateway would report it: in alert, or with a channel past
+    the model's learned stuck limit (a ``sensor_fault``, ``edge_agent.data.repeats``).
+
     When the table's CSV has a ``kind_col`` column (the simulator's ``fault_kind``), the
     metrics also carry ``per_kind``: episodes, caught and delays per fault kind.
     """
@@ -126,17 +129,18 @@ def evaluate(
     metrics: dict[str, Any] = {
         "rows": int(y.size),
         "cascade": summarize(
-            y, res.alert[skip_rows:], ranked[skip_rows:], ts, period, res.stage[skip_rows:] == 2
+            y, res.flagged[skip_rows:], ranked[skip_rows:], ts, period, res.stage[skip_rows:] == 2
         ),
         "stage2_alone": summarize(
-            y, alone.alert[skip_rows:], alone.score[skip_rows:], ts, period, None
+            y, alone.flagged[skip_rows:], alone.score[skip_rows:], ts, period, None
         ),
+        "sensor_fault_rows": int(res.sensor_fault[skip_rows:].sum()),
     }
     kinds = _kinds_of(table, kind_col)
     if kinds is not None:
         metrics["per_kind"] = {
             name: [k.as_dict() for k in per_kind_detection(y, pred, kinds[skip_rows:], period)]
-            for name, pred in (("cascade", res.alert), ("stage2_alone", alone.alert))
+            for name, pred in (("cascade", res.flagged), ("stage2_alone", alone.flagged))
             for pred in (pred[skip_rows:],)
         }
     # Baselines on the same window features; rows without a window count as normal.
@@ -209,7 +213,7 @@ def write_outputs(
             skip_rows:
         ],
         threshold=1.0,
-        y_pred=res.alert[skip_rows:],
+        y_pred=res.flagged[skip_rows:],
         channels=manifest.channel_names,
         contributions=contrib[skip_rows:],
         metrics=metrics["cascade"],
