@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, help="autoencoder epochs (default: built-in)")
     ap.add_argument("--config", type=Path, help="training TOML (default: built-in defaults)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "simulator.json")
+    ap.add_argument("--keep", type=Path, help="copy the bundle and the scored CSV here")
     a = ap.parse_args(argv)
 
     from bench.common import bundle_past_the_gate
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         res = run_pipeline(test, bundle.manifest, cascade)
         alone = run_pipeline(test, bundle.manifest, cascade, screen=False)
+        if a.keep:
+            shutil.copytree(work / "bundle", a.keep / "bundle", dirs_exist_ok=True)
+            shutil.copy2(work / "live.csv", a.keep / "live.csv")
+            shutil.copytree(work / "keys", a.keep / "keys", dirs_exist_ok=True)
     y = live.labels.astype(bool)
     kinds = np.asarray(live.fault_kind_names())
     per_kind = {
