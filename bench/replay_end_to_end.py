@@ -132,13 +132,14 @@ t0 = time.perf_counter()
 from edge_agent.bundle.verify import verify_bundle
 from edge_agent.data.table import iter_table
 from edge_agent.model_slot import load_cascade
-from edge_agent.pipeline import StreamingPipeline
+from edge_agent.pipeline import StreamingPipeline, learned_checks
 from edge_agent.replay import ScoreFile, _RowView
 from edge_agent.replay_format import score_lines
 t1 = time.perf_counter()
 bundle = verify_bundle(Path(sys.argv[1]), Path(sys.argv[2]))
 m = bundle.manifest
 pipe = StreamingPipeline(m, load_cascade(bundle, num_threads=1))
+checks = learned_checks(m)
 rows = _RowView()
 t2 = time.perf_counter()
 spent = {"read": 0.0, "score": 0.0, "write": 0.0}
@@ -151,9 +152,10 @@ with ScoreFile(Path(sys.argv[4])) as sink:
         spent["read"] += b - a
         if block is None:
             break
-        stage, score, p, alert = rows.of(pipe.push(block.timestamps, block.values))
+        values, fault = checks.apply(block.values)
+        stage, score, p, alert = rows.of(pipe.push(block.timestamps, values))
         c = time.perf_counter()
-        sink.write(score_lines(block.timestamps, stage, score, p, alert))
+        sink.write(score_lines(block.timestamps, stage, score, p, alert, fault))
         spent["score"] += c - b
         spent["write"] += time.perf_counter() - c
 t3 = time.perf_counter()

@@ -4,7 +4,8 @@ Train (default ``trainer fit``) on one simulated compressor history, export the 
 bundle, and score a fresh simulated stretch (another seed) through the device pipeline twice:
 with the screen (the cascade as deployed) and without it (stage 2 alone). A row counts as
 flagged when the operator is told about it: in alert, or with a channel past its learned stuck
-limit (a ``sensor_fault``, ``edge_agent.data.repeats``); ``alerts_only`` leaves the latter out.
+or noise limit (a ``sensor_fault``, ``edge_agent.data.learned``); ``alerts_only`` leaves the
+latter out.
 Reports per fault kind: point F1 (normal rows + that kind's rows), recall, episodes caught and
 detection delay (median and p90, samples and seconds; :mod:`trainer.evaluate.per_kind`, as
 ``trainer evaluate`` reports it); the share of windows reaching stage 2; and the cascade's
@@ -137,7 +138,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "total": int(res.sensor_fault.sum()),
             "on_normal_rows": int((res.sensor_fault & ~y).sum()),
         },
-        "stuck_after": [c.stuck_after for c in bundle.manifest.channels],
+        "learned_limits": {
+            c.name: {"stuck_after": c.stuck_after, "noisy_above": c.noisy_above}
+            for c in bundle.manifest.channels
+        },
         "windows_reaching_stage2": float(np.mean(res.windows.stage == 2)),
         "window_recall_kept_by_screen": float(kept.sum() / max(s2.sum(), 1)),
         "per_kind": per_kind,

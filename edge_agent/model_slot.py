@@ -191,6 +191,7 @@ class ModelSlot:
             mean=np.array([c.mean for c in chans]),
             scale=np.array([c.scale for c in chans]),
             stuck_after=tuple(c.stuck_after for c in chans),
+            noisy_above=tuple(c.noisy_above for c in chans),
         )
 
     @property

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from edge_agent.bundle.manifest import Manifest
 from edge_agent.data.grid import Grid, GridAligner, align_push, align_to_grid
-from edge_agent.data.repeats import StuckFilter
+from edge_agent.data.learned import LearnedChecks
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertState
 from edge_agent.detect.baseline import LevelState, follow_level
@@ -242,13 +242,13 @@ class PipelineResult:
     windows: WindowScores
     window_alert: npt.NDArray[np.bool_]
     window_end_time: npt.NDArray[np.float64]
-    # A channel past its learned stuck limit (edge_agent.data.repeats): on the gateway, a
-    # sensor_fault event; its readings were scored as missing.
+    # A channel past its learned stuck or noise limit (edge_agent.data.learned): on the
+    # gateway, a sensor_fault event; stuck readings were scored as missing.
     sensor_fault: npt.NDArray[np.bool_]
 
     @property
     def flagged(self) -> npt.NDArray[np.bool_]:
-        """Rows the operator is told about: in alert, or with a stuck sensor."""
+        """Rows the operator is told about: in alert, or with a stuck or noisy sensor."""
         return self.alert | self.sensor_fault
 
 
@@ -262,7 +262,7 @@ def prepare(table: SensorTable, manifest: Manifest) -> Prepared:
     mean = np.array([c.mean for c in manifest.channels], dtype=np.float64)
     scale = np.array([c.scale for c in manifest.channels], dtype=np.float64)
     s, w = manifest.sampling, manifest.window
-    values, _ = stuck_filter(manifest).apply(t.values)
+    values, _ = learned_checks(manifest).apply(t.values)
     grid = align_to_grid(t.timestamps, values, period_s=s.period_s, max_hold=s.max_hold, fill=mean)
     xn = normalize(grid.values, mean, scale)
     LevelState.of(manifest.baseline, manifest.channel_names, s.period_s).apply(xn, grid.imputed)
@@ -282,7 +282,7 @@ def run_pipeline(
     ``screen=False`` sends every window to stage 2.
     """
     t = table.select(manifest.channel_names)
-    values, sensor_fault = stuck_filter(manifest).apply(t.values)
+    values, sensor_fault = learned_checks(manifest).apply(t.values)
     # push takes the rows in slices of at most CHUNK_POINTS grid points (bounded memory).
     win = StreamingPipeline(manifest, cascade, screen=screen).push(t.timestamps, values)
     rw = win.row_window
@@ -299,7 +299,9 @@ def run_pipeline(
     )
 
 
-def stuck_filter(manifest: Manifest) -> StuckFilter:
-    """Data quality's stuck check as the gateway applies it with this model and no configured
-    ``stuck_samples``, for scoring a recorded file."""
-    return StuckFilter([c.stuck_after for c in manifest.channels])
+def learned_checks(manifest: Manifest) -> LearnedChecks:
+    """Data quality's learned checks (stuck, noisy) as the gateway applies them with this
+    model and no configured ``stuck_samples``, for scoring a recorded file."""
+    return LearnedChecks(
+        [c.stuck_after for c in manifest.channels], [c.noisy_above for c in manifest.channels]
+    )

@@ -33,8 +33,8 @@ from edge_agent.pipeline import (
     PipelineResult,
     StreamingPipeline,
     WindowBatch,
+    learned_checks,
     run_pipeline,
-    stuck_filter,
 )
 from edge_agent.replay_format import score_lines
 
@@ -56,7 +56,7 @@ class ReplaySummary:
     stage2_rows: int
     alert_rows: int
     windows: int
-    sensor_fault_rows: int  # a channel past its learned stuck limit (edge_agent.data.repeats)
+    sensor_fault_rows: int  # a channel past its learned stuck or noise limit (data.learned)
     local_threshold: str | None = None  # --local-history: the threshold used, and why
 
 
@@ -105,13 +105,13 @@ def replay_stream(
         note = personalise_cascade(bundle, cascade, local_history, time_col=time_col)
     log.info("bundle %s verified; scoring %s", m.model_version, data)
     pipe = StreamingPipeline(m, cascade)
-    stuck = stuck_filter(m)
+    checks = learned_checks(m)
     rows = _RowView()
-    counts = np.zeros(4, np.int64)  # rows, stage-2 rows, rows in alert, rows with a stuck channel
+    counts = np.zeros(4, np.int64)  # rows, stage-2 rows, rows in alert, rows with a sensor fault
     blocks = iter_table(data, time_col=time_col, channels=m.channel_names, block_bytes=block_bytes)
     with ScoreFile(out) as sink:
         for block in blocks:
-            values, fault = stuck.apply(block.values)
+            values, fault = checks.apply(block.values)
             stage, score, p_anomaly, alert = rows.of(pipe.push(block.timestamps, values))
             sink.write(score_lines(block.timestamps, stage, score, p_anomaly, alert, fault))
             s2 = np.count_nonzero(stage == STAGE_AUTOENCODER)

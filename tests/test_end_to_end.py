@@ -45,12 +45,13 @@ def replayed(bundle: Path, keys: Path, sim_csv: Path, work: Path) -> Path:
 def test_replay_writes_one_row_per_input_row(replayed: Path, sim_csv: Path) -> None:
     s = _read_scores(replayed)
     table = read_table(sim_csv, label_cols=["anomaly"])
-    assert list(s) == ["timestamp", "stage", "score", "p_anomaly", "alert"]
+    assert list(s) == ["timestamp", "stage", "score", "p_anomaly", "alert", "sensor_fault"]
     assert len(s["stage"]) == table.rows
     stage = s["stage"].astype(int)
     assert set(stage) <= {0, 1, 2}
     assert (stage[:31] == 0).all()  # no full 32-sample window yet
     assert set(s["alert"].astype(int)) <= {0, 1}
+    assert set(s["sensor_fault"].astype(int)) <= {0, 1}
     p = s["p_anomaly"].astype(float)
     assert ((p >= 0) & (p <= 1)).all()
 
@@ -69,6 +70,23 @@ def test_replay_detects_injected_faults(replayed: Path, sim_csv: Path) -> None:
     far = (alert & ~y).sum() / (~y).sum()
     assert far < 0.1, f"false-alarm rate {far:.3f}"
     assert (stage == 2).mean() < 0.5  # the screen keeps most windows away from stage 2
+
+
+def test_replay_reports_stuck_sensors_by_the_learned_limit(replayed: Path, sim_csv: Path) -> None:
+    """Every simulated stuck episode is a sensor fault in replay's output, as data quality
+    reports it on the gateway; no normal row far from a fault is one."""
+    s = _read_scores(replayed)
+    kinds = np.loadtxt(sim_csv, delimiter=",", skiprows=1, usecols=-1, dtype=str)
+    fault = s["sensor_fault"].astype(int).astype(bool)
+    stuck = kinds == "stuck"
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], stuck.astype(int), [0]])))
+    episodes = list(zip(edges[::2], edges[1::2], strict=True))
+    assert episodes
+    assert all(fault[a:b].any() for a, b in episodes)
+    table = read_table(sim_csv, label_cols=["anomaly"])
+    y = table.labels["anomaly"].astype(bool)
+    near = np.convolve(y.astype(float), np.ones(41), mode="same") > 0  # 20 rows either side
+    assert not (fault & ~near).any()
 
 
 def test_replay_is_causal(

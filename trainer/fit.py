@@ -27,6 +27,7 @@ import numpy.typing as npt
 from edge_agent.bundle.manifest import ChannelSpec, ForestSpec, SamplingSpec, WindowSpec
 from edge_agent.data.grid import align_to_grid, interpolate_held_runs
 from edge_agent.data.repeats import learned_limits
+from edge_agent.data.roughness import learned_noise_limits
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.baseline import LevelBaseline, LevelState
@@ -114,13 +115,15 @@ def level_baseline(table: SensorTable, cfg: TrainConfig) -> LevelBaseline | None
     )
 
 
-def stuck_limits(table: SensorTable) -> list[int | None]:
-    """Each channel's learned stuck limit (``edge_agent.data.repeats``), from the history's
-    readings as recorded; labelled anomalies (a stuck fault among them) do not count."""
+def learned_checks(table: SensorTable) -> list[tuple[int | None, float | None]]:
+    """Each channel's learned stuck and noise limits (``edge_agent.data.learned``), from the
+    history's readings as recorded; labelled anomalies (stuck or noisy faults among them) do
+    not count."""
     normal = np.ones(table.rows, np.bool_)
     for lab in table.labels.values():
         normal &= lab == 0
-    return learned_limits(np.where(normal[:, None], table.values, np.nan))
+    values = np.where(normal[:, None], table.values, np.nan)
+    return list(zip(learned_limits(values), learned_noise_limits(values), strict=True))
 
 
 def median_period(table: SensorTable) -> float:
@@ -388,9 +391,11 @@ def fit(
         threshold_margin=cfg.threshold.effective_margin(history_samples),
         data_fingerprint=data_fingerprint(table),
         channels=[
-            ChannelSpec(name=n, unit="", mean=float(m), scale=float(s), stuck_after=k)
-            for n, m, s, k in zip(
-                table.channels, prep.mean, prep.scale, stuck_limits(table), strict=True
+            ChannelSpec(
+                name=n, unit="", mean=float(m), scale=float(s), stuck_after=k, noisy_above=v
+            )
+            for n, m, s, (k, v) in zip(
+                table.channels, prep.mean, prep.scale, learned_checks(table), strict=True
             )
         ],
         sampling=SamplingSpec(

@@ -35,6 +35,13 @@ class ChannelSpec(StrictModel):
         description="Identical readings in a row from which data quality calls the channel "
         "stuck, learned from the training history (edge_agent.data.repeats); none: not judged",
     )
+    noisy_above: float | None = Field(
+        default=None,
+        gt=0,
+        description="Noise level (median step of the last readings, in the channel's unit) "
+        "above which data quality calls the channel noisy, learned from the training history "
+        "(edge_agent.data.roughness); none: not judged",
+    )
 
 
 class SamplingSpec(StrictModel):

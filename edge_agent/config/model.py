@@ -75,6 +75,11 @@ class QualityDefaults(StrictModel):
     clear_samples: int = Field(
         default=10, ge=1, description="Good samples in a row that close a sensor_fault event"
     )
+    learned: bool = Field(
+        default=True,
+        description="Apply the model's learned limits: stuck_after where no stuck_samples is "
+        "configured, and noisy_above (edge_agent.data.repeats, edge_agent.data.roughness)",
+    )
 
 
 class EventsConfig(StrictModel):

@@ -22,6 +22,11 @@ value is old, so judging its range or repetition would be meaningless):
   Without a configured ``stuck_samples`` the model's learned limit applies (``stuck_after`` in
   the manifest, :mod:`edge_agent.data.repeats`: the same rule ``replay`` and ``trainer
   evaluate`` apply offline); a channel with neither is never judged stuck.
+* ``noisy``: the channel's noise level (median step of its last readings,
+  :mod:`edge_agent.data.roughness`) is above the model's learned ``noisy_above``. Reported,
+  but the reading is kept: noise may be the machine's, and the model should see it.
+
+The learned limits (stuck and noisy) apply unless ``[quality] learned = false``.
 
 This runs once per sample, so the checks are numpy expressions over all channels and Python
 code runs only for channels that are or were faulty.
@@ -38,13 +43,14 @@ import numpy.typing as npt
 
 from edge_agent.config.model import ChannelQuality, QualityDefaults
 from edge_agent.data.repeats import NO_LIMIT
+from edge_agent.data.roughness import NOISE_STEPS, NoiseMeter
 from edge_agent.events import SEVERITY_WARNING, Event, EventState, new_id
 
 log = logging.getLogger(__name__)
 
 # Reasons in order of precedence; a channel's code is its index + 1, 0 is good.
-REASONS = ("stale", "nan", "range", "stuck")
-_GOOD, _STALE, _NAN, _RANGE, _STUCK = range(5)
+REASONS = ("stale", "nan", "range", "stuck", "noisy")
+_GOOD, _STALE, _NAN, _RANGE, _STUCK, _NOISY = range(6)
 # A reading this many training scales away from the training mean is no measurement. Far
 # beyond any real excursion (a 1000x overload is 1e3 scales for a typical channel), and it keeps
 # every normalized value well inside float32.
@@ -56,11 +62,13 @@ BoolArray = npt.NDArray[np.bool_]
 @dataclass(frozen=True, slots=True)
 class ModelChannels:
     """What the running model knows of each channel, from its manifest: the training (mean,
-    scale) for the plausibility bound and the learned stuck limit (None: not judged)."""
+    scale) for the plausibility bound and the learned stuck and noise limits (None: not
+    judged)."""
 
     mean: FloatArray
     scale: FloatArray
     stuck_after: tuple[int | None, ...]
+    noisy_above: tuple[float | None, ...]
 
 
 @dataclass(slots=True)
@@ -103,6 +111,7 @@ class QualityMonitor:
         self.machine_id = machine_id
         own = [checks.get(ch) or ChannelQuality() for ch in self.channels]
         self._configured_stuck = [q.stuck_samples or defaults.stuck_samples for q in own]
+        self._learned = defaults.learned
         self._stale_s = np.array(
             [q.stale_s if q.stale_s is not None else defaults.stale_s for q in own], np.float64
         )
@@ -114,22 +123,29 @@ class QualityMonitor:
         self._rows = np.arange(n)
         self._last_fresh = np.full(n, np.nan)
         self._run = np.zeros(n, np.int64)  # identical fresh readings in a row
+        self._noise = NoiseMeter(n)
+        self._level = np.full(n, np.nan)
         self._counts = np.zeros((n, len(REASONS) + 1), np.int64)  # column 0: good samples
         self._faults: dict[int, _Fault] = {}
         self._t0: float | None = None
 
     def set_training(self, training: ModelChannels | None) -> None:
         """The running model's view of the channels; a new model with the same channels
-        changes only the plausibility bound and learned stuck limits, and open fault episodes
-        carry on."""
+        changes only the plausibility bound and learned limits, and open fault episodes carry
+        on."""
         n = len(self.channels)
         self._plausible_lo = np.full(n, -np.inf)
         self._plausible_hi = np.full(n, np.inf)
         learned: tuple[int | None, ...] = (None,) * n
+        self._noisy_above = np.full(n, np.inf)
         if training is not None:
             self._plausible_lo = training.mean - IMPLAUSIBLE_SCALES * training.scale
             self._plausible_hi = training.mean + IMPLAUSIBLE_SCALES * training.scale
-            learned = training.stuck_after
+            if self._learned:
+                learned = training.stuck_after
+                self._noisy_above = np.array(
+                    [np.inf if v is None else v for v in training.noisy_above], np.float64
+                )
         limits = [c or k for c, k in zip(self._configured_stuck, learned, strict=True)]
         self._stuck_n = np.array([NO_LIMIT if k is None else k for k in limits], np.int64)
         self._lo = np.maximum(self._min, self._plausible_lo)
@@ -151,6 +167,7 @@ class QualityMonitor:
         same = values == self._last_fresh  # False for NaN, which breaks a run
         self._run = np.where(fresh, np.where(same, self._run + 1, 1), self._run)
         self._last_fresh = np.where(fresh, values, self._last_fresh)
+        self._level = self._noise.push(values[None, :])[0]
 
         # ±inf (a decoded float32 overflow, a firmware's 'no reading') is as missing as NaN.
         isnan = ~np.isfinite(values)
@@ -163,13 +180,17 @@ class QualityMonitor:
                 np.where(
                     (values < self._lo) | (values > self._hi),
                     _RANGE,
-                    np.where(self._run >= self._stuck_n, _STUCK, _GOOD),
+                    np.where(
+                        self._run >= self._stuck_n,
+                        _STUCK,
+                        np.where(self._level > self._noisy_above, _NOISY, _GOOD),
+                    ),
                 ),
             ),
         )
         self._counts[self._rows, code] += 1
         bad = code != _GOOD
-        out = np.where(bad, np.nan, values)
+        out = np.where(bad & (code != _NOISY), np.nan, values)  # a noisy reading is kept
         events: list[Event] = []
         if self._faults or bad.any():
             for i in sorted(set(np.flatnonzero(bad).tolist()) | self._faults.keys()):
@@ -216,17 +237,25 @@ class QualityMonitor:
         if code == _NAN:
             return "the sensor reports no value (NaN)"
         if code == _RANGE:
-            if not self._plausible_lo[i] <= value <= self._plausible_hi[i]:
-                return (
-                    f"value {value:g} is implausible: more than {IMPLAUSIBLE_SCALES:g} training "
-                    f"scales from the model's mean (plausible {self._plausible_lo[i]:g} .. "
-                    f"{self._plausible_hi[i]:g})"
-                )
-            if value < self._min[i]:
-                return f"value {value:g} below min {self._min[i]:g}"
-            return f"value {value:g} above max {self._max[i]:g}"
+            return self._range_detail(i, value)
+        if code == _NOISY:
+            return (
+                f"noise level {self._level[i]:.4g} (median step of the last {NOISE_STEPS} "
+                f"readings) above the model's limit {self._noisy_above[i]:.4g}"
+            )
         run, limit = self._run[i], self._stuck_n[i]
         return f"value {value:g} in {run} fresh readings in a row (limit {limit})"
+
+    def _range_detail(self, i: int, value: float) -> str:
+        if not self._plausible_lo[i] <= value <= self._plausible_hi[i]:
+            return (
+                f"value {value:g} is implausible: more than {IMPLAUSIBLE_SCALES:g} training "
+                f"scales from the model's mean (plausible {self._plausible_lo[i]:g} .. "
+                f"{self._plausible_hi[i]:g})"
+            )
+        if value < self._min[i]:
+            return f"value {value:g} below min {self._min[i]:g}"
+        return f"value {value:g} above max {self._max[i]:g}"
 
     def _event(
         self,

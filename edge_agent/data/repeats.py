@@ -12,8 +12,9 @@ channel from the training history:
 * the agent's data quality (:mod:`edge_agent.data.quality`) calls a channel stuck from that
   many identical fresh readings on, unless the operator configured ``stuck_samples``;
 * the offline pipeline (``replay``, ``trainer evaluate``, the benchmarks) applies the same
-  limit with :class:`RepeatCounter`, so a stuck sensor is a ``sensor_fault`` there as it is on
-  the gateway, and its readings are missing values, not a fault of the machine.
+  limit with :class:`RepeatCounter` (:mod:`edge_agent.data.learned`), so a stuck sensor is a
+  ``sensor_fault`` there as it is on the gateway, and its readings are missing values, not a
+  fault of the machine.
 
 The rule, :func:`stuck_limit`: ``STUCK_RUN_FACTOR`` times the longest normal run, and at least
 ``STUCK_MIN_SAMPLES``; no limit where the history itself holds still for more than
@@ -32,7 +33,6 @@ import numpy.typing as npt
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-BOOL = npt.NDArray[np.bool_]
 
 STUCK_RUN_FACTOR = 5
 STUCK_MIN_SAMPLES = 10
@@ -85,23 +85,3 @@ def learned_limits(values: F64) -> list[int | None]:
     rows = int(np.count_nonzero(~np.isnan(values).all(axis=1)))
     return [stuck_limit(int(r), rows) for r in longest_runs(values)]
 
-
-class StuckFilter:
-    """The offline twin of data quality's stuck check: readings at or past their channel's
-    limit become NaN (missing, as on the gateway) and their rows are marked ``sensor_fault``."""
-
-    def __init__(self, limits: list[int | None]) -> None:
-        self._limit = np.array([NO_LIMIT if n is None else n for n in limits], np.int64)
-        self._counter = RepeatCounter(len(limits))
-        self.active = bool((self._limit != NO_LIMIT).any())
-
-    def apply(self, values: F64) -> tuple[F64, BOOL]:
-        """(N, C) readings -> (readings with stuck ones NaN, (N,) rows with a stuck channel)."""
-        if not self.active:
-            return values, np.zeros(values.shape[0], np.bool_)
-        stuck = self._counter.push(values) >= self._limit[None, :]
-        if not stuck.any():
-            return values, np.zeros(values.shape[0], np.bool_)
-        clean: F64 = np.where(stuck, np.nan, values)
-        rows: BOOL = np.asarray(stuck.any(axis=1))
-        return clean, rows

@@ -36,9 +36,12 @@ def test_open_builds_every_part_from_one_verified_bundle(bundle: Path, keys: Pat
     assert slot.version == slot.manifest.model_version == slot.episodes.model_version
     assert slot.channels == slot.manifest.channel_names == slot.episodes.channels
     assert slot.episodes.machine_id == MACHINE
-    mean, scale = slot.training_stats
-    assert mean.shape == scale.shape == (len(slot.channels),)
-    assert (scale > 0).all()
+    stats = slot.training_stats
+    assert stats.mean.shape == stats.scale.shape == (len(slot.channels),)
+    assert (stats.scale > 0).all()
+    learned = [(c.stuck_after, c.noisy_above) for c in slot.manifest.channels]
+    assert list(zip(stats.stuck_after, stats.noisy_above, strict=True)) == learned
+    assert all(k is not None and v is not None for k, v in learned)  # noisy floats: judged
 
 
 def test_open_accepts_a_second_trusted_key(bundle: Path, keys: Path, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edge_agent.config.model import ChannelQuality, QualityDefaults
+from edge_agent.data.learned import LearnedChecks
 from edge_agent.data.quality import ModelChannels, QualityMonitor
-from edge_agent.data.repeats import StuckFilter
 from edge_agent.events import SEVERITY_WARNING, Event
 
 INF = math.inf
@@ -121,9 +121,13 @@ def test_stuck_check_is_off_without_a_configured_or_learned_limit() -> None:
     assert [feed(4.0) for _ in range(50)] == [4.0] * 50
 
 
-def learned(mon: QualityMonitor, limit: int | None) -> QualityMonitor:
-    """``mon`` running a model that learned ``limit`` for 'x' (and nothing for 'y')."""
-    mon.set_training(ModelChannels(np.array([5.0, 0.0]), np.array([1.0, 1.0]), (limit, None)))
+def learned(
+    mon: QualityMonitor, limit: int | None, noisy: float | None = None
+) -> QualityMonitor:
+    """``mon`` running a model that learned ``limit`` and ``noisy`` for 'x' (nothing for 'y')."""
+    mon.set_training(
+        ModelChannels(np.array([5.0, 0.0]), np.array([1.0, 1.0]), (limit, None), (noisy, None))
+    )
     return mon
 
 
@@ -143,7 +147,7 @@ def test_a_configured_stuck_limit_beats_the_learned_one() -> None:
 
 
 def test_streaming_check_and_offline_filter_agree_on_what_is_stuck() -> None:
-    """The agent's data quality and ``replay``'s StuckFilter flag the same readings."""
+    """The agent's data quality and ``replay``'s LearnedChecks flag the same readings."""
     rng = np.random.default_rng(3)
     x = np.round(rng.normal(5.0, 1.0, 400), 0)  # coarse: short natural repeats
     x[98] = x[99] + 1.0
@@ -151,11 +155,34 @@ def test_streaming_check_and_offline_filter_agree_on_what_is_stuck() -> None:
     x[250] = NAN
     feed = Feeder(learned(monitor(stuck=None), 12))
     streamed = np.array([feed(v) for v in x])
-    offline, rows = StuckFilter([12, None]).apply(np.column_stack([x, np.arange(x.size)]))
+    checks = LearnedChecks([12, None], [None, None])
+    offline, rows = checks.apply(np.column_stack([x, np.arange(x.size)]))
     assert np.array_equal(np.isnan(streamed), np.isnan(offline[:, 0]))
     assert np.array_equal(rows, np.isnan(offline[:, 0]) & ~np.isnan(x))
     assert rows[110:160].all()
     assert rows.sum() == 61 - 11
+
+
+def test_a_noisy_channel_is_reported_and_its_readings_kept() -> None:
+    rng = np.random.default_rng(4)
+    x = 5.0 + np.r_[rng.normal(0.0, 0.01, 40), rng.normal(0.0, 0.2, 30), rng.normal(0.0, 0.01, 40)]
+    feed = Feeder(learned(monitor(stuck=None), None, noisy=0.05))
+    out = np.array([feed(v) for v in x])
+    assert np.array_equal(out, x)  # nothing blanked
+    assert [(e.state, e.reason) for e in feed.events] == [("open", "noisy"), ("close", "noisy")]
+    assert "noise level" in (feed.events[0].detail or "")
+    assert feed.events[0].start > 1040.0  # not before the burst
+    offline = LearnedChecks([None, None], [0.05, None]).apply(np.column_stack([x, x]))[1]
+    assert offline.sum() == feed.reasons()["noisy"]
+
+
+def test_learned_limits_can_be_switched_off() -> None:
+    checks = {"x": ChannelQuality(stale_s=5.0)}
+    mon = QualityMonitor(["x", "y"], checks, QualityDefaults(learned=False), "press-7")
+    feed = Feeder(learned(mon, 3, noisy=1e-9))
+    assert [feed(4.0 + (i % 2)) for i in range(10)] == [4.0 + (i % 2) for i in range(10)]
+    assert [feed(4.0) for _ in range(10)] == [4.0] * 10
+    assert feed.events == []
 
 
 def test_never_read_channel_is_stale_only_after_stale_s_from_start() -> None:
@@ -252,7 +279,7 @@ def test_events_serialize() -> None:
 def test_counts_cover_every_channel_and_reason() -> None:
     mon = monitor()
     assert mon.counts() == {
-        (ch, r): 0 for ch in ("x", "y") for r in ("stale", "nan", "range", "stuck")
+        (ch, r): 0 for ch in ("x", "y") for r in ("stale", "nan", "range", "stuck", "noisy")
     }
     with pytest.raises(ValueError, match="expected 2 channels"):
         mon.check(0.0, np.zeros(3), np.zeros(3), np.ones(3, bool))
@@ -277,7 +304,7 @@ def test_implausible_value_is_a_range_fault_without_min_max(bad: float) -> None:
     and the value never reaches the pipeline."""
     mon = QualityMonitor(
         ["flow"], {}, QualityDefaults(clear_samples=CLEAR), "pump-3",
-        training=ModelChannels(np.array([12.0]), np.array([0.5]), (None,)),
+        training=ModelChannels(np.array([12.0]), np.array([0.5]), (None,), (None,)),
     )
     fresh = np.array([True])
     ok, events = mon.check(1.0, np.array([12.3]), np.array([0.1]), fresh)
@@ -294,7 +321,7 @@ def test_plausibility_bound_leaves_real_excursions_alone() -> None:
     """A real overload, even a thousand training scales out, is the machine's business."""
     mon = QualityMonitor(
         ["flow"], {}, QualityDefaults(), "pump-3",
-        training=ModelChannels(np.array([12.0]), np.array([0.5]), (None,)),
+        training=ModelChannels(np.array([12.0]), np.array([0.5]), (None,), (None,)),
     )
     out, events = mon.check(1.0, np.array([12.0 + 1000 * 0.5]), np.array([0.1]), np.array([True]))
     assert out[0] == 512.0

@@ -1,4 +1,4 @@
-"""Runs of identical readings: the learned stuck limit and its offline filter."""
+"""Runs of identical readings and the learned stuck limit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from edge_agent.data.repeats import (
     STUCK_MIN_SAMPLES,
     STUCK_RUN_FACTOR,
     RepeatCounter,
-    StuckFilter,
     learned_limits,
     longest_runs,
     stuck_limit,
@@ -53,14 +52,3 @@ def test_learned_limits_ignore_masked_rows() -> None:
     assert learned_limits(masked) == [STUCK_MIN_SAMPLES, STUCK_MIN_SAMPLES]
     assert learned_limits(x) == [STUCK_RUN_FACTOR * 121, STUCK_MIN_SAMPLES]
 
-
-def test_filter_makes_stuck_readings_missing_and_marks_their_rows() -> None:
-    x = np.column_stack([np.r_[np.arange(5.0), np.full(15, 9.0)], np.arange(20.0)])
-    clean, rows = StuckFilter([10, None]).apply(x)
-    assert rows.tolist() == [False] * 14 + [True] * 6  # 9.0 from row 5: the 10th is row 14
-    assert np.isnan(clean[14:, 0]).all()
-    assert not np.isnan(clean[:14, 0]).any()
-    assert np.array_equal(clean[:, 1], x[:, 1])
-    untouched, none = StuckFilter([None, None]).apply(x)
-    assert untouched is x
-    assert not none.any()

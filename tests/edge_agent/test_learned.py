@@ -1,0 +1,53 @@
+"""The learned data-quality checks applied offline (replay, evaluate, benchmarks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.data.learned import LearnedChecks
+
+
+def test_stuck_readings_become_missing_and_mark_their_rows() -> None:
+    x = np.column_stack([np.r_[np.arange(5.0), np.full(15, 9.0)], np.arange(20.0)])
+    clean, rows = LearnedChecks([10, None], [None, None]).apply(x)
+    assert rows.tolist() == [False] * 14 + [True] * 6  # 9.0 from row 5: the 10th is row 14
+    assert np.isnan(clean[14:, 0]).all()
+    assert not np.isnan(clean[:14, 0]).any()
+    assert np.array_equal(clean[:, 1], x[:, 1])
+
+
+def test_noisy_readings_are_kept_and_mark_their_rows() -> None:
+    rng = np.random.default_rng(5)
+    x = np.column_stack([rng.normal(0.0, 1.0, 300), np.arange(300.0)])
+    x[100:150, 0] *= 6.0
+    clean, rows = LearnedChecks([None, None], [2.5, None]).apply(x)
+    assert clean is x
+    assert rows[110:150].mean() > 0.8
+    assert not rows[:100].any()
+    assert not rows[160:].any()
+
+
+def test_without_limits_nothing_is_touched() -> None:
+    x = np.ones((30, 2))
+    clean, rows = LearnedChecks([None, None], [None, None]).apply(x)
+    assert clean is x
+    assert not rows.any()
+
+
+@pytest.mark.parametrize("cuts", [[1], [7, 8, 9], list(range(3, 300, 17))])
+def test_block_by_block_gives_the_whole_files_answer(cuts: list[int]) -> None:
+    rng = np.random.default_rng(6)
+    x = np.round(rng.normal(0.0, 1.0, (300, 2)), 1)
+    x[40:80, 0] = 3.0
+    x[200:240, 1] *= 8.0
+    whole = LearnedChecks([12, 12], [2.0, 2.0]).apply(x)
+    checks = LearnedChecks([12, 12], [2.0, 2.0])
+    parts = [checks.apply(part) for part in np.split(x, cuts)]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+
+
+def test_one_limit_per_channel() -> None:
+    with pytest.raises(ValueError, match="2 stuck limits for 1 channels"):
+        LearnedChecks([1, 2], [None])
