@@ -3,10 +3,13 @@
 Issue 9's user trial, through the CLIs a user runs (their ``main`` functions, in process):
 ``trainer fit`` on the first 20 % of SKAB's ``anomaly-free.csv`` (default settings),
 ``export keygen`` + ``export bundle`` (int8, signed, no accelerator variants), then
-``edge_agent replay`` over the whole file. Every row is normal, so every alert is a false one.
-Reports the share of rows in alert after the training stretch, overall and per block of 1,000
-rows of the file, and per channel how far it moved from its training level in units of its
-training spread (standard deviation), so the channels that drive the alarm are named.
+``edge_agent replay`` over the whole file. Every row is normal, so every alert (and every
+sensor fault by the learned stuck and noise limits, replay's ``sensor_fault`` column) is a
+false one. Reports the share of rows in alert after the training stretch (the target is judged
+on alerts and sensor faults together; ``sensor_fault_share_after_training`` apart), overall
+and per block of 1,000 rows of the file, and per channel how far it moved from its training
+level in units of its training spread (standard deviation), so the channels that drive the
+alarm are named.
 
     python bench/skab_drift.py                       # -> bench/results/skab_drift.json
     python bench/skab_drift.py --rows 3000 --epochs 2 --out X   # the reduced run CI does
@@ -136,12 +139,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         manifest = json.loads((work / "bundle" / "manifest.json").read_text(encoding="utf-8"))
         with open(scores, encoding="utf-8") as fh:
             header = next(fh).strip().split(",")
-            col = header.index("alert")
-            alert = np.array([line.split(",")[col].strip() == "1" for line in fh])
+            col, fault_col = header.index("alert"), header.index("sensor_fault")
+            cells = [line.rstrip("\r\n").split(",") for line in fh]
+            alert = np.array([c[col] == "1" or c[fault_col] == "1" for c in cells], np.bool_)
+            fault = np.array([c[fault_col] == "1" for c in cells], np.bool_)
     if alert.size != table.rows:
         raise RuntimeError(f"replay wrote {alert.size} rows for {table.rows} input rows")
     after = alert[train_rows:]
     share = float(after.mean()) if after.size else float("nan")
+    fault_share = float(fault[train_rows:].mean()) if after.size else float("nan")
     report: dict[str, Any] = {
         "benchmark": "SKAB anomaly-free.csv: fit on the first 20 %, int8 bundle, replay all",
         "data": a.data.name,
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + (f", {a.epochs} epochs" if a.epochs else ""),
         "parity_forced": forced,
         "alert_share_after_training": share,
+        "sensor_fault_share_after_training": fault_share,
         "alert_share_per_block": [
             float(alert[s : s + BLOCK_ROWS].mean()) for s in range(0, alert.size, BLOCK_ROWS)
         ],

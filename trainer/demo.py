@@ -104,9 +104,10 @@ def run_demo(
     print(f"4/4 replayed the live rows through the device pipeline in {_since(t)} -> {scores}")
     print(
         f"    {res.stage.size} rows: {int((res.stage == STAGE_AUTOENCODER).sum())} reached "
-        f"stage 2, {int(res.alert.sum())} in alert\n"
+        f"stage 2, {int(res.alert.sum())} in alert, {int(res.sensor_fault.sum())} with a "
+        "sensor fault (stuck or noisy)\n"
     )
-    summary = summarize(plant.labels, plant.fault_kind, _alerts(scores), period_s=plant.period_s)
+    summary = summarize(plant.labels, plant.fault_kind, _flagged(scores), period_s=plant.period_s)
     _print(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\ndemo model ready in {_since(started)}")
@@ -125,9 +126,10 @@ def _since(t: float) -> str:
     return f"{time.perf_counter() - t:.1f} s"
 
 
-def _alerts(scores: Path) -> np.ndarray:
+def _flagged(scores: Path) -> np.ndarray:
+    """Rows the operator is told about, from replay's output: in alert or with a sensor fault."""
     data = np.genfromtxt(scores, delimiter=",", names=True, dtype=None, encoding="utf-8")
-    return np.asarray(data["alert"], dtype=bool)
+    return np.asarray(data["alert"], dtype=bool) | np.asarray(data["sensor_fault"], dtype=bool)
 
 
 def summarize(

@@ -20,6 +20,10 @@ from edge_agent.data.roughness import NoiseMeter
 
 F64 = npt.NDArray[np.float64]
 BOOL = npt.NDArray[np.bool_]
+# Rows judged per step: the checks make a few (rows x channels) temporaries each (the noise
+# level's sorting network eight), so a replay block of ~100,000 rows is judged in slices to
+# keep the peak memory where it was without them.
+CHUNK_ROWS = 8192
 
 
 class LearnedChecks:
@@ -41,6 +45,16 @@ class LearnedChecks:
     def apply(self, values: F64) -> tuple[F64, BOOL]:
         """(N, C) readings -> (readings with stuck ones NaN, (N,) rows with a stuck or noisy
         channel)."""
+        if values.shape[0] <= CHUNK_ROWS:
+            return self._apply(values)
+        chunks = [values[i : i + CHUNK_ROWS] for i in range(0, values.shape[0], CHUNK_ROWS)]
+        parts = [self._apply(chunk) for chunk in chunks]
+        rows = np.concatenate([p[1] for p in parts])
+        if all(p[0] is chunk for p, chunk in zip(parts, chunks, strict=True)):
+            return values, rows  # nothing stuck: the readings as they came
+        return np.concatenate([p[0] for p in parts]), rows
+
+    def _apply(self, values: F64) -> tuple[F64, BOOL]:
         rows = np.zeros(values.shape[0], np.bool_)
         clean = values
         if self.judges_noise:

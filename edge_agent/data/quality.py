@@ -146,6 +146,7 @@ class QualityMonitor:
                 self._noisy_above = np.array(
                     [np.inf if v is None else v for v in training.noisy_above], np.float64
                 )
+        self._judges_noise = bool(np.isfinite(self._noisy_above).any())
         limits = [c or k for c, k in zip(self._configured_stuck, learned, strict=True)]
         self._stuck_n = np.array([NO_LIMIT if k is None else k for k in limits], np.int64)
         self._lo = np.maximum(self._min, self._plausible_lo)
@@ -167,7 +168,8 @@ class QualityMonitor:
         same = values == self._last_fresh  # False for NaN, which breaks a run
         self._run = np.where(fresh, np.where(same, self._run + 1, 1), self._run)
         self._last_fresh = np.where(fresh, values, self._last_fresh)
-        self._level = self._noise.push(values[None, :])[0]
+        if self._judges_noise:  # without a learned noise limit the level is not needed
+            self._level = self._noise.push(values[None, :])[0]
 
         # ±inf (a decoded float32 overflow, a firmware's 'no reading') is as missing as NaN.
         isnan = ~np.isfinite(values)

@@ -67,3 +67,16 @@ def test_pipeline_throughput_bench_smoke(tmp_path: Path) -> None:
     assert saved["reference"]["streaming"]["windows"] == 40
     assert saved["machine"]
     assert {"batch", "streaming_p50", "streaming_p99"} <= set(saved["speedup"])
+
+
+def test_quality_cost_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    report = load_bench("quality_cost").main(
+        ["--samples", "300", "--rows", "30000", "--repeats", "1", "--out", str(out)]
+    )
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    for side in ("configured_only", "with_learned_limits"):
+        assert saved["check_per_sample"][side]["median_us"] > 0
+    assert saved["learned_checks_offline"]["rows"] == 30000
+    assert saved["learned_checks_offline"]["channel_samples_per_s"] > 0

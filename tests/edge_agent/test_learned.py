@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.data.learned import LearnedChecks
+from edge_agent.data.learned import CHUNK_ROWS, LearnedChecks
 
 
 def test_stuck_readings_become_missing_and_mark_their_rows() -> None:
@@ -29,17 +29,19 @@ def test_noisy_readings_are_kept_and_mark_their_rows() -> None:
 
 
 def test_without_limits_nothing_is_touched() -> None:
-    x = np.ones((30, 2))
+    x = np.ones((2 * CHUNK_ROWS + 30, 2))
     clean, rows = LearnedChecks([None, None], [None, None]).apply(x)
     assert clean is x
     assert not rows.any()
 
 
-@pytest.mark.parametrize("cuts", [[1], [7, 8, 9], list(range(3, 300, 17))])
+@pytest.mark.parametrize("cuts", [[1], [7, 8, 9], list(range(3, 300, 17)), [9000]])
 def test_block_by_block_gives_the_whole_files_answer(cuts: list[int]) -> None:
+    """Also across the checks' own slicing of long blocks (CHUNK_ROWS)."""
     rng = np.random.default_rng(6)
-    x = np.round(rng.normal(0.0, 1.0, (300, 2)), 1)
+    x = np.round(rng.normal(0.0, 1.0, (3 * CHUNK_ROWS + 300, 2)), 1)
     x[40:80, 0] = 3.0
+    x[CHUNK_ROWS - 20 : CHUNK_ROWS + 20, 0] = 2.0  # stuck across a slice boundary
     x[200:240, 1] *= 8.0
     whole = LearnedChecks([12, 12], [2.0, 2.0]).apply(x)
     checks = LearnedChecks([12, 12], [2.0, 2.0])
