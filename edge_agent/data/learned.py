@@ -57,11 +57,11 @@ class LearnedChecks:
     def _apply(self, values: F64) -> tuple[F64, BOOL]:
         rows = np.zeros(values.shape[0], np.bool_)
         clean = values
-        if self.judges_noise:
-            rows |= (self._noise.push(values) > self._noisy[None, :]).any(axis=1)
         if self.judges_stuck:
             stuck = self._repeats.push(values) >= self._stuck[None, :]
             if stuck.any():
                 rows |= stuck.any(axis=1)
                 clean = np.where(stuck, np.nan, values)
+        if self.judges_noise:  # on the readings that passed: a stuck one has no noise level
+            rows |= (self._noise.push(clean) > self._noisy[None, :]).any(axis=1)
         return clean, rows

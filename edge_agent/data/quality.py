@@ -168,8 +168,6 @@ class QualityMonitor:
         same = values == self._last_fresh  # False for NaN, which breaks a run
         self._run = np.where(fresh, np.where(same, self._run + 1, 1), self._run)
         self._last_fresh = np.where(fresh, values, self._last_fresh)
-        if self._judges_noise:  # without a learned noise limit the level is not needed
-            self._level = self._noise.push(values[None, :])[0]
 
         # ±inf (a decoded float32 overflow, a firmware's 'no reading') is as missing as NaN.
         isnan = ~np.isfinite(values)
@@ -182,14 +180,16 @@ class QualityMonitor:
                 np.where(
                     (values < self._lo) | (values > self._hi),
                     _RANGE,
-                    np.where(
-                        self._run >= self._stuck_n,
-                        _STUCK,
-                        np.where(self._level > self._noisy_above, _NOISY, _GOOD),
-                    ),
+                    np.where(self._run >= self._stuck_n, _STUCK, _GOOD),
                 ),
             ),
         )
+        if self._judges_noise:  # without a learned noise limit the level is not needed
+            # Only readings that passed the checks above have a noise level: the step to a
+            # stale, missing, implausible or stuck one is no measure of noise.
+            measured = np.where(code == _GOOD, values, np.nan)
+            self._level = self._noise.push(measured[None, :])[0]
+            code = np.where((code == _GOOD) & (self._level > self._noisy_above), _NOISY, code)
         self._counts[self._rows, code] += 1
         bad = code != _GOOD
         out = np.where(bad & (code != _NOISY), np.nan, values)  # a noisy reading is kept

@@ -163,6 +163,28 @@ def test_streaming_check_and_offline_filter_agree_on_what_is_stuck() -> None:
     assert rows.sum() == 61 - 11
 
 
+def test_streaming_and_offline_agree_with_both_learned_limits() -> None:
+    """Sample by sample, the readings data quality calls stuck or noisy are the rows replay's
+    LearnedChecks mark, a noise burst just after a stuck stretch included."""
+    rng = np.random.default_rng(11)
+    x = 5.0 + rng.normal(0.0, 0.05, 600)
+    x[100:140] = x[99]  # stuck
+    x[140:200] = 5.0 + rng.normal(0.0, 0.6, 60)  # then noisy
+    x[400:430] = 5.0 + rng.normal(0.0, 0.5, 30)  # noisy alone
+    x[500] = NAN
+    feed = Feeder(learned(monitor(stuck=None), 12, noisy=0.2))
+    flagged = []
+    for v in x:
+        before = sum(feed.reasons().values())
+        feed(v)
+        flagged.append(sum(feed.reasons().values()) - before - int(math.isnan(v)))
+    _, rows = LearnedChecks([12, None], [0.2, None]).apply(np.column_stack([x, np.arange(600.0)]))
+    assert np.array_equal(np.array(flagged, bool), rows)
+    assert rows[111:140].all()
+    assert rows[150:200].any()
+    assert rows[405:430].any()
+
+
 def test_a_noisy_channel_is_reported_and_its_readings_kept() -> None:
     rng = np.random.default_rng(4)
     x = 5.0 + np.r_[rng.normal(0.0, 0.01, 40), rng.normal(0.0, 0.2, 30), rng.normal(0.0, 0.01, 40)]
