@@ -15,7 +15,6 @@ says which).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "baseline_cost.json")
     a = ap.parse_args(argv)
 
-    from bench.common import machine, make_bundle
+    from bench.common import machine, make_bundle, write_report
     from edge_agent.bundle.verify import verify_bundle
     from edge_agent.data.table import SensorTable
     from edge_agent.detect.baseline import LevelBaseline
@@ -122,10 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["push_p99_ratio"] = round(v["push_ms_p99"] / f["push_ms_p99"], 3)
     report["load_average_1min"] = os.getloadavg()[0]
     report["machine"] = machine()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return report
+    return write_report(a.out, report)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ and the machine label every result carries."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -21,6 +23,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+
+
+def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Write a bench's JSON result (creating its folder), print it, and return it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
 
 
 def make_bundle(

@@ -16,9 +16,6 @@ Two figures, on synthetic readings (the cost does not depend on the values' mean
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -88,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality_cost.json")
     a = ap.parse_args(argv)
+    from bench.common import machine, write_report
+
     report: dict[str, Any] = {
         "benchmark": "data quality: QualityMonitor.check per sample; LearnedChecks.apply offline",
         "channels": a.channels,
@@ -96,12 +95,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "with_learned_limits": _check_cost(a.channels, a.samples, learned=True),
         },
         "learned_checks_offline": _offline_rate(a.channels, a.rows, a.repeats),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "machine": machine(),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return report
+    return write_report(a.out, report)
 
 
 if __name__ == "__main__":
