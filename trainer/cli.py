@@ -216,7 +216,8 @@ def _run(args: argparse.Namespace) -> int:
         c = metrics["cascade"]
         print(
             f"F1 {c['f1']:.3f}  precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
-            f"FAR {c['far']:.3%}  stage-2 share {c['stage2_fraction']:.1%}\nreport: {report}"
+            f"FAR {c['far']:.3%}  stage-2 share {c['stage2_fraction']:.1%}  "
+            f"sensor-fault rows {metrics['sensor_fault_rows']}\nreport: {report}"
         )
         return 0
     return 1  # pragma: no cover
