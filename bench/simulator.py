@@ -13,6 +13,8 @@ recall as a share of stage 2's own recall.
 
     python bench/simulator.py                          # -> bench/results/simulator.json
     python bench/simulator.py --history 8000 --live 6000 --epochs 10 --out X   # CI smoke run
+    python bench/simulator.py --train-seed 31 --live-seed 32 \
+        --out bench/results/simulator_seeds_31_32.json     # the same on other seeds
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--config", type=Path, help="training TOML (default: built-in defaults)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "simulator.json")
     ap.add_argument("--keep", type=Path, help="copy the bundle and the scored CSV here")
+    ap.add_argument("--train-seed", type=int, default=21, help="simulator seed of the history")
+    ap.add_argument("--live-seed", type=int, default=22, help="simulator seed of the scored rows")
     a = ap.parse_args(argv)
 
     from bench.common import bundle_past_the_gate
@@ -83,8 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sim-bench-") as tmp:
         work = Path(tmp)
-        hist = simulate_plant(rows=a.history, seed=21)
-        live = simulate_plant(rows=a.live, seed=22)
+        hist = simulate_plant(rows=a.history, seed=a.train_seed)
+        live = simulate_plant(rows=a.live, seed=a.live_seed)
         hist.write_csv(work / "history.csv")
         live.write_csv(work / "live.csv")
         cfg = load_config(a.config)
@@ -128,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     s2 = alone.windows.raw_alert & win_y
     kept = res.windows.raw_alert & win_y
     report: dict[str, Any] = {
-        "benchmark": "plant simulator, train seed 21, score seed 22, signed int8 bundle",
+        "benchmark": f"plant simulator, train seed {a.train_seed}, score seed {a.live_seed}, "
+        "signed int8 bundle",
         "rows": {"history": a.history, "live": a.live},
         "anomalous_share_live": float(y.mean()),
         "cascade": {k: float(mc[k]) for k in ("f1", "precision", "recall", "far", "mar")},
