@@ -97,9 +97,7 @@ def level_baseline(table: SensorTable, cfg: TrainConfig) -> LevelBaseline | None
     elif b.adapt == "all":
         names = list(table.channels)
     else:
-        normal = np.ones(table.rows, np.bool_)
-        for lab in table.labels.values():
-            normal &= lab == 0
+        normal = table.normal_rows()
         names = [
             name
             for j, name in enumerate(table.channels)
@@ -115,14 +113,11 @@ def level_baseline(table: SensorTable, cfg: TrainConfig) -> LevelBaseline | None
     )
 
 
-def learned_checks(table: SensorTable) -> list[tuple[int | None, float | None]]:
+def learned_channel_limits(table: SensorTable) -> list[tuple[int | None, float | None]]:
     """Each channel's learned stuck and noise limits (``edge_agent.data.learned``), from the
     history's readings as recorded; labelled anomalies (stuck or noisy faults among them) do
     not count."""
-    normal = np.ones(table.rows, np.bool_)
-    for lab in table.labels.values():
-        normal &= lab == 0
-    values = np.where(normal[:, None], table.values, np.nan)
+    values = np.where(table.normal_rows()[:, None], table.values, np.nan)
     return list(zip(learned_limits(values), learned_noise_limits(values), strict=True))
 
 
@@ -395,7 +390,7 @@ def fit(
                 name=n, unit="", mean=float(m), scale=float(s), stuck_after=k, noisy_above=v
             )
             for n, m, s, (k, v) in zip(
-                table.channels, prep.mean, prep.scale, learned_checks(table), strict=True
+                table.channels, prep.mean, prep.scale, learned_channel_limits(table), strict=True
             )
         ],
         sampling=SamplingSpec(

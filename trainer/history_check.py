@@ -81,9 +81,7 @@ def check_history(
             raise ValueError(
                 f"configured range of channel {name!r}: min {lo} is not below max {hi}"
             )
-    normal = np.ones(table.rows, np.bool_)
-    for lab in table.labels.values():
-        normal &= lab == 0
+    normal = table.normal_rows()
     times = table.timestamps[normal]
     covered = _covered_s(times)
     summaries = []

@@ -42,6 +42,13 @@ class SensorTable:
     def rows(self) -> int:
         return int(self.timestamps.shape[0])
 
+    def normal_rows(self) -> npt.NDArray[np.bool_]:
+        """Rows no label column marks anomalous (every row of an unlabelled table)."""
+        normal = np.ones(self.rows, np.bool_)
+        for lab in self.labels.values():
+            normal &= lab == 0
+        return normal
+
     def slice(self, start: int, stop: int | None = None) -> SensorTable:
         """Rows ``[start, stop)`` as a new table sharing nothing with this one."""
         sl = slice(start, stop)

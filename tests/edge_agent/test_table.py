@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.data.table import read_table
+from edge_agent.data.table import SensorTable, read_table
 from edge_agent.errors import DataError
 
 
@@ -68,3 +68,13 @@ def test_missing_file_and_missing_model_channel(tmp_path: Path) -> None:
     p = _write(tmp_path, "timestamp,x\n1,1\n")
     with pytest.raises(DataError, match=r"channels \['y'\] are required by the model"):
         read_table(p, channels=["x", "y"])
+
+
+def test_normal_rows_are_those_no_label_marks() -> None:
+    t = SensorTable(
+        "x", np.arange(4.0), np.zeros((4, 1)), ("a",),
+        labels={"anomaly": np.array([0, 1, 0, 0], np.int8),
+                "changepoint": np.array([0, 0, 0, 1], np.int8)},
+    )  # fmt: skip
+    assert t.normal_rows().tolist() == [True, False, True, False]
+    assert SensorTable("x", np.arange(2.0), np.zeros((2, 1)), ("a",)).normal_rows().all()
