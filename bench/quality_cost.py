@@ -30,6 +30,13 @@ WARM_UP = 500
 BLOCK_ROWS = 100_000  # about what one 8 MB block of replay's CSV holds
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
 def _check_cost(channels: int, samples: int, learned: bool) -> dict[str, float]:
     from edge_agent.config.model import QualityDefaults
     from edge_agent.data.quality import ModelChannels, QualityMonitor
@@ -79,10 +86,10 @@ def _offline_rate(channels: int, rows: int, repeats: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--channels", type=int, default=8)
-    ap.add_argument("--samples", type=int, default=20_000, help="check calls timed")
-    ap.add_argument("--rows", type=int, default=940_500, help="rows for the offline checks")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--channels", type=_positive, default=8)
+    ap.add_argument("--samples", type=_positive, default=20_000, help="check calls timed")
+    ap.add_argument("--rows", type=_positive, default=940_500, help="rows for the offline checks")
+    ap.add_argument("--repeats", type=_positive, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality_cost.json")
     a = ap.parse_args(argv)
     from bench.common import machine, write_report

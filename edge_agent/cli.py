@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         "replay",
         help="score a CSV through the device pipeline",
         description="Verify a bundle, then score every row of a CSV exactly as the gateway "
-        "would, writing timestamp, stage, score, p_anomaly, alert per input row.",
+        "would, writing timestamp, stage, score, p_anomaly, alert, sensor_fault per input row "
+        "(sensor_fault: a channel past the model's learned stuck or noise limit).",
     )
     r.add_argument(
         "--bundle", type=Path, required=True, help="bundle directory from `export bundle`"
