@@ -4,8 +4,9 @@ Two figures, on synthetic readings (the cost does not depend on the values' mean
 
 * the agent's :class:`~edge_agent.data.quality.QualityMonitor` ``check`` per sample, once
   per model period in the daemon's loop: without a model (configured checks only), and with
-  a model's learned stuck and noise limits (``edge_agent.data.repeats``,
-  ``edge_agent.data.roughness``); median and p99 over ``--samples`` calls after a warm-up;
+  a model's learned stuck, noise and jump limits (``edge_agent.data.repeats``,
+  ``edge_agent.data.roughness``, ``edge_agent.data.jumps``); median and p99 over
+  ``--samples`` calls after a warm-up;
 * :class:`~edge_agent.data.learned.LearnedChecks` ``apply`` over blocks of rows, as ``replay``
   and ``run_pipeline`` run it, in channel-samples per second.
 
@@ -37,6 +38,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _limits(channels: int) -> Any:
+    """Learned limits that normal readings (here N(0, 1)) stay within, as in normal running."""
+    from edge_agent.data.learned import LearnedLimits
+
+    return LearnedLimits((10,) * channels, (5.0,) * channels, (10.0,) * channels)
+
+
 def _check_cost(channels: int, samples: int, learned: bool) -> dict[str, float]:
     from edge_agent.config.model import QualityDefaults
     from edge_agent.data.quality import ModelChannels, QualityMonitor
@@ -44,9 +52,7 @@ def _check_cost(channels: int, samples: int, learned: bool) -> dict[str, float]:
     names = [f"ch{i}" for i in range(channels)]
     training = None
     if learned:
-        training = ModelChannels(
-            np.zeros(channels), np.ones(channels), (10,) * channels, (5.0,) * channels
-        )
+        training = ModelChannels(np.zeros(channels), np.ones(channels), _limits(channels))
     mon = QualityMonitor(names, {}, QualityDefaults(), "bench", training=training)
     rng = np.random.default_rng(0)
     values = rng.normal(size=(WARM_UP + samples, channels))
@@ -71,7 +77,7 @@ def _offline_rate(channels: int, rows: int, repeats: int) -> dict[str, float]:
     values = np.random.default_rng(1).normal(size=(rows, channels))
     best = []
     for _ in range(repeats):
-        checks = LearnedChecks([10] * channels, [5.0] * channels)
+        checks = LearnedChecks(_limits(channels))
         t0 = time.perf_counter()
         for s in range(0, rows, BLOCK_ROWS):
             checks.apply(values[s : s + BLOCK_ROWS])

@@ -3,8 +3,8 @@
 Train (default ``trainer fit``) on one simulated compressor history, export the signed int8
 bundle, and score a fresh simulated stretch (another seed) through the device pipeline twice:
 with the screen (the cascade as deployed) and without it (stage 2 alone). A row counts as
-flagged when the operator is told about it: in alert, or with a channel past its learned stuck
-or noise limit (a ``sensor_fault``, ``edge_agent.data.learned``); ``alerts_only`` leaves the
+flagged when the operator is told about it: in alert, or with a channel past its learned stuck,
+noise or jump limit (a ``sensor_fault``, ``edge_agent.data.learned``); ``alerts_only`` leaves the
 latter out.
 Reports per fault kind: point F1 (normal rows + that kind's rows), recall, episodes caught and
 detection delay (median and p90, samples and seconds; :mod:`trainer.evaluate.per_kind`, as
@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "on_normal_rows": int((res.sensor_fault & ~y).sum()),
         },
         "learned_limits": {
-            c.name: {"stuck_after": c.stuck_after, "noisy_above": c.noisy_above}
+            c.name: {
+                "stuck_after": c.stuck_after,
+                "noisy_above": c.noisy_above,
+                "jump_above": c.jump_above,
+            }
             for c in bundle.manifest.channels
         },
         "windows_reaching_stage2": float(np.mean(res.windows.stage == 2)),

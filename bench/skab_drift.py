@@ -4,7 +4,7 @@ Issue 9's user trial, through the CLIs a user runs (their ``main`` functions, in
 ``trainer fit`` on the first 20 % of SKAB's ``anomaly-free.csv`` (default settings),
 ``export keygen`` + ``export bundle`` (int8, signed, no accelerator variants), then
 ``edge_agent replay`` over the whole file. Every row is normal, so every alert (and every
-sensor fault by the learned stuck and noise limits, replay's ``sensor_fault`` column) is a
+sensor fault by the learned stuck, noise and jump limits, replay's ``sensor_fault`` column) is a
 false one. Reports the share of rows in alert after the training stretch (the target is judged
 on alerts and sensor faults together; ``sensor_fault_share_after_training`` apart), overall
 and per block of 1,000 rows of the file, and per channel how far it moved from its training

@@ -197,8 +197,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(res.local_threshold)
     print(
         f"scored {res.rows} rows: {res.stage2_rows} reached stage 2, "
-        f"{res.alert_rows} in alert, {res.sensor_fault_rows} with a stuck or noisy sensor; "
-        f"wrote {args.out}"
+        f"{res.alert_rows} in alert, {res.sensor_fault_rows} with a stuck, noisy or jumping "
+        f"sensor; wrote {args.out}"
     )
     return 0
 

@@ -185,13 +185,12 @@ class ModelSlot:
 
     @property
     def training_stats(self) -> ModelChannels:
-        """Per-channel training (mean, scale) and learned stuck limit, for data quality."""
+        """Per-channel training (mean, scale) and learned limits, for data quality."""
         chans = self.manifest.channels
         return ModelChannels(
             mean=np.array([c.mean for c in chans]),
             scale=np.array([c.scale for c in chans]),
-            stuck_after=tuple(c.stuck_after for c in chans),
-            noisy_above=tuple(c.noisy_above for c in chans),
+            limits=self.manifest.learned_limits,
         )
 
     @property

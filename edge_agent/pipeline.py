@@ -248,7 +248,7 @@ class PipelineResult:
 
     @property
     def flagged(self) -> npt.NDArray[np.bool_]:
-        """Rows the operator is told about: in alert, or with a stuck or noisy sensor."""
+        """Rows the operator is told about: in alert, or with a stuck, noisy or jumping sensor."""
         return self.alert | self.sensor_fault
 
 
@@ -300,8 +300,6 @@ def run_pipeline(
 
 
 def learned_checks(manifest: Manifest) -> LearnedChecks:
-    """Data quality's learned checks (stuck, noisy) as the gateway applies them with this
-    model and no configured ``stuck_samples``, for scoring a recorded file."""
-    return LearnedChecks(
-        [c.stuck_after for c in manifest.channels], [c.noisy_above for c in manifest.channels]
-    )
+    """Data quality's learned checks (stuck, noisy, jump) as the gateway applies them with
+    this model and no configured ``stuck_samples``, for scoring a recorded file."""
+    return LearnedChecks(manifest.learned_limits)

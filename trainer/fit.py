@@ -26,8 +26,7 @@ import numpy.typing as npt
 
 from edge_agent.bundle.manifest import ChannelSpec, ForestSpec, SamplingSpec, WindowSpec
 from edge_agent.data.grid import align_to_grid, interpolate_held_runs
-from edge_agent.data.repeats import learned_limits
-from edge_agent.data.roughness import learned_noise_limits
+from edge_agent.data.learned import LearnedLimits
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.baseline import LevelBaseline, LevelState
@@ -113,12 +112,11 @@ def level_baseline(table: SensorTable, cfg: TrainConfig) -> LevelBaseline | None
     )
 
 
-def learned_channel_limits(table: SensorTable) -> list[tuple[int | None, float | None]]:
-    """Each channel's learned stuck and noise limits (``edge_agent.data.learned``), from the
-    history's readings as recorded; labelled anomalies (stuck or noisy faults among them) do
-    not count."""
-    values = np.where(table.normal_rows()[:, None], table.values, np.nan)
-    return list(zip(learned_limits(values), learned_noise_limits(values), strict=True))
+def learned_channel_limits(table: SensorTable) -> LearnedLimits:
+    """Each channel's learned stuck, noise and jump limits (``edge_agent.data.learned``), from
+    the history's readings as recorded; labelled anomalies (stuck, noisy or spiking faults
+    among them) do not count."""
+    return LearnedLimits.learn(np.where(table.normal_rows()[:, None], table.values, np.nan))
 
 
 def median_period(table: SensorTable) -> float:
@@ -376,6 +374,7 @@ def fit(
     detected = pos_err >= threshold.alert_threshold
     screen = screen_threshold(pos_forest, detected, keep_recall=cfg.cascade.keep_recall)
     val_forest = forest.screen_score(screen_features(prep.xn, stats, val_ends, w), val_w)
+    limits = learned_channel_limits(table)
     record = RunRecord(
         trainer_version=_version(),
         seed=seed,
@@ -387,11 +386,15 @@ def fit(
         data_fingerprint=data_fingerprint(table),
         channels=[
             ChannelSpec(
-                name=n, unit="", mean=float(m), scale=float(s), stuck_after=k, noisy_above=v
+                name=n,
+                unit="",
+                mean=float(m),
+                scale=float(s),
+                stuck_after=limits.stuck_after[j],
+                noisy_above=limits.noisy_above[j],
+                jump_above=limits.jump_above[j],
             )
-            for n, m, s, (k, v) in zip(
-                table.channels, prep.mean, prep.scale, learned_channel_limits(table), strict=True
-            )
+            for j, (n, m, s) in enumerate(zip(table.channels, prep.mean, prep.scale, strict=True))
         ],
         sampling=SamplingSpec(
             period_s=prep.period_s,

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from edge_agent.config.strict import StrictModel
+from edge_agent.data.learned import LearnedLimits
 from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.baseline import LevelBaseline
 from edge_agent.detect.threshold import ThresholdModel
@@ -41,6 +42,13 @@ class ChannelSpec(StrictModel):
         description="Noise level (median step of the last readings, in the channel's unit) "
         "above which data quality calls the channel noisy, learned from the training history "
         "(edge_agent.data.roughness); none: not judged",
+    )
+    jump_above: float | None = Field(
+        default=None,
+        gt=0,
+        description="Step between consecutive readings (in the channel's unit) above which "
+        "data quality calls a reading a jump, learned from the training history "
+        "(edge_agent.data.jumps); none: not judged",
     )
 
 
@@ -222,3 +230,12 @@ class Manifest(StrictModel):
     @property
     def channel_names(self) -> list[str]:
         return [c.name for c in self.channels]
+
+    @property
+    def learned_limits(self) -> LearnedLimits:
+        """The channels' learned data-quality limits, for the gateway and offline scoring."""
+        return LearnedLimits(
+            tuple(c.stuck_after for c in self.channels),
+            tuple(c.noisy_above for c in self.channels),
+            tuple(c.jump_above for c in self.channels),
+        )

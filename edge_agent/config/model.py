@@ -78,7 +78,7 @@ class QualityDefaults(StrictModel):
     learned: bool = Field(
         default=True,
         description="Apply the model's learned limits: stuck_after where no stuck_samples is "
-        "configured, and noisy_above (edge_agent.data.repeats, edge_agent.data.roughness)",
+        "configured, noisy_above and jump_above (edge_agent.data.repeats, .roughness, .jumps)",
     )
 
 

@@ -1,22 +1,24 @@
 """The model's learned data-quality checks, applied to a recorded file as the gateway would.
 
-``trainer fit`` learns two limits per channel from its history and writes them in the
-manifest: ``stuck_after`` (:mod:`edge_agent.data.repeats`) and ``noisy_above``
-(:mod:`edge_agent.data.roughness`). On the gateway, data quality
-(:mod:`edge_agent.data.quality`) applies them to each sample; ``replay``, ``trainer evaluate``
-and the benchmarks apply them here, to whole blocks of rows, with the same rules: a stuck
-reading becomes missing, a noisy one is kept, and either marks its row ``sensor_fault``.
+``trainer fit`` learns three limits per channel from its history (:class:`LearnedLimits`) and
+writes them in the manifest: ``stuck_after`` (:mod:`edge_agent.data.repeats`), ``noisy_above``
+(:mod:`edge_agent.data.roughness`) and ``jump_above`` (:mod:`edge_agent.data.jumps`). On the
+gateway, data quality (:mod:`edge_agent.data.quality`) applies them to each sample; ``replay``,
+``trainer evaluate`` and the benchmarks apply them here, to whole blocks of rows, with the same
+rules: a stuck reading becomes missing, a noisy one or a jump is kept, and each marks its row
+``sensor_fault``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.data.repeats import NO_LIMIT, RepeatCounter
-from edge_agent.data.roughness import NoiseMeter
+from edge_agent.data.jumps import JumpDetector, learned_jump_limits
+from edge_agent.data.repeats import NO_LIMIT, RepeatCounter, learned_stuck_limits
+from edge_agent.data.roughness import NoiseMeter, learned_noise_limits
 
 F64 = npt.NDArray[np.float64]
 BOOL = npt.NDArray[np.bool_]
@@ -26,25 +28,55 @@ BOOL = npt.NDArray[np.bool_]
 CHUNK_ROWS = 8192
 
 
-class LearnedChecks:
-    """Stuck and noisy readings of a stream of rows, block by block."""
+@dataclass(frozen=True)
+class LearnedLimits:
+    """A model's learned data-quality limits, one entry per channel (None: not judged)."""
 
-    def __init__(
-        self, stuck_after: Sequence[int | None], noisy_above: Sequence[float | None]
-    ) -> None:
-        if len(stuck_after) != len(noisy_above):
-            raise ValueError(f"{len(stuck_after)} stuck limits for {len(noisy_above)} channels")
-        n = len(stuck_after)
-        self._stuck = np.array([NO_LIMIT if k is None else k for k in stuck_after], np.int64)
-        self._noisy = np.array([np.inf if v is None else v for v in noisy_above], np.float64)
+    stuck_after: tuple[int | None, ...]
+    noisy_above: tuple[float | None, ...]
+    jump_above: tuple[float | None, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.stuck_after)
+        if len(self.noisy_above) != n or len(self.jump_above) != n:
+            raise ValueError(
+                f"learned limits for different channel counts: {n} stuck, "
+                f"{len(self.noisy_above)} noisy, {len(self.jump_above)} jump"
+            )
+
+    @classmethod
+    def none(cls, channels: int) -> LearnedLimits:
+        """No learned limit on any of ``channels`` channels."""
+        return cls((None,) * channels, (None,) * channels, (None,) * channels)
+
+    @classmethod
+    def learn(cls, values: F64) -> LearnedLimits:
+        """The limits of a training history's (N, C) readings, rows to ignore set to NaN."""
+        return cls(
+            tuple(learned_stuck_limits(values)),
+            tuple(learned_noise_limits(values)),
+            tuple(learned_jump_limits(values)),
+        )
+
+
+class LearnedChecks:
+    """Stuck, noisy and jumping readings of a stream of rows, block by block."""
+
+    def __init__(self, limits: LearnedLimits) -> None:
+        n = len(limits.stuck_after)
+        self._stuck = np.array([NO_LIMIT if k is None else k for k in limits.stuck_after])
+        self._noisy = np.array([np.inf if v is None else v for v in limits.noisy_above], float)
+        jump_above = np.array([np.inf if v is None else v for v in limits.jump_above], float)
         self._repeats = RepeatCounter(n)
         self._noise = NoiseMeter(n)
+        self._jumps = JumpDetector(jump_above)
         self.judges_stuck = bool((self._stuck != NO_LIMIT).any())
         self.judges_noise = bool(np.isfinite(self._noisy).any())
+        self.judges_jumps = bool(np.isfinite(jump_above).any())
 
     def apply(self, values: F64) -> tuple[F64, BOOL]:
-        """(N, C) readings -> (readings with stuck ones NaN, (N,) rows with a stuck or noisy
-        channel)."""
+        """(N, C) readings -> (readings with stuck ones NaN, (N,) rows with a stuck, noisy or
+        jumping channel)."""
         if values.shape[0] <= CHUNK_ROWS:
             return self._apply(values)
         chunks = [values[i : i + CHUNK_ROWS] for i in range(0, values.shape[0], CHUNK_ROWS)]
@@ -62,6 +94,9 @@ class LearnedChecks:
             if stuck.any():
                 rows |= stuck.any(axis=1)
                 clean = np.where(stuck, np.nan, values)
-        if self.judges_noise:  # on the readings that passed: a stuck one has no noise level
+        # On the readings that passed: a stuck one has no noise level and makes no step.
+        if self.judges_noise:
             rows |= (self._noise.push(clean) > self._noisy[None, :]).any(axis=1)
+        if self.judges_jumps:
+            rows |= self._jumps.push(clean).any(axis=1)
         return clean, rows

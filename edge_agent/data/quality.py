@@ -25,8 +25,11 @@ value is old, so judging its range or repetition would be meaningless):
 * ``noisy``: the channel's noise level (median step of its last readings,
   :mod:`edge_agent.data.roughness`) is above the model's learned ``noisy_above``. Reported,
   but the reading is kept: noise may be the machine's, and the model should see it.
+* ``jump``: the reading is further than the model's learned ``jump_above`` from the one before
+  and from the last one that was no jump (:mod:`edge_agent.data.jumps`): a spike. Reported and
+  kept, as a noisy reading is.
 
-The learned limits (stuck and noisy) apply unless ``[quality] learned = false``.
+The learned limits (stuck, noisy, jump) apply unless ``[quality] learned = false``.
 
 This runs once per sample, so the checks are numpy expressions over all channels and Python
 code runs only for channels that are or were faulty.
@@ -42,6 +45,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config.model import ChannelQuality, QualityDefaults
+from edge_agent.data.jumps import JumpDetector
+from edge_agent.data.learned import LearnedLimits
 from edge_agent.data.repeats import NO_LIMIT
 from edge_agent.data.roughness import NOISE_STEPS, NoiseMeter
 from edge_agent.events import SEVERITY_WARNING, Event, EventState, new_id
@@ -49,8 +54,9 @@ from edge_agent.events import SEVERITY_WARNING, Event, EventState, new_id
 log = logging.getLogger(__name__)
 
 # Reasons in order of precedence; a channel's code is its index + 1, 0 is good.
-REASONS = ("stale", "nan", "range", "stuck", "noisy")
-_GOOD, _STALE, _NAN, _RANGE, _STUCK, _NOISY = range(6)
+REASONS = ("stale", "nan", "range", "stuck", "noisy", "jump")
+_GOOD, _STALE, _NAN, _RANGE, _STUCK, _NOISY, _JUMP = range(7)
+_KEPT = (_NOISY, _JUMP)  # reported, but the reading is scored
 # A reading this many training scales away from the training mean is no measurement. Far
 # beyond any real excursion (a 1000x overload is 1e3 scales for a typical channel), and it keeps
 # every normalized value well inside float32.
@@ -62,13 +68,11 @@ BoolArray = npt.NDArray[np.bool_]
 @dataclass(frozen=True, slots=True)
 class ModelChannels:
     """What the running model knows of each channel, from its manifest: the training (mean,
-    scale) for the plausibility bound and the learned stuck and noise limits (None: not
-    judged)."""
+    scale) for the plausibility bound and the learned limits."""
 
     mean: FloatArray
     scale: FloatArray
-    stuck_after: tuple[int | None, ...]
-    noisy_above: tuple[float | None, ...]
+    limits: LearnedLimits
 
 
 @dataclass(slots=True)
@@ -125,6 +129,8 @@ class QualityMonitor:
         self._run = np.zeros(n, np.int64)  # identical fresh readings in a row
         self._noise = NoiseMeter(n)
         self._level = np.full(n, np.nan)
+        self._last_measured = np.full(n, np.nan)  # for a jump's detail: the reading before
+        self._before_jump = self._last_measured
         self._counts = np.zeros((n, len(REASONS) + 1), np.int64)  # column 0: good samples
         self._faults: dict[int, _Fault] = {}
         self._t0: float | None = None
@@ -136,18 +142,19 @@ class QualityMonitor:
         n = len(self.channels)
         self._plausible_lo = np.full(n, -np.inf)
         self._plausible_hi = np.full(n, np.inf)
-        learned: tuple[int | None, ...] = (None,) * n
-        self._noisy_above = np.full(n, np.inf)
+        learned = LearnedLimits.none(n)
         if training is not None:
             self._plausible_lo = training.mean - IMPLAUSIBLE_SCALES * training.scale
             self._plausible_hi = training.mean + IMPLAUSIBLE_SCALES * training.scale
             if self._learned:
-                learned = training.stuck_after
-                self._noisy_above = np.array(
-                    [np.inf if v is None else v for v in training.noisy_above], np.float64
-                )
+                learned = training.limits
+        self._noisy_above = np.array([np.inf if v is None else v for v in learned.noisy_above])
         self._judges_noise = bool(np.isfinite(self._noisy_above).any())
-        limits = [c or k for c, k in zip(self._configured_stuck, learned, strict=True)]
+        self._jump_above = np.array([np.inf if v is None else v for v in learned.jump_above])
+        self._jumps = JumpDetector(self._jump_above)
+        self._judges_jumps = bool(np.isfinite(self._jump_above).any())
+        stuck = learned.stuck_after
+        limits = [c or k for c, k in zip(self._configured_stuck, stuck, strict=True)]
         self._stuck_n = np.array([NO_LIMIT if k is None else k for k in limits], np.int64)
         self._lo = np.maximum(self._min, self._plausible_lo)
         self._hi = np.minimum(self._max, self._plausible_hi)
@@ -184,15 +191,20 @@ class QualityMonitor:
                 ),
             ),
         )
+        # Only readings that passed the checks above have a noise level or make a step: the
+        # step to a stale, missing, implausible or stuck one measures nothing.
+        measured = np.where(code == _GOOD, values, np.nan)
         if self._judges_noise:  # without a learned noise limit the level is not needed
-            # Only readings that passed the checks above have a noise level: the step to a
-            # stale, missing, implausible or stuck one is no measure of noise.
-            measured = np.where(code == _GOOD, values, np.nan)
             self._level = self._noise.push(measured[None, :])[0]
             code = np.where((code == _GOOD) & (self._level > self._noisy_above), _NOISY, code)
+        if self._judges_jumps:
+            jump = self._jumps.push(measured[None, :])[0]
+            code = np.where((code == _GOOD) & jump, _JUMP, code)
+            self._before_jump = self._last_measured
+            self._last_measured = measured
         self._counts[self._rows, code] += 1
         bad = code != _GOOD
-        out = np.where(bad & (code != _NOISY), np.nan, values)  # a noisy reading is kept
+        out = np.where(bad & ~np.isin(code, _KEPT), np.nan, values)  # noise, jumps: kept
         events: list[Event] = []
         if self._faults or bad.any():
             for i in sorted(set(np.flatnonzero(bad).tolist()) | self._faults.keys()):
@@ -244,6 +256,12 @@ class QualityMonitor:
             return (
                 f"noise level {self._level[i]:.4g} (median step of the last {NOISE_STEPS} "
                 f"readings) above the model's limit {self._noisy_above[i]:.4g}"
+            )
+        if code == _JUMP:
+            return (
+                f"value {value:g} jumped {abs(value - self._before_jump[i]):.4g} from the "
+                f"reading before ({self._before_jump[i]:g}), more than the model's limit "
+                f"{self._jump_above[i]:.4g}"
             )
         run, limit = self._run[i], self._stuck_n[i]
         return f"value {value:g} in {run} fresh readings in a row (limit {limit})"

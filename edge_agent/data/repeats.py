@@ -80,7 +80,7 @@ def longest_runs(values: F64) -> I64:
     return longest
 
 
-def learned_limits(values: F64) -> list[int | None]:
+def learned_stuck_limits(values: F64) -> list[int | None]:
     """:func:`stuck_limit` of each column of a training history (rows to ignore set to NaN)."""
     rows = int(np.count_nonzero(~np.isnan(values).all(axis=1)))
     return [stuck_limit(int(r), rows) for r in longest_runs(values)]

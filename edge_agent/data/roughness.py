@@ -8,19 +8,15 @@ readings. A step change (a compressor loading) or a spike is one or two large st
 ``NOISE_STEPS`` and leaves the median alone; noise that grows k-fold lifts it about k-fold.
 
 * ``trainer fit`` measures each channel's largest noise level on normal rows of the history
-  and records :func:`noise_limit` of it in the manifest (``ChannelSpec.noisy_above``);
+  and records a limit over it in the manifest (``ChannelSpec.noisy_above``);
 * the agent's data quality (:mod:`edge_agent.data.quality`) reports a channel over its limit
   as a ``sensor_fault`` with reason ``noisy`` (the readings are kept and scored: noise may be
   the machine's);
 * the offline pipeline applies the same limit (:mod:`edge_agent.data.learned`).
 
-The rule: ``NOISE_HEADROOM`` times the history's largest level, the headroom doubled for a
-history of at most ``SHORT_HISTORY_ROWS`` rows and shrinking towards ``NOISE_HEADROOM`` as the
-history grows (a short history's largest level has seen little of normal: the same reasoning
-as the threshold's margin). Chosen on the plant simulator (two days of history, this check
-alone: 4 of 5 noise bursts flagged at 1.25, 3 of 5 at 1.5, no normal row either way) and
-checked on SKAB's 400-row histories (headroom doubled: no file's false-alarm rate moved, and
-three files' F1 rose; ``bench/results/skab.json``).
+The limit: :func:`edge_agent.data.headroom.learned_limit` of the history's largest level
+(headroom 1.25, doubled for short histories; chosen on the simulator's noise bursts, checked on
+SKAB: no file's false-alarm rate moved, and three files' F1 rose).
 """
 
 from __future__ import annotations
@@ -28,11 +24,11 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.data.headroom import learned_limit
+
 F64 = npt.NDArray[np.float64]
 
 NOISE_STEPS = 8
-NOISE_HEADROOM = 1.25
-SHORT_HISTORY_ROWS = 1000
 # Batcher's odd-even merge sorting network for 8 values, less its last layer ((1, 2), (3, 4),
 # (5, 6)), which only orders values 3 and 4 between themselves and so leaves their sum, twice
 # the median, as it is. As numpy min/max over whole columns, in place, it takes the median of
@@ -46,13 +42,6 @@ _NETWORK_8 = (
     ((0, 4), (1, 5), (2, 6), (3, 7)),
     ((2, 4), (3, 5)),
 )
-
-
-def noise_limit(largest_level: float, rows: int) -> float | None:
-    """Noise level above which a channel is noisy, or None (a channel that never moved)."""
-    if rows <= 0 or not np.isfinite(largest_level) or largest_level <= 0.0:
-        return None
-    return float(largest_level * NOISE_HEADROOM * (1.0 + min(1.0, SHORT_HISTORY_ROWS / rows)))
 
 
 class NoiseMeter:
@@ -100,8 +89,8 @@ def median_of_8(steps: F64) -> F64:
 
 
 def learned_noise_limits(values: F64) -> list[float | None]:
-    """:func:`noise_limit` of each column of a training history (rows to ignore set to NaN)."""
+    """Each column's noise limit over a training history (rows to ignore set to NaN)."""
     rows = int(np.count_nonzero(~np.isnan(values).all(axis=1)))
     levels = NoiseMeter(values.shape[1]).push(values)
     largest = [float(np.nanmax(col)) if np.isfinite(col).any() else np.nan for col in levels.T]
-    return [noise_limit(v, rows) for v in largest]
+    return [learned_limit(v, rows) for v in largest]

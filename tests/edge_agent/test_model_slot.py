@@ -39,9 +39,11 @@ def test_open_builds_every_part_from_one_verified_bundle(bundle: Path, keys: Pat
     stats = slot.training_stats
     assert stats.mean.shape == stats.scale.shape == (len(slot.channels),)
     assert (stats.scale > 0).all()
-    learned = [(c.stuck_after, c.noisy_above) for c in slot.manifest.channels]
-    assert list(zip(stats.stuck_after, stats.noisy_above, strict=True)) == learned
-    assert all(k is not None and v is not None for k, v in learned)  # noisy floats: judged
+    learned = [(c.stuck_after, c.noisy_above, c.jump_above) for c in slot.manifest.channels]
+    limits = stats.limits
+    learned_again = zip(limits.stuck_after, limits.noisy_above, limits.jump_above, strict=True)
+    assert list(learned_again) == learned
+    assert all(None not in channel for channel in learned)  # noisy floats: judged
 
 
 def test_open_accepts_a_second_trusted_key(bundle: Path, keys: Path, tmp_path: Path) -> None:

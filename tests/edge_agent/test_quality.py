@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_agent.config.model import ChannelQuality, QualityDefaults
-from edge_agent.data.learned import LearnedChecks
+from edge_agent.data.learned import LearnedChecks, LearnedLimits
 from edge_agent.data.quality import ModelChannels, QualityMonitor
 from edge_agent.events import SEVERITY_WARNING, Event
 
@@ -122,12 +122,12 @@ def test_stuck_check_is_off_without_a_configured_or_learned_limit() -> None:
 
 
 def learned(
-    mon: QualityMonitor, limit: int | None, noisy: float | None = None
+    mon: QualityMonitor, limit: int | None, noisy: float | None = None, jump: float | None = None
 ) -> QualityMonitor:
-    """``mon`` running a model that learned ``limit`` and ``noisy`` for 'x' (nothing for 'y')."""
-    mon.set_training(
-        ModelChannels(np.array([5.0, 0.0]), np.array([1.0, 1.0]), (limit, None), (noisy, None))
-    )
+    """``mon`` running a model that learned ``limit``, ``noisy`` and ``jump`` for 'x' (nothing
+    for 'y')."""
+    limits = LearnedLimits((limit, None), (noisy, None), (jump, None))
+    mon.set_training(ModelChannels(np.array([5.0, 0.0]), np.array([1.0, 1.0]), limits))
     return mon
 
 
@@ -155,7 +155,7 @@ def test_streaming_check_and_offline_filter_agree_on_what_is_stuck() -> None:
     x[250] = NAN
     feed = Feeder(learned(monitor(stuck=None), 12))
     streamed = np.array([feed(v) for v in x])
-    checks = LearnedChecks([12, None], [None, None])
+    checks = LearnedChecks(LearnedLimits((12, None), (None, None), (None, None)))
     offline, rows = checks.apply(np.column_stack([x, np.arange(x.size)]))
     assert np.array_equal(np.isnan(streamed), np.isnan(offline[:, 0]))
     assert np.array_equal(rows, np.isnan(offline[:, 0]) & ~np.isnan(x))
@@ -178,7 +178,8 @@ def test_streaming_and_offline_agree_with_both_learned_limits() -> None:
         before = sum(feed.reasons().values())
         feed(v)
         flagged.append(sum(feed.reasons().values()) - before - int(math.isnan(v)))
-    _, rows = LearnedChecks([12, None], [0.2, None]).apply(np.column_stack([x, np.arange(600.0)]))
+    checks = LearnedChecks(LearnedLimits((12, None), (0.2, None), (None, None)))
+    _, rows = checks.apply(np.column_stack([x, np.arange(600.0)]))
     assert np.array_equal(np.array(flagged, bool), rows)
     assert rows[111:140].all()
     assert rows[150:200].any()
@@ -194,8 +195,43 @@ def test_a_noisy_channel_is_reported_and_its_readings_kept() -> None:
     assert [(e.state, e.reason) for e in feed.events] == [("open", "noisy"), ("close", "noisy")]
     assert "noise level" in (feed.events[0].detail or "")
     assert feed.events[0].start > 1040.0  # not before the burst
-    offline = LearnedChecks([None, None], [0.05, None]).apply(np.column_stack([x, x]))[1]
+    checks = LearnedChecks(LearnedLimits((None,) * 2, (0.05, None), (None,) * 2))
+    offline = checks.apply(np.column_stack([x, x]))[1]
     assert offline.sum() == feed.reasons()["noisy"]
+
+
+def test_a_jump_is_reported_and_its_reading_kept() -> None:
+    x = np.r_[np.full(20, 5.0) + np.arange(20) * 0.01, 9.0, np.full(20, 5.2)]
+    feed = Feeder(learned(monitor(stuck=None), None, jump=1.0))
+    out = np.array([feed(v) for v in x])
+    assert np.array_equal(out, x)  # nothing blanked
+    assert [(e.state, e.reason) for e in feed.events] == [("open", "jump"), ("close", "jump")]
+    assert feed.events[0].start == 1021.0  # the spike's sample
+    assert "jumped 3.81 from the reading before (5.19)" in (feed.events[0].detail or "")
+    assert feed.reasons()["jump"] == 1
+
+
+def test_streaming_and_offline_agree_on_jumps() -> None:
+    """A spike, a level shift and a jump after a stuck stretch: the agent and replay's
+    LearnedChecks flag the same readings."""
+    rng = np.random.default_rng(13)
+    x = 5.0 + rng.normal(0.0, 0.05, 300)
+    x[50] = 8.0
+    x[100:140] += 2.0
+    x[200:230] = x[199]  # stuck: blanked, and the step after it not judged...
+    x[230] = 9.0  # ...so this is the reference, and the way back from it a jump
+    x[260:263] = [1.0, 9.0, 1.0]
+    feed = Feeder(learned(monitor(stuck=None), 12, noisy=0.5, jump=1.0))
+    flagged = []
+    for v in x:
+        before = sum(feed.reasons().values())
+        feed(v)
+        flagged.append(sum(feed.reasons().values()) - before)
+    limits = LearnedLimits((12, None), (0.5, None), (1.0, None))
+    _, rows = LearnedChecks(limits).apply(np.column_stack([x, np.arange(300.0)]))
+    assert np.array_equal(np.array(flagged, bool), rows)
+    assert rows[[50, 100, 140, 260, 261, 262]].all()
+    assert not rows[[51, 101, 141]].any()  # a spike's way back; a new level's second reading
 
 
 def test_learned_limits_can_be_switched_off() -> None:
@@ -301,7 +337,9 @@ def test_events_serialize() -> None:
 def test_counts_cover_every_channel_and_reason() -> None:
     mon = monitor()
     assert mon.counts() == {
-        (ch, r): 0 for ch in ("x", "y") for r in ("stale", "nan", "range", "stuck", "noisy")
+        (ch, r): 0
+        for ch in ("x", "y")
+        for r in ("stale", "nan", "range", "stuck", "noisy", "jump")
     }
     with pytest.raises(ValueError, match="expected 2 channels"):
         mon.check(0.0, np.zeros(3), np.zeros(3), np.ones(3, bool))
@@ -326,7 +364,7 @@ def test_implausible_value_is_a_range_fault_without_min_max(bad: float) -> None:
     and the value never reaches the pipeline."""
     mon = QualityMonitor(
         ["flow"], {}, QualityDefaults(clear_samples=CLEAR), "pump-3",
-        training=ModelChannels(np.array([12.0]), np.array([0.5]), (None,), (None,)),
+        training=ModelChannels(np.array([12.0]), np.array([0.5]), LearnedLimits.none(1)),
     )
     fresh = np.array([True])
     ok, events = mon.check(1.0, np.array([12.3]), np.array([0.1]), fresh)
@@ -343,7 +381,7 @@ def test_plausibility_bound_leaves_real_excursions_alone() -> None:
     """A real overload, even a thousand training scales out, is the machine's business."""
     mon = QualityMonitor(
         ["flow"], {}, QualityDefaults(), "pump-3",
-        training=ModelChannels(np.array([12.0]), np.array([0.5]), (None,), (None,)),
+        training=ModelChannels(np.array([12.0]), np.array([0.5]), LearnedLimits.none(1)),
     )
     out, events = mon.check(1.0, np.array([12.0 + 1000 * 0.5]), np.array([0.1]), np.array([True]))
     assert out[0] == 512.0

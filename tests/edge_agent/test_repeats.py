@@ -9,7 +9,7 @@ from edge_agent.data.repeats import (
     STUCK_MIN_SAMPLES,
     STUCK_RUN_FACTOR,
     RepeatCounter,
-    learned_limits,
+    learned_stuck_limits,
     longest_runs,
     stuck_limit,
 )
@@ -49,6 +49,6 @@ def test_learned_limits_ignore_masked_rows() -> None:
     assert longest_runs(x).tolist() == [121, 1]
     masked = x.copy()
     masked[200:320] = NAN
-    assert learned_limits(masked) == [STUCK_MIN_SAMPLES, STUCK_MIN_SAMPLES]
-    assert learned_limits(x) == [STUCK_RUN_FACTOR * 121, STUCK_MIN_SAMPLES]
+    assert learned_stuck_limits(masked) == [STUCK_MIN_SAMPLES, STUCK_MIN_SAMPLES]
+    assert learned_stuck_limits(x) == [STUCK_RUN_FACTOR * 121, STUCK_MIN_SAMPLES]
 

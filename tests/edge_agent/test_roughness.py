@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_agent.data.headroom import HEADROOM, SHORT_HISTORY_ROWS, learned_limit
 from edge_agent.data.roughness import (
-    NOISE_HEADROOM,
     NOISE_STEPS,
-    SHORT_HISTORY_ROWS,
     NoiseMeter,
     learned_noise_limits,
     median_of_8,
-    noise_limit,
 )
 
 
@@ -62,10 +60,10 @@ def test_a_missing_reading_pauses_the_judgement() -> None:
 
 
 def test_limit_headroom_shrinks_with_history_length() -> None:
-    assert noise_limit(2.0, 100) == pytest.approx(2.0 * NOISE_HEADROOM * 2)
-    assert noise_limit(2.0, 10 * SHORT_HISTORY_ROWS) == pytest.approx(2.0 * NOISE_HEADROOM * 1.1)
-    assert noise_limit(0.0, 1000) is None  # a channel that never moved
-    assert noise_limit(float("nan"), 1000) is None
+    assert learned_limit(2.0, 100) == pytest.approx(2.0 * HEADROOM * 2)
+    assert learned_limit(2.0, 10 * SHORT_HISTORY_ROWS) == pytest.approx(2.0 * HEADROOM * 1.1)
+    assert learned_limit(0.0, 1000) is None  # a channel that never moved
+    assert learned_limit(float("nan"), 1000) is None
 
 
 def test_learned_limits_ignore_masked_rows() -> None:
