@@ -99,7 +99,8 @@ class JumpDetector:
     def _push_one(self, x: F64) -> BOOL:
         """One reading per channel: the rule as stated, without the search for candidates."""
         with np.errstate(invalid="ignore"):
-            jump = (np.abs(x - self._last) > self._limit) & (np.abs(x - self._ref) > self._limit)
+            step, away = np.abs(x - self._last), np.abs(x - self._ref)
+        jump: BOOL = (step > self._limit) & (away > self._limit)
         self._ref = np.where(jump, self._ref, x)  # a missing reading: no reference
         self._last = x
         return jump

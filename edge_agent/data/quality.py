@@ -55,14 +55,15 @@ log = logging.getLogger(__name__)
 
 # Reasons in order of precedence; a channel's code is its index + 1, 0 is good.
 REASONS = ("stale", "nan", "range", "stuck", "noisy", "jump")
+# Codes from _NOISY on are reported, but the reading is kept and scored.
 _GOOD, _STALE, _NAN, _RANGE, _STUCK, _NOISY, _JUMP = range(7)
-_KEPT = (_NOISY, _JUMP)  # reported, but the reading is scored
 # A reading this many training scales away from the training mean is no measurement. Far
 # beyond any real excursion (a 1000x overload is 1e3 scales for a typical channel), and it keeps
 # every normalized value well inside float32.
 IMPLAUSIBLE_SCALES = 1e6
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,25 +192,33 @@ class QualityMonitor:
                 ),
             ),
         )
-        # Only readings that passed the checks above have a noise level or make a step: the
-        # step to a stale, missing, implausible or stuck one measures nothing.
-        measured = np.where(code == _GOOD, values, np.nan)
-        if self._judges_noise:  # without a learned noise limit the level is not needed
-            self._level = self._noise.push(measured[None, :])[0]
-            code = np.where((code == _GOOD) & (self._level > self._noisy_above), _NOISY, code)
-        if self._judges_jumps:
-            jump = self._jumps.push(measured[None, :])[0]
-            code = np.where((code == _GOOD) & jump, _JUMP, code)
-            self._before_jump = self._last_measured
-            self._last_measured = measured
+        if self._judges_noise or self._judges_jumps:
+            code = self._learned_checks(values, code)
         self._counts[self._rows, code] += 1
         bad = code != _GOOD
-        out = np.where(bad & ~np.isin(code, _KEPT), np.nan, values)  # noise, jumps: kept
+        out = np.where(bad & (code < _NOISY), np.nan, values)  # noisy readings, jumps: kept
         events: list[Event] = []
         if self._faults or bad.any():
             for i in sorted(set(np.flatnonzero(bad).tolist()) | self._faults.keys()):
                 self._step(i, int(code[i]), t, float(values[i]), float(age[i]), events)
         return out, events
+
+    def _learned_checks(self, values: FloatArray, code: IntArray) -> IntArray:
+        """The learned noise and jump limits, on the readings that passed the checks before
+        them: the step to a stale, missing, implausible or stuck one measures nothing."""
+        good = code == _GOOD
+        measured = np.where(good, values, np.nan)
+        if self._judges_noise:  # without a learned noise limit the level is not needed
+            self._level = self._noise.push(measured[None, :])[0]
+            noisy = good & (self._level > self._noisy_above)
+            code = np.where(noisy, _NOISY, code)
+            good &= ~noisy
+        if self._judges_jumps:
+            jump = self._jumps.push(measured[None, :])[0]
+            code = np.where(good & jump, _JUMP, code)
+            self._before_jump = self._last_measured
+            self._last_measured = measured
+        return code
 
     def _step(
         self, i: int, code: int, t: float, value: float, age: float, out: list[Event]
