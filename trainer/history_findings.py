@@ -10,6 +10,9 @@ Too short (whole history):
 - ``threshold_tail``: independent held-out windows above the tail's start (``pot_level`` or
   ``percentile``); the alert threshold extrapolates from these, and fewer than
   ``MIN_TAIL_WINDOWS`` make it a guess.
+- ``jump_limits``: fewer normal rows than a learned jump limit needs
+  (:data:`edge_agent.data.jumps.MIN_HISTORY_ROWS`): data quality then reports no spike as a
+  ``jump``.
 - ``time_span``: less than a day. Nearly every plant cycles daily (ambient temperature, shift
   pattern, day and night load); a history shorter than one cycle has not seen the hours that
   follow it.
@@ -24,6 +27,7 @@ import math
 from typing import Literal
 
 from edge_agent.config.strict import StrictModel
+from edge_agent.data.jumps import MIN_HISTORY_ROWS as JUMP_HISTORY_ROWS
 from trainer.config import TrainConfig
 from trainer.history_trend import Trend
 
@@ -113,6 +117,14 @@ def short_findings(
             f"misses; give it {_rows(MIN_TAIL_WINDOWS * w / (val * tail)):,} rows or more"
         )
         out.append(_short("threshold_tail", tail_windows, MIN_TAIL_WINDOWS, msg))
+    if normal_rows < JUMP_HISTORY_ROWS:
+        msg = (
+            f"{normal_rows:,} normal rows, fewer than the {JUMP_HISTORY_ROWS:,} a jump limit is "
+            f"learned from: the gateway will not report spikes as sensor faults (a short "
+            f"history shows few of the machine's own steps); give it "
+            f"{JUMP_HISTORY_ROWS:,} rows or more"
+        )
+        out.append(_short("jump_limits", normal_rows, JUMP_HISTORY_ROWS, msg, unit="rows"))
     if covered_s < MIN_SPAN_S:
         msg = (
             f"the history covers {duration(covered_s)}, less than a day: daily cycles "

@@ -61,6 +61,7 @@ def test_skab_warm_up_names_the_thermocouple_first() -> None:
     # The rig's other channels wander but do not creep: current and voltage stay quiet.
     assert not {"Current", "Voltage", "Pressure"} & {f.channel for f in trends}
     assert {"time_span", "threshold_tail", "autoencoder_windows"} <= rules(check)
+    assert "jump_limits" not in rules(check)  # 1,881 rows
 
 
 @pytest.mark.parametrize("seed", [0, 1, 31])
@@ -78,6 +79,11 @@ def test_a_short_history_gets_the_short_findings() -> None:
     span = next(f for f in check.findings if f.rule == "time_span")
     assert span.value == pytest.approx(2_000.0)
     assert "the history covers 33 min, less than a day" in span.message
+    assert "jump_limits" not in rules(check)
+    short = check_history(simulated(600, seed=4), TrainConfig())
+    jump = next(f for f in short.findings if f.rule == "jump_limits")
+    assert (jump.value, jump.limit, jump.unit) == (600, 1_000, "rows")
+    assert "will not report spikes as sensor faults" in jump.message
     tail = next(f for f in check.findings if f.rule == "threshold_tail")
     assert "give it 16,000 rows or more" in tail.message  # 10 x 32 / (0.2 x 0.1)
     # A day of 1 s samples is enough for every rule at the default settings.
