@@ -16,6 +16,10 @@ from built_once import built_once
 from disk import small_disk  # noqa: F401 (a small tmpfs to fill up, any test)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Numba reads its thread count once per process and refuses a different one later; the bench
+# scripts the smoke tests import pin it to 1 for their timings (setdefault), so it is pinned
+# here for the whole session, before any test imports numba, whichever test a worker runs first.
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SKAB = ROOT.parent / "shared" / "datasets" / "skab" / "data"

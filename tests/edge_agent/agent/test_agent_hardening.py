@@ -183,7 +183,9 @@ def test_a_wall_clock_step_neither_stalls_nor_bursts_nor_raises_faults(
     assert wait_for(lambda: a.agent.counts["rows"] >= 3, 30), a.error
     clock.offset += step
     rows = a.rows_within(4.0)
-    assert 3 <= rows <= 6, f"{rows} rows in 4 s after a {step:+.0f} s clock step"
+    # One row a second: a loop stalled by the step makes none for the hour, one that catches
+    # up bursts thousands. The band leaves room for a loaded CI host (2 rows were seen there).
+    assert 1 <= rows <= 8, f"{rows} rows in 4 s after a {step:+.0f} s clock step"
     assert a.agent.counts["clock_steps"] == 1
     assert a.agent.counts["loop_errors"] == 0
     assert not [e for e in a.events() if e[0] == "sensor_fault"], a.events()
