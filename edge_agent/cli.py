@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         help="score a CSV through the device pipeline",
         description="Verify a bundle, then score every row of a CSV exactly as the gateway "
         "would, writing timestamp, stage, score, p_anomaly, alert, sensor_fault per input row "
-        "(sensor_fault: a channel past the model's learned stuck or noise limit).",
+        "(sensor_fault: a channel past the model's learned stuck, noise or jump limit).",
     )
     r.add_argument(
         "--bundle", type=Path, required=True, help="bundle directory from `export bundle`"

@@ -242,7 +242,7 @@ class PipelineResult:
     windows: WindowScores
     window_alert: npt.NDArray[np.bool_]
     window_end_time: npt.NDArray[np.float64]
-    # A channel past its learned stuck or noise limit (edge_agent.data.learned): on the
+    # A channel past its learned stuck, noise or jump limit (edge_agent.data.learned): on the
     # gateway, a sensor_fault event; stuck readings were scored as missing.
     sensor_fault: npt.NDArray[np.bool_]
 

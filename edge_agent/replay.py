@@ -56,7 +56,7 @@ class ReplaySummary:
     stage2_rows: int
     alert_rows: int
     windows: int
-    sensor_fault_rows: int  # a channel past its learned stuck or noise limit (data.learned)
+    sensor_fault_rows: int  # a channel past its learned stuck, noise or jump limit (data.learned)
     local_threshold: str | None = None  # --local-history: the threshold used, and why
 
 
