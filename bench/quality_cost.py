@@ -4,8 +4,9 @@ Two figures, on synthetic readings (the cost does not depend on the values' mean
 
 * the agent's :class:`~edge_agent.data.quality.QualityMonitor` ``check`` per sample, once
   per model period in the daemon's loop: without a model (configured checks only), and with
-  a model's learned stuck, noise and jump limits (``edge_agent.data.repeats``,
-  ``edge_agent.data.roughness``, ``edge_agent.data.jumps``); median and p99 over
+  a model's learned stuck, noise, jump and spike limits (``edge_agent.data.repeats``,
+  ``edge_agent.data.roughness``, ``edge_agent.data.jumps``, ``edge_agent.data.spikes``);
+  median and p99 over
   ``--samples`` calls after a warm-up;
 * :class:`~edge_agent.data.learned.LearnedChecks` ``apply`` over blocks of rows, as ``replay``
   and ``run_pipeline`` run it, in channel-samples per second.
@@ -42,7 +43,7 @@ def _limits(channels: int) -> Any:
     """Learned limits that normal readings (here N(0, 1)) stay within, as in normal running."""
     from edge_agent.data.learned import LearnedLimits
 
-    return LearnedLimits((10,) * channels, (5.0,) * channels, (10.0,) * channels)
+    return LearnedLimits((10,) * channels, (5.0,) * channels, (10.0,) * channels, (5.0,) * channels)
 
 
 def _check_cost(channels: int, samples: int, learned: bool) -> dict[str, float]:

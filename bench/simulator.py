@@ -4,8 +4,8 @@ Train (default ``trainer fit``) on one simulated compressor history, export the 
 bundle, and score a fresh simulated stretch (another seed) through the device pipeline twice:
 with the screen (the cascade as deployed) and without it (stage 2 alone). A row counts as
 flagged when the operator is told about it: in alert, or with a channel past its learned stuck,
-noise or jump limit (a ``sensor_fault``, ``edge_agent.data.learned``); ``alerts_only`` leaves the
-latter out.
+noise, jump or spike limit (a ``sensor_fault``, ``edge_agent.data.learned``); ``alerts_only``
+leaves the latter out.
 Reports per fault kind: point F1 (normal rows + that kind's rows), recall, episodes caught and
 detection delay (median and p90, samples and seconds; :mod:`trainer.evaluate.per_kind`, as
 ``trainer evaluate`` reports it); the share of windows reaching stage 2; and the cascade's
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "stuck_after": c.stuck_after,
                 "noisy_above": c.noisy_above,
                 "jump_above": c.jump_above,
+                "spike_above": c.spike_above,
             }
             for c in bundle.manifest.channels
         },

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         help="score a CSV through the device pipeline",
         description="Verify a bundle, then score every row of a CSV exactly as the gateway "
         "would, writing timestamp, stage, score, p_anomaly, alert, sensor_fault per input row "
-        "(sensor_fault: a channel past the model's learned stuck, noise or jump limit).",
+        "(sensor_fault: a channel past the model's learned stuck, noise, jump or spike limit).",
     )
     r.add_argument(
         "--bundle", type=Path, required=True, help="bundle directory from `export bundle`"
@@ -197,8 +197,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(res.local_threshold)
     print(
         f"scored {res.rows} rows: {res.stage2_rows} reached stage 2, "
-        f"{res.alert_rows} in alert, {res.sensor_fault_rows} with a stuck, noisy or jumping "
-        f"sensor; wrote {args.out}"
+        f"{res.alert_rows} in alert, {res.sensor_fault_rows} with a sensor fault (learned "
+        f"limits); wrote {args.out}"
     )
     return 0
 

@@ -242,13 +242,13 @@ class PipelineResult:
     windows: WindowScores
     window_alert: npt.NDArray[np.bool_]
     window_end_time: npt.NDArray[np.float64]
-    # A channel past its learned stuck, noise or jump limit (edge_agent.data.learned): on the
+    # A channel past one of its learned limits (edge_agent.data.learned): on the
     # gateway, a sensor_fault event; stuck readings were scored as missing.
     sensor_fault: npt.NDArray[np.bool_]
 
     @property
     def flagged(self) -> npt.NDArray[np.bool_]:
-        """Rows the operator is told about: in alert, or with a stuck, noisy or jumping sensor."""
+        """Rows the operator is told about: in alert, or with a sensor fault."""
         return self.alert | self.sensor_fault
 
 

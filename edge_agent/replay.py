@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -56,7 +56,7 @@ class ReplaySummary:
     stage2_rows: int
     alert_rows: int
     windows: int
-    sensor_fault_rows: int  # a channel past its learned stuck, noise or jump limit (data.learned)
+    sensor_fault_rows: int  # a channel past one of its learned limits (data.learned)
     local_threshold: str | None = None  # --local-history: the threshold used, and why
 
 
@@ -109,18 +109,39 @@ def replay_stream(
     rows = _RowView()
     counts = np.zeros(4, np.int64)  # rows, stage-2 rows, rows in alert, rows with a sensor fault
     blocks = iter_table(data, time_col=time_col, channels=m.channel_names, block_bytes=block_bytes)
+    # Each block's last row is written with the next block: whether it was a spike is known
+    # only from the reading after it (edge_agent.data.spikes).
+    held: tuple[npt.NDArray[Any], ...] | None = None
     with ScoreFile(out) as sink:
         for block in blocks:
             values, fault = checks.apply(block.values)
-            stage, score, p_anomaly, alert = rows.of(pipe.push(block.timestamps, values))
-            sink.write(score_lines(block.timestamps, stage, score, p_anomaly, alert, fault))
-            s2 = np.count_nonzero(stage == STAGE_AUTOENCODER)
-            counts += np.array(
-                [stage.size, s2, np.count_nonzero(alert), np.count_nonzero(fault)], np.int64
+            if held is not None:
+                held[5][0] |= checks.late
+            if block.timestamps.size == 0:
+                continue
+            cols: tuple[npt.NDArray[Any], ...] = (
+                block.timestamps,
+                *rows.of(pipe.push(block.timestamps, values)),
+                fault,
             )
+            if held is not None:
+                cols = tuple(np.concatenate([h, c]) for h, c in zip(held, cols, strict=True))
+            held = tuple(c[-1:] for c in cols)
+            counts += _write(sink, tuple(c[:-1] for c in cols))
+        if held is not None:
+            counts += _write(sink, held)
     return ReplaySummary(
         int(counts[0]), int(counts[1]), int(counts[2]), rows.windows, int(counts[3]), note
     )
+
+
+def _write(sink: ScoreFile, cols: tuple[npt.NDArray[Any], ...]) -> npt.NDArray[np.int64]:
+    """Write rows (timestamp, stage, score, p_anomaly, alert, sensor_fault); their counts:
+    rows, stage-2 rows, rows in alert, rows with a sensor fault."""
+    ts, stage, score, p_anomaly, alert, fault = cols
+    sink.write(score_lines(ts, stage, score, p_anomaly, alert, fault))
+    s2 = np.count_nonzero(stage == STAGE_AUTOENCODER)
+    return np.array([stage.size, s2, np.count_nonzero(alert), np.count_nonzero(fault)], np.int64)
 
 
 class _RowView:

@@ -105,7 +105,7 @@ def run_demo(
     print(
         f"    {res.stage.size} rows: {int((res.stage == STAGE_AUTOENCODER).sum())} reached "
         f"stage 2, {int(res.alert.sum())} in alert, {int(res.sensor_fault.sum())} with a "
-        "sensor fault (stuck, noisy or jumping)\n"
+        "sensor fault (stuck, noisy, jump or spike)\n"
     )
     summary = summarize(plant.labels, plant.fault_kind, _flagged(scores), period_s=plant.period_s)
     _print(summary)

@@ -113,7 +113,7 @@ def level_baseline(table: SensorTable, cfg: TrainConfig) -> LevelBaseline | None
 
 
 def learned_channel_limits(table: SensorTable) -> LearnedLimits:
-    """Each channel's learned stuck, noise and jump limits (``edge_agent.data.learned``), from
+    """Each channel's learned data-quality limits (``edge_agent.data.learned``), from
     the history's readings as recorded; labelled anomalies (stuck, noisy or spiking faults
     among them) do not count."""
     return LearnedLimits.learn(np.where(table.normal_rows()[:, None], table.values, np.nan))
@@ -393,6 +393,7 @@ def fit(
                 stuck_after=limits.stuck_after[j],
                 noisy_above=limits.noisy_above[j],
                 jump_above=limits.jump_above[j],
+                spike_above=limits.spike_above[j],
             )
             for j, (n, m, s) in enumerate(zip(table.channels, prep.mean, prep.scale, strict=True))
         ],

@@ -10,9 +10,9 @@ Too short (whole history):
 - ``threshold_tail``: independent held-out windows above the tail's start (``pot_level`` or
   ``percentile``); the alert threshold extrapolates from these, and fewer than
   ``MIN_TAIL_WINDOWS`` make it a guess.
-- ``jump_limits``: fewer normal rows than a learned jump limit needs
-  (:data:`edge_agent.data.jumps.MIN_HISTORY_ROWS`): data quality then reports no spike as a
-  ``jump``.
+- ``jump_limits``: fewer normal rows than the learned jump and spike limits need
+  (:data:`edge_agent.data.jumps.MIN_HISTORY_ROWS`): data quality then reports no jump or
+  spike.
 - ``time_span``: less than a day. Nearly every plant cycles daily (ambient temperature, shift
   pattern, day and night load); a history shorter than one cycle has not seen the hours that
   follow it.
@@ -119,9 +119,9 @@ def short_findings(
         out.append(_short("threshold_tail", tail_windows, MIN_TAIL_WINDOWS, msg))
     if normal_rows < JUMP_HISTORY_ROWS:
         msg = (
-            f"{normal_rows:,} normal rows, fewer than the {JUMP_HISTORY_ROWS:,} a jump limit is "
-            f"learned from: the gateway will not report spikes as sensor faults (a short "
-            f"history shows few of the machine's own steps); give it "
+            f"{normal_rows:,} normal rows, fewer than the {JUMP_HISTORY_ROWS:,} jump and spike "
+            f"limits are learned from: the gateway will not report spikes as sensor faults "
+            f"(a short history shows few of the machine's own steps); give it "
             f"{JUMP_HISTORY_ROWS:,} rows or more"
         )
         out.append(_short("jump_limits", normal_rows, JUMP_HISTORY_ROWS, msg, unit="rows"))

@@ -50,6 +50,13 @@ class ChannelSpec(StrictModel):
         "data quality calls a reading a jump, learned from the training history "
         "(edge_agent.data.jumps); none: not judged",
     )
+    spike_above: float | None = Field(
+        default=None,
+        gt=0,
+        description="Excursion (a reading that left the one before and came back at the next, "
+        "the smaller of the two steps) above which data quality calls it a spike, learned from "
+        "the training history (edge_agent.data.spikes); none: not judged",
+    )
 
 
 class SamplingSpec(StrictModel):
@@ -238,4 +245,5 @@ class Manifest(StrictModel):
             tuple(c.stuck_after for c in self.channels),
             tuple(c.noisy_above for c in self.channels),
             tuple(c.jump_above for c in self.channels),
+            tuple(c.spike_above for c in self.channels),
         )

@@ -78,7 +78,8 @@ class QualityDefaults(StrictModel):
     learned: bool = Field(
         default=True,
         description="Apply the model's learned limits: stuck_after where no stuck_samples is "
-        "configured, noisy_above and jump_above (edge_agent.data.repeats, .roughness, .jumps)",
+        "configured, noisy_above, jump_above and spike_above (edge_agent.data.repeats, "
+        ".roughness, .jumps, .spikes)",
     )
 
 

@@ -26,10 +26,14 @@ value is old, so judging its range or repetition would be meaningless):
   :mod:`edge_agent.data.roughness`) is above the model's learned ``noisy_above``. Reported,
   but the reading is kept: noise may be the machine's, and the model should see it.
 * ``jump``: the reading is further than the model's learned ``jump_above`` from the one before
-  and from the last one that was no jump (:mod:`edge_agent.data.jumps`): a spike. Reported and
-  kept, as a noisy reading is.
+  and from the last one that was no jump (:mod:`edge_agent.data.jumps`). Reported and kept, as
+  a noisy reading is.
+* ``spike``: the *previous* reading left the one before it and came back at this one, both
+  steps over the model's learned ``spike_above`` (:mod:`edge_agent.data.spikes`). Known one
+  sample late, so reported then, with the event's ``start`` at the spike's own sample (counted
+  then too: that sample was already counted good). Its reading was kept and scored.
 
-The learned limits (stuck, noisy, jump) apply unless ``[quality] learned = false``.
+The learned limits (stuck, noisy, jump, spike) apply unless ``[quality] learned = false``.
 
 This runs once per sample, so the checks are numpy expressions over all channels and Python
 code runs only for channels that are or were faulty.
@@ -49,14 +53,15 @@ from edge_agent.data.jumps import JumpDetector
 from edge_agent.data.learned import LearnedLimits
 from edge_agent.data.repeats import NO_LIMIT
 from edge_agent.data.roughness import NOISE_STEPS, NoiseMeter
+from edge_agent.data.spikes import SpikeDetector
 from edge_agent.events import SEVERITY_WARNING, Event, EventState, new_id
 
 log = logging.getLogger(__name__)
 
 # Reasons in order of precedence; a channel's code is its index + 1, 0 is good.
-REASONS = ("stale", "nan", "range", "stuck", "noisy", "jump")
+REASONS = ("stale", "nan", "range", "stuck", "noisy", "jump", "spike")
 # Codes from _NOISY on are reported, but the reading is kept and scored.
-_GOOD, _STALE, _NAN, _RANGE, _STUCK, _NOISY, _JUMP = range(7)
+_GOOD, _STALE, _NAN, _RANGE, _STUCK, _NOISY, _JUMP, _SPIKE = range(8)
 # A reading this many training scales away from the training mean is no measurement. Far
 # beyond any real excursion (a 1000x overload is 1e3 scales for a typical channel), and it keeps
 # every normalized value well inside float32.
@@ -132,6 +137,10 @@ class QualityMonitor:
         self._level = np.full(n, np.nan)
         self._last_measured = np.full(n, np.nan)  # for a jump's detail: the reading before
         self._before_jump = self._last_measured
+        self._prev_code = np.full(n, _GOOD)
+        self._prev_t = 0.0
+        self._now = 0.0
+        self._prev_values = np.full(n, np.nan)
         self._counts = np.zeros((n, len(REASONS) + 1), np.int64)  # column 0: good samples
         self._faults: dict[int, _Fault] = {}
         self._t0: float | None = None
@@ -154,6 +163,10 @@ class QualityMonitor:
         self._jump_above = np.array([np.inf if v is None else v for v in learned.jump_above])
         self._jumps = JumpDetector(self._jump_above)
         self._judges_jumps = bool(np.isfinite(self._jump_above).any())
+        self._spike_above = np.array([np.inf if v is None else v for v in learned.spike_above])
+        self._spikes = SpikeDetector(self._spike_above)
+        self._judges_spikes = bool(np.isfinite(self._spike_above).any())
+        self._late = np.zeros(n, np.bool_)  # the previous sample was a spike (known now)
         stuck = learned.stuck_after
         limits = [c or k for c, k in zip(self._configured_stuck, stuck, strict=True)]
         self._stuck_n = np.array([NO_LIMIT if k is None else k for k in limits], np.int64)
@@ -171,6 +184,7 @@ class QualityMonitor:
             raise ValueError(f"expected {self._rows.shape[0]} channels, got {values.shape}")
         if self._t0 is None:
             self._t0 = t
+        self._now = t
         never = np.isinf(age_s)
         age = np.where(never, t - self._t0, age_s)
         same = values == self._last_fresh  # False for NaN, which breaks a run
@@ -192,20 +206,25 @@ class QualityMonitor:
                 ),
             ),
         )
-        if self._judges_noise or self._judges_jumps:
+        if self._judges_noise or self._judges_jumps or self._judges_spikes:
             code = self._learned_checks(values, code)
         self._counts[self._rows, code] += 1
         bad = code != _GOOD
         out = np.where(bad & (code < _NOISY), np.nan, values)  # noisy readings, jumps: kept
         events: list[Event] = []
+        # A spike in the previous sample, unless that sample was reported already.
+        for i in np.flatnonzero(self._late & (self._prev_code == _GOOD)).tolist():
+            self._counts[i, _SPIKE] += 1
+            self._step(i, _SPIKE, self._prev_t, float(self._prev_values[i]), 0.0, events)
+        self._prev_code, self._prev_t, self._prev_values = code, t, values
         if self._faults or bad.any():
             for i in sorted(set(np.flatnonzero(bad).tolist()) | self._faults.keys()):
                 self._step(i, int(code[i]), t, float(values[i]), float(age[i]), events)
         return out, events
 
     def _learned_checks(self, values: FloatArray, code: IntArray) -> IntArray:
-        """The learned noise and jump limits, on the readings that passed the checks before
-        them: the step to a stale, missing, implausible or stuck one measures nothing."""
+        """The learned noise, jump and spike limits, on the readings that passed the checks
+        before them: the step to a stale, missing, implausible or stuck one measures nothing."""
         good = code == _GOOD
         measured = np.where(good, values, np.nan)
         if self._judges_noise:  # without a learned noise limit the level is not needed
@@ -218,6 +237,8 @@ class QualityMonitor:
             code = np.where(good & jump, _JUMP, code)
             self._before_jump = self._last_measured
             self._last_measured = measured
+        if self._judges_spikes:
+            _, self._late = self._spikes.push(measured[None, :])
         return code
 
     def _step(
@@ -231,14 +252,14 @@ class QualityMonitor:
             if fault.good_run >= self._clear:
                 del self._faults[i]
                 detail = f"good for {fault.good_run} samples; {fault.flagged} samples flagged"
-                out.append(self._event(fault, i, "close", t, detail, end=fault.last_bad_t))
+                out.append(self._event(fault, i, "close", detail, end=fault.last_bad_t))
                 log.info("sensor fault over: %s (%s)", self.channels[i], detail)
             return
         if fault is None:
             fault = _Fault(new_id(), start=t, reason=code, last_bad_t=t)
             self._faults[i] = fault
             detail = self._detail(i, code, value, age)
-            out.append(self._event(fault, i, "open", t, detail))
+            out.append(self._event(fault, i, "open", detail))
             log.warning("sensor fault: %s %s: %s", self.channels[i], REASONS[code - 1], detail)
         elif code != fault.reason:
             if code == fault.pending and fault.good_run == 0:
@@ -247,7 +268,7 @@ class QualityMonitor:
                 fault.pending, fault.pending_run = code, 1
             if fault.pending_run >= self._clear:
                 fault.reason, fault.pending = code, _GOOD
-                out.append(self._event(fault, i, "update", t, self._detail(i, code, value, age)))
+                out.append(self._event(fault, i, "update", self._detail(i, code, value, age)))
         else:
             fault.pending = _GOOD
         fault.flagged += 1
@@ -261,6 +282,12 @@ class QualityMonitor:
             return "the sensor reports no value (NaN)"
         if code == _RANGE:
             return self._range_detail(i, value)
+        if code >= _NOISY:
+            return self._learned_detail(i, code, value)
+        run, limit = self._run[i], self._stuck_n[i]
+        return f"value {value:g} in {run} fresh readings in a row (limit {limit})"
+
+    def _learned_detail(self, i: int, code: int, value: float) -> str:
         if code == _NOISY:
             return (
                 f"noise level {self._level[i]:.4g} (median step of the last {NOISE_STEPS} "
@@ -272,8 +299,11 @@ class QualityMonitor:
                 f"reading before ({self._before_jump[i]:g}), more than the model's limit "
                 f"{self._jump_above[i]:.4g}"
             )
-        run, limit = self._run[i], self._stuck_n[i]
-        return f"value {value:g} in {run} fresh readings in a row (limit {limit})"
+        return (
+            f"value {value:g} left the reading before and came back at the next, both "
+            f"steps more than the model's limit {self._spike_above[i]:.4g} (a spike; "
+            f"reported when the next reading arrived)"
+        )
 
     def _range_detail(self, i: int, value: float) -> str:
         if not self._plausible_lo[i] <= value <= self._plausible_hi[i]:
@@ -291,7 +321,6 @@ class QualityMonitor:
         fault: _Fault,
         i: int,
         state: EventState,
-        t: float,
         detail: str,
         end: float | None = None,
     ) -> Event:
@@ -306,7 +335,7 @@ class QualityMonitor:
             channel=self.channels[i],
             reason=REASONS[fault.reason - 1],
             detail=detail,
-            created=t,
+            created=self._now,  # the sample that decided, even for a spike told late
         )
 
     def shift_time(self, step_s: float) -> None:

@@ -9,10 +9,15 @@ from edge_agent.data.learned import CHUNK_ROWS, LearnedChecks, LearnedLimits
 
 
 def checks(
-    stuck: list[int | None], noisy: list[float | None], jump: list[float | None] | None = None
+    stuck: list[int | None],
+    noisy: list[float | None],
+    jump: list[float | None] | None = None,
+    spike: list[float | None] | None = None,
 ) -> LearnedChecks:
-    jumps = tuple(jump) if jump is not None else (None,) * len(stuck)
-    return LearnedChecks(LearnedLimits(tuple(stuck), tuple(noisy), jumps))
+    none = (None,) * len(stuck)
+    jumps = tuple(jump) if jump is not None else none
+    spikes = tuple(spike) if spike is not None else none
+    return LearnedChecks(LearnedLimits(tuple(stuck), tuple(noisy), jumps, spikes))
 
 
 def test_stuck_readings_become_missing_and_mark_their_rows() -> None:
@@ -52,7 +57,22 @@ def test_limits_learned_from_a_history_ignore_masked_rows() -> None:
     assert limits.jump_above[1] is None  # never moved
     assert limits.noisy_above[1] is None
     assert LearnedLimits.learn(x).jump_above[0] > 80.0  # the spike, learned as normal
-    assert LearnedLimits.none(3) == LearnedLimits((None,) * 3, (None,) * 3, (None,) * 3)
+    assert LearnedLimits.none(3) == LearnedLimits(*((None,) * 3,) * 4)
+
+
+def test_a_spike_on_a_blocks_last_row_is_told_by_the_next_call() -> None:
+    rows = CHUNK_ROWS + 31
+    x = np.column_stack([np.r_[np.zeros(10), 50.0, np.zeros(rows - 11)], np.zeros(rows)])
+    x[CHUNK_ROWS - 1, 0] = -50.0  # on the checks' own slice boundary
+    streamed = checks([None, None], [None, None], spike=[5.0, None])
+    _, first = streamed.apply(x[:11])
+    assert not first.any()  # row 10's way back is in the next block
+    assert not streamed.late
+    _, second = streamed.apply(x[11:])
+    assert streamed.late  # row 10 was a spike
+    assert np.flatnonzero(second).tolist() == [CHUNK_ROWS - 12]  # the one on the boundary
+    _, whole = checks([None, None], [None, None], spike=[5.0, None]).apply(x)
+    assert np.flatnonzero(whole).tolist() == [10, CHUNK_ROWS - 1]
 
 
 def test_without_limits_nothing_is_touched() -> None:
@@ -81,5 +101,5 @@ def test_block_by_block_gives_the_whole_files_answer(cuts: list[int]) -> None:
 
 
 def test_one_limit_per_channel() -> None:
-    with pytest.raises(ValueError, match="2 stuck, 1 noisy, 2 jump"):
-        LearnedLimits((1, 2), (None,), (None, None))
+    with pytest.raises(ValueError, match="2 stuck, 1 noisy, 2 jump, 2 spike"):
+        LearnedLimits((1, 2), (None,), (None, None), (None, None))

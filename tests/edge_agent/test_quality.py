@@ -122,11 +122,15 @@ def test_stuck_check_is_off_without_a_configured_or_learned_limit() -> None:
 
 
 def learned(
-    mon: QualityMonitor, limit: int | None, noisy: float | None = None, jump: float | None = None
+    mon: QualityMonitor,
+    limit: int | None,
+    noisy: float | None = None,
+    jump: float | None = None,
+    spike: float | None = None,
 ) -> QualityMonitor:
-    """``mon`` running a model that learned ``limit``, ``noisy`` and ``jump`` for 'x' (nothing
-    for 'y')."""
-    limits = LearnedLimits((limit, None), (noisy, None), (jump, None))
+    """``mon`` running a model that learned ``limit``, ``noisy``, ``jump`` and ``spike`` for
+    'x' (nothing for 'y')."""
+    limits = LearnedLimits((limit, None), (noisy, None), (jump, None), (spike, None))
     mon.set_training(ModelChannels(np.array([5.0, 0.0]), np.array([1.0, 1.0]), limits))
     return mon
 
@@ -155,7 +159,7 @@ def test_streaming_check_and_offline_filter_agree_on_what_is_stuck() -> None:
     x[250] = NAN
     feed = Feeder(learned(monitor(stuck=None), 12))
     streamed = np.array([feed(v) for v in x])
-    checks = LearnedChecks(LearnedLimits((12, None), (None, None), (None, None)))
+    checks = LearnedChecks(LearnedLimits((12, None), *((None, None),) * 3))
     offline, rows = checks.apply(np.column_stack([x, np.arange(x.size)]))
     assert np.array_equal(np.isnan(streamed), np.isnan(offline[:, 0]))
     assert np.array_equal(rows, np.isnan(offline[:, 0]) & ~np.isnan(x))
@@ -178,7 +182,7 @@ def test_streaming_and_offline_agree_with_both_learned_limits() -> None:
         before = sum(feed.reasons().values())
         feed(v)
         flagged.append(sum(feed.reasons().values()) - before - int(math.isnan(v)))
-    checks = LearnedChecks(LearnedLimits((12, None), (0.2, None), (None, None)))
+    checks = LearnedChecks(LearnedLimits((12, None), (0.2, None), *((None, None),) * 2))
     _, rows = checks.apply(np.column_stack([x, np.arange(600.0)]))
     assert np.array_equal(np.array(flagged, bool), rows)
     assert rows[111:140].all()
@@ -195,7 +199,7 @@ def test_a_noisy_channel_is_reported_and_its_readings_kept() -> None:
     assert [(e.state, e.reason) for e in feed.events] == [("open", "noisy"), ("close", "noisy")]
     assert "noise level" in (feed.events[0].detail or "")
     assert feed.events[0].start > 1040.0  # not before the burst
-    checks = LearnedChecks(LearnedLimits((None,) * 2, (0.05, None), (None,) * 2))
+    checks = LearnedChecks(LearnedLimits((None,) * 2, (0.05, None), (None,) * 2, (None,) * 2))
     offline = checks.apply(np.column_stack([x, x]))[1]
     assert offline.sum() == feed.reasons()["noisy"]
 
@@ -227,11 +231,53 @@ def test_streaming_and_offline_agree_on_jumps() -> None:
         before = sum(feed.reasons().values())
         feed(v)
         flagged.append(sum(feed.reasons().values()) - before)
-    limits = LearnedLimits((12, None), (0.5, None), (1.0, None))
+    limits = LearnedLimits((12, None), (0.5, None), (1.0, None), (None, None))
     _, rows = LearnedChecks(limits).apply(np.column_stack([x, np.arange(300.0)]))
     assert np.array_equal(np.array(flagged, bool), rows)
     assert rows[[50, 100, 140, 260, 261, 262]].all()
     assert not rows[[51, 101, 141]].any()  # a spike's way back; a new level's second reading
+
+
+def test_a_spike_is_reported_one_sample_late_with_its_own_start() -> None:
+    x = np.r_[np.full(20, 5.0), 9.0, np.full(20, 5.0)]
+    feed = Feeder(learned(monitor(stuck=None), None, spike=1.0))
+    out = np.array([feed(v) for v in x])
+    assert np.array_equal(out, x)  # nothing blanked
+    assert [(e.state, e.reason) for e in feed.events] == [("open", "spike"), ("close", "spike")]
+    opened = feed.events[0]
+    assert opened.start == 1021.0  # the spike's sample...
+    assert opened.created == 1022.0  # ...told when the next one came back
+    assert "came back at the next" in (opened.detail or "")
+    assert feed.reasons()["spike"] == 1
+
+
+def test_a_new_model_without_spike_limits_reports_no_more_spikes() -> None:
+    mon = learned(monitor(stuck=None), None, spike=1.0)
+    feed = Feeder(mon)
+    for v in (5.0, 5.0, 9.0, 5.0):
+        feed(v)
+    learned(mon, None)  # a new model, without a spike limit
+    for _ in range(3 * CLEAR):
+        feed(5.0)
+    assert [(e.state, e.reason) for e in feed.events] == [("open", "spike"), ("close", "spike")]
+
+
+def test_streaming_and_offline_agree_on_spikes() -> None:
+    """The samples the agent reports as spikes (by their events' start) are the rows replay's
+    LearnedChecks mark; one already reported as a jump is not reported twice."""
+    rng = np.random.default_rng(14)
+    x = 5.0 + rng.normal(0.0, 0.05, 300)
+    x[[40, 90, 91, 150, 230]] += [3.0, -3.0, 3.0, 3.0, -3.0]
+    x[200:215] = x[199]  # stuck: blanked, no spike next to it judged
+    x[215] = 9.0  # next to a blanked reading: not judged
+    feed = Feeder(learned(monitor(stuck=None), 12, spike=1.0, jump=5.0))
+    for v in x:
+        feed(v)
+    starts = sorted(int(e.start - 1001.0) for e in feed.events if e.state == "open")
+    limits = LearnedLimits((12, None), (None, None), (5.0, None), (1.0, None))
+    _, rows = LearnedChecks(limits).apply(np.column_stack([x, np.arange(300.0)]))
+    assert np.flatnonzero(rows).tolist() == [40, 90, 91, 150, *range(210, 215), 230]
+    assert [r for r in starts if r not in range(200, 216)] == [40, 90, 150, 230]
 
 
 def test_learned_limits_can_be_switched_off() -> None:
@@ -339,7 +385,7 @@ def test_counts_cover_every_channel_and_reason() -> None:
     assert mon.counts() == {
         (ch, r): 0
         for ch in ("x", "y")
-        for r in ("stale", "nan", "range", "stuck", "noisy", "jump")
+        for r in ("stale", "nan", "range", "stuck", "noisy", "jump", "spike")
     }
     with pytest.raises(ValueError, match="expected 2 channels"):
         mon.check(0.0, np.zeros(3), np.zeros(3), np.ones(3, bool))

@@ -489,8 +489,8 @@ def write_report(
         "<p>The anomaly score (black) against the alarm threshold (dashed red); labelled "
         "anomalies are shaded grey. The strip below shows the outcome: blue where an anomaly "
         "was alarmed, vermilion for false alarms, orange for missed anomalous samples (alarmed: "
-        "in alert, or with a sensor fault by the model's learned stuck, noise or jump limits, as "
-        "the gateway reports them)."
+        "in alert, or with a sensor fault by the model's learned stuck, noise, jump or spike "
+        "limits, as the gateway reports them)."
         + (
             " The bottom strip is the pipeline stage reached by each sample."
             if stage_arr is not None

@@ -110,7 +110,7 @@ def evaluate(
     """Metrics of the cascade, of stage 2 alone and of the baselines on rows ``skip_rows:``.
 
     A row counts as flagged as the gateway would report it: in alert, or with a channel past
-    the model's learned stuck, noise or jump limit (a ``sensor_fault``,
+    one of the model's learned data-quality limits (a ``sensor_fault``,
     ``edge_agent.data.learned``).
 
     When the table's CSV has a ``kind_col`` column (the simulator's ``fault_kind``), the
