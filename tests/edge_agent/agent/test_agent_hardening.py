@@ -35,6 +35,7 @@ from edge_agent.sources.serial_line import SerialLine
 
 LINE_EVERY_S = 0.1
 HOUR_S = 3600.0
+NOISE_SCALES = 0.01  # the Board's spread, in training scales
 FLT_MAX = float(np.finfo(np.float32).max)
 
 pytestmark = pytest.mark.skipif(
@@ -45,7 +46,11 @@ pytestmark = pytest.mark.skipif(
 
 class Board:
     """A microcontroller on the other end of the pty: one CSV line of readings every 0.1 s,
-    near each channel's training mean; ``override`` replaces a channel's value."""
+    near each channel's training mean; ``override`` replaces a channel's value.
+
+    The readings are independent draws, so sample to sample they are rougher than the plant's
+    own: their spread is kept at 1 % of a training scale, well inside the noise and spike limits
+    the model learned (at 10 %, a draw now and then was a spike by the learned limit)."""
 
     def __init__(self, sim_port: Path, means: list[float], scales: list[float]) -> None:
         self.means, self.scales = means, scales
@@ -59,7 +64,7 @@ class Board:
     def _run(self) -> None:
         while not self._stop.wait(LINE_EVERY_S):
             vals = [
-                self.override.get(i, m + 0.1 * s * self._rng.standard_normal())
+                self.override.get(i, m + NOISE_SCALES * s * self._rng.standard_normal())
                 for i, (m, s) in enumerate(zip(self.means, self.scales, strict=True))
             ]
             self._port.write((",".join(repr(float(v)) for v in vals) + "\n").encode())
