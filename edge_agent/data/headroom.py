@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import numpy.typing as npt
+
 HEADROOM = 1.25
 SHORT_HISTORY_ROWS = 1000
 
@@ -24,3 +27,15 @@ def learned_limit(largest: float, rows: int) -> float | None:
     if rows <= 0 or not math.isfinite(largest) or largest <= 0.0:
         return None
     return float(largest * HEADROOM * (1.0 + min(1.0, SHORT_HISTORY_ROWS / rows)))
+
+
+def history_rows(values: npt.NDArray[np.float64]) -> int:
+    """Rows of a training history (N, C) that count: those not set to NaN throughout."""
+    return int(np.count_nonzero(~np.isnan(values).all(axis=1)))
+
+
+def column_limits(measures: npt.NDArray[np.float64], rows: int) -> list[float | None]:
+    """:func:`learned_limit` of each column's largest measure (M, C) over a history of
+    ``rows`` rows; NaN measures (next to an ignored row) do not count."""
+    largest = [float(np.nanmax(c)) if np.isfinite(c).any() else np.nan for c in measures.T]
+    return [learned_limit(v, rows) for v in largest]

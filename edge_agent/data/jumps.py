@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.data.headroom import SHORT_HISTORY_ROWS, learned_limit
+from edge_agent.data.headroom import SHORT_HISTORY_ROWS, column_limits, history_rows
 
 F64 = npt.NDArray[np.float64]
 BOOL = npt.NDArray[np.bool_]
@@ -135,9 +135,7 @@ class JumpDetector:
 def learned_jump_limits(values: F64) -> list[float | None]:
     """Each column's jump limit over a training history (rows to ignore set to NaN: a
     step to or from one does not count); none for a history under ``MIN_HISTORY_ROWS``."""
-    rows = int(np.count_nonzero(~np.isnan(values).all(axis=1)))
+    rows = history_rows(values)
     if rows < MIN_HISTORY_ROWS:
         return [None] * values.shape[1]
-    steps = np.abs(np.diff(values, axis=0))
-    largest = [float(np.nanmax(col)) if np.isfinite(col).any() else np.nan for col in steps.T]
-    return [learned_limit(v, rows) for v in largest]
+    return column_limits(np.abs(np.diff(values, axis=0)), rows)

@@ -13,6 +13,7 @@ last row of a block is marked, if it was one, by :attr:`LearnedChecks.late` afte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -67,6 +68,11 @@ class LearnedLimits:
         )
 
 
+def limit_array(limits: Sequence[float | None]) -> F64:
+    """Per-channel limits as an array, inf where a channel is not judged."""
+    return np.array([np.inf if v is None else v for v in limits], np.float64)
+
+
 class LearnedChecks:
     """Stuck, noisy, jumping and spiking readings of a stream of rows, block by block.
 
@@ -77,9 +83,9 @@ class LearnedChecks:
     def __init__(self, limits: LearnedLimits) -> None:
         n = len(limits.stuck_after)
         self._stuck = np.array([NO_LIMIT if k is None else k for k in limits.stuck_after])
-        self._noisy = np.array([np.inf if v is None else v for v in limits.noisy_above], float)
-        jump_above = np.array([np.inf if v is None else v for v in limits.jump_above], float)
-        spike_above = np.array([np.inf if v is None else v for v in limits.spike_above], float)
+        self._noisy = limit_array(limits.noisy_above)
+        jump_above = limit_array(limits.jump_above)
+        spike_above = limit_array(limits.spike_above)
         self._repeats = RepeatCounter(n)
         self._noise = NoiseMeter(n)
         self._jumps = JumpDetector(jump_above)

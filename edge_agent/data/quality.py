@@ -50,7 +50,7 @@ import numpy.typing as npt
 
 from edge_agent.config.model import ChannelQuality, QualityDefaults
 from edge_agent.data.jumps import JumpDetector
-from edge_agent.data.learned import LearnedLimits
+from edge_agent.data.learned import LearnedLimits, limit_array
 from edge_agent.data.repeats import NO_LIMIT
 from edge_agent.data.roughness import NOISE_STEPS, NoiseMeter
 from edge_agent.data.spikes import SpikeDetector
@@ -158,12 +158,12 @@ class QualityMonitor:
             self._plausible_hi = training.mean + IMPLAUSIBLE_SCALES * training.scale
             if self._learned:
                 learned = training.limits
-        self._noisy_above = np.array([np.inf if v is None else v for v in learned.noisy_above])
+        self._noisy_above = limit_array(learned.noisy_above)
         self._judges_noise = bool(np.isfinite(self._noisy_above).any())
-        self._jump_above = np.array([np.inf if v is None else v for v in learned.jump_above])
+        self._jump_above = limit_array(learned.jump_above)
         self._jumps = JumpDetector(self._jump_above)
         self._judges_jumps = bool(np.isfinite(self._jump_above).any())
-        self._spike_above = np.array([np.inf if v is None else v for v in learned.spike_above])
+        self._spike_above = limit_array(learned.spike_above)
         self._spikes = SpikeDetector(self._spike_above)
         self._judges_spikes = bool(np.isfinite(self._spike_above).any())
         self._late = np.zeros(n, np.bool_)  # the previous sample was a spike (known now)

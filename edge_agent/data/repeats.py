@@ -31,6 +31,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.data.headroom import history_rows
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
@@ -82,6 +84,6 @@ def longest_runs(values: F64) -> I64:
 
 def learned_stuck_limits(values: F64) -> list[int | None]:
     """:func:`stuck_limit` of each column of a training history (rows to ignore set to NaN)."""
-    rows = int(np.count_nonzero(~np.isnan(values).all(axis=1)))
+    rows = history_rows(values)
     return [stuck_limit(int(r), rows) for r in longest_runs(values)]
 

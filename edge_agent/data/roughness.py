@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.data.headroom import learned_limit
+from edge_agent.data.headroom import column_limits, history_rows
 
 F64 = npt.NDArray[np.float64]
 
@@ -90,7 +90,4 @@ def median_of_8(steps: F64) -> F64:
 
 def learned_noise_limits(values: F64) -> list[float | None]:
     """Each column's noise limit over a training history (rows to ignore set to NaN)."""
-    rows = int(np.count_nonzero(~np.isnan(values).all(axis=1)))
-    levels = NoiseMeter(values.shape[1]).push(values)
-    largest = [float(np.nanmax(col)) if np.isfinite(col).any() else np.nan for col in levels.T]
-    return [learned_limit(v, rows) for v in largest]
+    return column_limits(NoiseMeter(values.shape[1]).push(values), history_rows(values))

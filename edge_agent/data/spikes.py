@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.data.headroom import learned_limit
+from edge_agent.data.headroom import column_limits, history_rows
 from edge_agent.data.jumps import MIN_HISTORY_ROWS
 
 F64 = npt.NDArray[np.float64]
@@ -72,9 +72,7 @@ class SpikeDetector:
 def learned_spike_limits(values: F64) -> list[float | None]:
     """Each column's spike limit over a training history (rows to ignore set to NaN: an
     excursion next to one does not count); none for a history under ``MIN_HISTORY_ROWS``."""
-    rows = int(np.count_nonzero(~np.isnan(values).all(axis=1)))
-    if rows < MIN_HISTORY_ROWS or values.shape[0] < 3:
+    rows = history_rows(values)
+    if rows < MIN_HISTORY_ROWS:
         return [None] * values.shape[1]
-    sizes = excursions(values)
-    largest = [float(np.nanmax(col)) if np.isfinite(col).any() else np.nan for col in sizes.T]
-    return [learned_limit(v, rows) for v in largest]
+    return column_limits(excursions(values), rows)
