@@ -28,6 +28,7 @@ from edge_agent.bundle.verify import verify_bundle
 from edge_agent.data.table import iter_table, read_table
 from edge_agent.data.table_stream import BLOCK_BYTES
 from edge_agent.detect.cascade import STAGE_AUTOENCODER, STAGE_NONE
+from edge_agent.errors import DataError
 from edge_agent.model_slot import load_cascade
 from edge_agent.pipeline import (
     PipelineResult,
@@ -60,6 +61,13 @@ class ReplaySummary:
     local_threshold: str | None = None  # --local-history: the threshold used, and why
 
 
+def _require_file(data: Path) -> None:
+    """A mistyped ``--data`` is named at once, before the bundle's signature is checked and
+    its interpreter loaded (the reader would find out only at its first block)."""
+    if not data.is_file():
+        raise DataError("file not found" if not data.exists() else "not a file", path=str(data))
+
+
 def replay(
     bundle_dir: Path,
     data: Path,
@@ -70,6 +78,7 @@ def replay(
     num_threads: int = 1,
 ) -> PipelineResult:
     """The whole file in memory: score it and write the output, and return every row's result."""
+    _require_file(data)
     bundle = verify_bundle(bundle_dir, trust)
     m = bundle.manifest
     table = read_table(data, time_col=time_col, channels=m.channel_names)
@@ -95,6 +104,7 @@ def replay_stream(
 
     ``local_history``: first set the alert threshold as the gateway whose history it is
     would (``edge_agent.learn.offline.local_threshold``)."""
+    _require_file(data)
     bundle = verify_bundle(bundle_dir, trust)
     m = bundle.manifest
     cascade = load_cascade(bundle, num_threads=num_threads)

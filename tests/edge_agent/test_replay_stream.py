@@ -13,6 +13,18 @@ from edge_agent.errors import DataError
 from edge_agent.replay import replay, replay_stream
 
 
+def test_a_missing_data_file_is_named_before_the_bundle_is_read(tmp_path: Path) -> None:
+    """No bundle here at all: the error is about the data file, so the bundle was not read."""
+    for run in (replay, replay_stream):
+        with pytest.raises(DataError, match="file not found") as err:
+            run(tmp_path / "no-bundle", tmp_path / "typo.csv", tmp_path / "out.csv",
+                tmp_path / "no.pub")  # fmt: skip
+        assert "typo.csv" in str(err.value)
+        with pytest.raises(DataError, match="not a file"):
+            run(tmp_path / "no-bundle", tmp_path, tmp_path / "out.csv", tmp_path / "no.pub")
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_streamed_output_is_the_whole_file_output(
     bundle: Path, keys: Path, sim_csv: Path, tmp_path: Path
 ) -> None:
