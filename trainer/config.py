@@ -94,6 +94,23 @@ class AutoencoderConfig(_Strict):
     batch_size: int = Field(default=64, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     patience: int = Field(default=10, ge=1, description="Epochs without improvement before stop")
+    # A start, a stop or a valve stroke is normal but rare: a few % of the windows, which a
+    # plain mean-squared loss learns least. On the simulator's 2-day history they formed a
+    # second mode of the held-out errors, above the alert threshold: every start and stop of
+    # the compressor raised an alert. A second pass that weighs each window by its error after
+    # the first (errors at or under the median weigh 1) learns them too; how it was chosen is
+    # in trainer.fit.rare_window_weights.
+    rare_window_epochs: int | None = Field(
+        default=None,
+        ge=0,
+        description="Epochs of a second pass weighted towards the windows the first pass "
+        "reconstructed worst (rare normal patterns such as starts and stops); default: half "
+        "of epochs; 0: off",
+    )
+
+    def rare_pass_epochs(self) -> int:
+        return self.epochs // 2 if self.rare_window_epochs is None else self.rare_window_epochs
+
     validation_fraction: float = Field(
         default=0.2, gt=0, lt=0.9, description="Latest share of history held out for calibration"
     )
@@ -108,7 +125,11 @@ class ThresholdConfig(_Strict):
     )
     percentile: float = Field(default=99.5, gt=50, lt=100, description="For method=percentile")
     pot_level: float = Field(
-        default=0.9, gt=0.5, lt=1, description="Quantile of normal errors where the GPD tail starts"
+        default=0.9,
+        gt=0.5,
+        lt=1,
+        description="Quantile of normal errors where the GPD tail starts at the lowest; with "
+        "many held-out windows it starts higher (trainer.calibrate.POT_TAIL_WINDOWS)",
     )
     risk: float = Field(
         default=1e-3, gt=0, lt=0.5, description="For method=pot: P(error >= threshold | normal)"

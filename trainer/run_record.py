@@ -37,8 +37,15 @@ class AutoencoderTraining(StrictModel):
 
     kind: str = Field(description="Architecture (dense, conv or lstm); the bundle records it")
     epochs_run: int = Field(ge=0, description="Epochs run before early stopping")
-    final_loss: float = Field(description="Training loss (MSE of normalized values), last epoch")
-    best_val_loss: float = Field(description="Lowest validation loss; its weights were kept")
+    rare_window_epochs_run: int = Field(
+        default=0, ge=0, description="Epochs of the second pass weighted towards rare windows"
+    )
+    final_loss: float = Field(
+        description="Training loss (MSE of normalized values), first pass's last epoch"
+    )
+    best_val_loss: float = Field(
+        description="Lowest validation loss (plain MSE) of the last pass; its weights were kept"
+    )
     device: str = Field(description="Where TensorFlow trained: GPU or CPU")
     tensorflow: str = Field(description="TensorFlow version that trained the model")
     parameters: int = Field(ge=0, description="Trainable and other parameters of the model")
