@@ -291,46 +291,39 @@ def train_autoencoder(
     a = cfg.autoencoder
     model = build_autoencoder(a.kind, train_w.shape[1], train_w.shape[2], seed=seed)
     model.optimizer.learning_rate.assign(a.learning_rate)
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=a.patience, restore_best_weights=True
-    )
-    hist = model.fit(
-        train_w,
-        train_w,
-        validation_data=(val_w, val_w),
-        epochs=a.epochs,
-        batch_size=a.batch_size,
-        shuffle=True,
-        verbose=0,
-        callbacks=[stop, _progress_callback(a.epochs)],
-    )
-    losses = hist.history
-    best_val = float(min(losses["val_loss"]))
-    rare_epochs = 0
-    if a.rare_pass_epochs():
-        weights = rare_window_weights(train_w, KerasReconstructor(model).reconstruct(train_w))
+    steps = train_w.shape[1]
+
+    def run_pass(epochs: int, weights: npt.NDArray[np.float64] | None) -> dict[str, list[float]]:
+        """One pass with early stopping on the plain validation loss; its best weights kept."""
         stop = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=a.patience, restore_best_weights=True
         )
-        rare = model.fit(
+        history: dict[str, list[float]] = model.fit(
             train_w,
             train_w,
             # Keras' MSE leaves one loss per time step: one weight per window, on every step.
-            sample_weight=np.repeat(weights[:, None], train_w.shape[1], axis=1),
+            sample_weight=None if weights is None else np.repeat(weights[:, None], steps, axis=1),
             validation_data=(val_w, val_w),
-            epochs=a.rare_pass_epochs(),
+            epochs=epochs,
             batch_size=a.batch_size,
             shuffle=True,
             verbose=0,
-            callbacks=[stop, _progress_callback(a.rare_pass_epochs())],
+            callbacks=[stop, _progress_callback(epochs)],
         ).history
-        rare_epochs = len(rare["loss"])
-        best_val = float(min(rare["val_loss"]))
+        return history
+
+    losses = run_pass(a.epochs, None)
+    last = losses
+    rare_epochs = 0
+    if a.rare_pass_epochs():
+        weights = rare_window_weights(train_w, KerasReconstructor(model).reconstruct(train_w))
+        last = run_pass(a.rare_pass_epochs(), weights)
+        rare_epochs = len(last["loss"])
     info = {
         "epochs_run": len(losses["loss"]),
         "rare_window_epochs_run": rare_epochs,
         "final_loss": float(losses["loss"][-1]),
-        "best_val_loss": best_val,
+        "best_val_loss": float(min(last["val_loss"])),
         "device": "GPU" if gpus else "CPU",
         "tensorflow": tf.__version__,
         "parameters": int(model.count_params()),
