@@ -37,7 +37,7 @@ from export.sign import file_digests, utc_stamp, write_signed
 from export.train_weights import learning_files
 from trainer.calibrate import calibrate_threshold, screen_threshold
 from trainer.fit import FOREST_FILE, features_of_windows
-from trainer.synthetic import inject
+from trainer.quant_aware import int8_calibration_windows
 
 log = logging.getLogger("export.bundle")
 
@@ -140,20 +140,6 @@ def build_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def int8_calibration_windows(
-    representative: npt.NDArray[Any], *, seed: int
-) -> npt.NDArray[np.float32]:
-    """The windows int8 ranges are calibrated on: the run's representative training windows
-    and one synthetic fault made from each (``trainer.synthetic``: spike, level shift, drift,
-    stuck, noise). Normal windows alone set input ranges that faults leave: int8 clipped the
-    very values that make a fault, and on SKAB valve1/8 missed 11 of 300 faults at the alert
-    line that float caught (the parity gate refused it); with the faults in, 3, and the gate
-    passes. Ranges widen by about the faults' size, a small loss of resolution on normal."""
-    normal = np.ascontiguousarray(representative, dtype=np.float32)
-    faults, _ = inject(normal, seed=seed, copies=1)
-    return np.concatenate([normal, faults])
 
 
 def screen_positives(arrays: dict[str, npt.NDArray[Any]]) -> npt.NDArray[np.float32]:

@@ -111,6 +111,21 @@ class AutoencoderConfig(_Strict):
     def rare_pass_epochs(self) -> int:
         return self.epochs // 2 if self.rare_window_epochs is None else self.rare_window_epochs
 
+    # export rounds the model to int8 and refuses one whose int8 copy loses what float finds;
+    # a few epochs trained through that rounding (trainer.quant_aware) keep the two together.
+    quantization_aware_epochs: int | None = Field(
+        default=None,
+        ge=0,
+        description="Epochs of fine-tuning through int8 rounding after training, so the "
+        "int8 model export makes reconstructs as the float one does (dense kind); default: "
+        "an eighth of epochs (10 of 80); 0: off",
+    )
+
+    def quantization_aware_pass_epochs(self) -> int:
+        if self.quantization_aware_epochs is None:
+            return self.epochs // 8
+        return self.quantization_aware_epochs
+
     validation_fraction: float = Field(
         default=0.2, gt=0, lt=0.9, description="Latest share of history held out for calibration"
     )

@@ -47,6 +47,7 @@ from trainer.config import TrainConfig
 from trainer.forest import fit_forest, fit_window_residual
 from trainer.history_findings import is_trending
 from trainer.history_trend import robust_trend
+from trainer.quant_aware import fine_tune, int8_calibration_windows
 from trainer.run_record import RUN_FILE, AutoencoderTraining, RunRecord, ValidationSummary
 from trainer.synthetic import inject
 
@@ -258,6 +259,12 @@ def _progress_callback(epochs: int) -> Any:
     return Progress()
 
 
+def representative_windows(train_w: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The training windows kept for export's int8 calibration: evenly spaced over the history."""
+    idx = np.linspace(0, train_w.shape[0] - 1, min(REPRESENTATIVE_WINDOWS, train_w.shape[0]))
+    return train_w[idx.astype(int)]
+
+
 def rare_window_weights(
     windows: npt.NDArray[np.float32], recon: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float64]:
@@ -315,13 +322,26 @@ def train_autoencoder(
     losses = run_pass(a.epochs, None)
     last = losses
     rare_epochs = 0
+    weights = None
     if a.rare_pass_epochs():
         weights = rare_window_weights(train_w, KerasReconstructor(model).reconstruct(train_w))
         last = run_pass(a.rare_pass_epochs(), weights)
         rare_epochs = len(last["loss"])
+    quant_epochs = fine_tune(
+        model,
+        train_w,
+        val_w,
+        int8_calibration_windows(representative_windows(train_w), seed=seed),
+        epochs=a.quantization_aware_pass_epochs(),
+        learning_rate=a.learning_rate / 10,
+        batch_size=a.batch_size,
+        weights=weights,
+        seed=seed,
+    )
     info = {
         "epochs_run": len(losses["loss"]),
         "rare_window_epochs_run": rare_epochs,
+        "quantization_aware_epochs_run": quant_epochs,
         "final_loss": float(losses["loss"][-1]),
         "best_val_loss": float(min(last["val_loss"])),
         "device": "GPU" if gpus else "CPU",
@@ -458,7 +478,6 @@ def fit(
         ),
         fit_seconds=round(time.perf_counter() - t0, 2),
     )
-    rep_idx = np.linspace(0, train_w.shape[0] - 1, min(REPRESENTATIVE_WINDOWS, train_w.shape[0]))
     pos_labels = np.ones(pos_w.shape[0], np.int8)
     parity_w = np.concatenate([val_w, pos_w])
     parity_labels = np.concatenate([np.zeros(val_w.shape[0], np.int8), pos_labels])
@@ -468,7 +487,7 @@ def fit(
         forest_bytes=forest.to_bytes(),
         model=model,
         arrays={
-            "representative": train_w[rep_idx.astype(int)],
+            "representative": representative_windows(train_w),
             "val_windows": val_w,
             # The screen's calibration set (export recalibrates the screen on it); export's
             # parity gate builds its own set from val_windows and labelled_windows.

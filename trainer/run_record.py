@@ -40,6 +40,9 @@ class AutoencoderTraining(StrictModel):
     rare_window_epochs_run: int = Field(
         default=0, ge=0, description="Epochs of the second pass weighted towards rare windows"
     )
+    quantization_aware_epochs_run: int = Field(
+        default=0, ge=0, description="Epochs of fine-tuning through int8 rounding"
+    )
     final_loss: float = Field(
         description="Training loss (MSE of normalized values), first pass's last epoch"
     )

@@ -52,7 +52,9 @@ def test_the_second_pass_learns_the_rare_windows() -> None:
     test, rare = _machine(rng, 2000, rare_every=33)
 
     def cfg(epochs: int, rare_epochs: int) -> TrainConfig:
-        ae = AutoencoderConfig(epochs=epochs, rare_window_epochs=rare_epochs, patience=50)
+        ae = AutoencoderConfig(
+            epochs=epochs, rare_window_epochs=rare_epochs, patience=50, quantization_aware_epochs=0
+        )
         return TrainConfig(autoencoder=ae)
 
     plain = _rare_over_common(cfg(12, 0), train, test, rare)
