@@ -139,8 +139,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # The demo prints its own four steps and summary; the stages' INFO lines would only
+    # interleave with them for a newcomer. Warnings still show, and --verbose shows all.
+    quiet_level = logging.WARNING if args.command == "demo" else logging.INFO
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else quiet_level,
         format="%(levelname)s %(name)s: %(message)s",
     )
     with quiet_unless(args.verbose):
