@@ -93,14 +93,27 @@ def run_gate(
     if not failures:
         return spec
     rep = min(run.arrays["representative"].shape[0], DEFAULT_MAX_SAMPLES)
-    msg = refusal(failures, spec, kind=record.autoencoder.kind, representative=rep)
+    msg = refusal(
+        failures,
+        spec,
+        kind=record.autoencoder.kind,
+        representative=rep,
+        quant_epochs=record.autoencoder.quantization_aware_epochs_run,
+    )
     if not force:
         raise ExportError(msg)
     log.warning("%s\nexporting anyway (--force)", msg)
     return spec.model_copy(update={"forced": True})
 
 
-def refusal(failures: list[str], spec: ParitySpec, *, kind: str, representative: int) -> str:
+def refusal(
+    failures: list[str],
+    spec: ParitySpec,
+    *,
+    kind: str,
+    representative: int,
+    quant_epochs: int = 0,
+) -> str:
     """The gate's refusal: what failed, on what, and what to try."""
     clipped = spec.input_clipped_fraction or 0.0
     lines = [
@@ -117,6 +130,11 @@ def refusal(failures: list[str], spec: ParitySpec, *, kind: str, representative:
             f"  - {clipped:.1%} of the held-out values lie outside the int8 input range set by "
             f"the {representative} representative training windows, and saturate: train on "
             "wider history (every operating mode, its extremes) so the ranges cover them"
+        )
+    if kind == "dense":
+        lines.append(
+            f"  - more quantization-aware fine-tuning (this run: {quant_epochs} epochs): "
+            "[autoencoder] quantization_aware_epochs in the training config, then fit again"
         )
     lines += [
         "  - a longer training history covering every operating mode: int8 ranges are "

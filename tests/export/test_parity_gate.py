@@ -80,6 +80,7 @@ def test_a_model_quantized_from_too_narrow_data_is_refused(
     assert msg.startswith("int8 parity gate failed: F1 drops")
     assert "what to try" in msg
     assert "outside the int8 input range" in msg
+    assert "[autoencoder] quantization_aware_epochs" in msg  # the dense kind can be fine-tuned
     assert "--force" in msg
     assert not (tmp_path / "b").exists()
     # --force exports it, and the manifest says so.
