@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import get_args
 
 from edge_agent import __version__
-from edge_agent.errors import EdgeAnomalyError
+from edge_agent.errors import EXIT_INPUT_ERROR, EdgeAnomalyError
 from edge_agent.events import EventKind
 from edge_agent.learn import adapt_cli
 from edge_agent.logs import setup_logging
-
-EXIT_INPUT_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:

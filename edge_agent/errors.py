@@ -6,6 +6,10 @@ without reading a traceback; the CLIs print ``str(error)`` and exit with code 2.
 
 from __future__ import annotations
 
+# The exit code of every CLI when the input is wrong (a config, a file, a key): what an operator
+# must fix before a start, as systemd's RestartPreventExitStatus knows it.
+EXIT_INPUT_ERROR = 2
+
 
 class EdgeAnomalyError(Exception):
     """Base of every error the CLIs report as a clean message (exit code 2)."""

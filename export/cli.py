@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_agent.errors import EdgeAnomalyError
+from edge_agent.errors import EXIT_INPUT_ERROR, EdgeAnomalyError
 from export.errors import ExportError
-from trainer.quiet import quiet_unless
-
-EXIT_INPUT_ERROR = 2
+from trainer.quiet import desk_logging, desk_parser, quiet_unless
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="export", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log debug messages and show TensorFlow's own start-up output",
-    )
+    p = desk_parser("export", __doc__)
     sub = p.add_subparsers(dest="command", required=True)
     k = sub.add_parser("keygen", help="write KEYDIR/signing.key (0600) and KEYDIR/signing.pub")
     k.add_argument("--out", type=Path, required=True, help="directory for the key pair")
@@ -79,10 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    desk_logging(args.verbose)
     with quiet_unless(args.verbose):
         return _run(args)
 

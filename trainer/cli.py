@@ -16,24 +16,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_agent.errors import EdgeAnomalyError
+from edge_agent.errors import EXIT_INPUT_ERROR, EdgeAnomalyError
 from export.errors import ExportError
 from trainer.demo import HISTORY_ROWS, LIVE_ROWS
 from trainer.demo_plot import add_arguments as add_demo_plot_arguments
 from trainer.federate.cli import add_arguments as add_federate_arguments
-from trainer.quiet import quiet_unless
-
-EXIT_INPUT_ERROR = 2
+from trainer.quiet import desk_logging, desk_parser, quiet_unless
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trainer", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log debug messages and show TensorFlow's own start-up output",
-    )
+    p = desk_parser("trainer", __doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser(
@@ -142,10 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The demo prints its own four steps and summary; the stages' INFO lines would only
     # interleave with them for a newcomer. Warnings still show, and --verbose shows all.
     quiet_level = logging.WARNING if args.command == "demo" else logging.INFO
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else quiet_level,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    desk_logging(args.verbose, quiet_level)
     with quiet_unless(args.verbose):
         try:
             if args.command == "federate":

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_agent.errors import EXIT_INPUT_ERROR
 from edge_agent.watch.record import RecordLine, read_record
 from edge_agent.watch.truth import Injected, read_truth
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trainer.demo_plot")
 
-EXIT_INPUT_ERROR = 2
 FIGURE_SIZE = (13.0, 5.0)  # inches
 RATIO_AXIS_MAX = 5.0  # the score axis stops at 5 x threshold: big faults would flatten the rest
 SPAN_ALPHA = 0.18

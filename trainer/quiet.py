@@ -16,6 +16,7 @@ Only the desk tools use this; the gateway path (``edge_agent``) never imports Te
 
 from __future__ import annotations
 
+import argparse
 import faulthandler
 import io
 import logging
@@ -55,6 +56,26 @@ def quiet_tensorflow_logging() -> dict[str, int]:
 def quiet_unless(verbose: bool) -> AbstractContextManager[None]:
     """What a desk CLI wraps its command in: everything shown with ``--verbose``, else quiet."""
     return nullcontext() if verbose else quiet_native_output()
+
+
+def desk_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A desk CLI's parser: ``prog``, the first line of its module ``doc``, and ``--verbose``."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug messages and show TensorFlow's own start-up output",
+    )
+    return p
+
+
+def desk_logging(verbose: bool, level: int = logging.INFO) -> None:
+    """A desk CLI's logging: ``level`` and up (DEBUG with ``--verbose``), one line each."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else level,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @contextmanager
