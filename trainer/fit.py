@@ -47,7 +47,7 @@ from trainer.config import TrainConfig
 from trainer.forest import fit_forest, fit_window_residual
 from trainer.history_findings import is_trending
 from trainer.history_trend import robust_trend
-from trainer.quant_aware import fine_tune, int8_calibration_windows
+from trainer.quant_aware import fine_tune
 from trainer.run_record import RUN_FILE, AutoencoderTraining, RunRecord, ValidationSummary
 from trainer.synthetic import inject
 
@@ -331,7 +331,7 @@ def train_autoencoder(
         model,
         train_w,
         val_w,
-        int8_calibration_windows(representative_windows(train_w), seed=seed),
+        representative_windows(train_w),
         epochs=a.quantization_aware_pass_epochs(),
         learning_rate=a.learning_rate / 10,
         batch_size=a.batch_size,

@@ -83,7 +83,7 @@ def fine_tune(
     model: Any,
     train_w: npt.NDArray[np.float32],
     val_w: npt.NDArray[np.float32],
-    calibration: npt.NDArray[np.float32],
+    representative: npt.NDArray[np.float32],
     *,
     epochs: int,
     learning_rate: float,
@@ -92,17 +92,21 @@ def fine_tune(
     seed: int = 0,
 ) -> int:
     """Fine-tune ``model`` in place through int8 rounding; returns the epochs run (0 when the
-    model is not a dense chain). The weights kept are those of the epoch with the lowest
-    validation loss through the rounding, the first epoch's starting point included, so
-    the step never hands export a model worse under int8 than it was given."""
+    model is not a dense chain). The activation ranges come from the int8 calibration
+    windows export will make of ``representative`` (:func:`int8_calibration_windows`). The
+    weights kept are those of the epoch with the lowest validation loss through the rounding,
+    the first epoch's starting point included, so the step never hands export a model worse
+    under int8 than it was given."""
+    if epochs < 1:
+        return 0
+    layers = dense_chain(model)
+    if layers is None:
+        log.info("quantization-aware fine-tuning skipped: it applies to the dense kind")
+        return 0
     import keras
     import tensorflow as tf
 
-    layers = dense_chain(model)
-    if layers is None or epochs < 1:
-        if layers is None:
-            log.info("quantization-aware fine-tuning skipped: it applies to the dense kind")
-        return 0
+    calibration = int8_calibration_windows(representative, seed=seed)
     ranges = activation_ranges(model, layers, calibration)
     shape = tuple(int(d) for d in train_w.shape[1:])
 

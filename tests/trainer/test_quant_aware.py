@@ -54,9 +54,12 @@ def test_fine_tuning_brings_the_int8_copy_closer_to_the_float_model() -> None:
     train, test = _machine(rng, 2000), _machine(rng, 600)
     model = build_autoencoder("dense", STEPS, CHANNELS, seed=0)
     model.fit(train, train, epochs=20, batch_size=64, verbose=0, shuffle=False)
-    calibration = int8_calibration_windows(train[::4], seed=0)
+    representative = train[::4]
+    calibration = int8_calibration_windows(representative, seed=0)
     before = _int8_excess(model, calibration, test)
-    epochs = fine_tune(model, train, test, calibration, epochs=6, learning_rate=1e-4, batch_size=64)
+    epochs = fine_tune(
+        model, train, test, representative, epochs=6, learning_rate=1e-4, batch_size=64
+    )
     assert epochs == 6
     after = _int8_excess(model, calibration, test)
     assert before > 0.05, before
@@ -74,7 +77,7 @@ def test_a_fine_tuning_that_makes_things_worse_is_not_kept() -> None:
         model,
         train,
         train[:100],
-        int8_calibration_windows(train[::4], seed=0),
+        train[::4],
         epochs=2,
         learning_rate=50.0,
         batch_size=64,
