@@ -112,7 +112,7 @@ def refusal(
     *,
     kind: str,
     representative: int,
-    quant_epochs: int = 0,
+    quant_epochs: int,
 ) -> str:
     """The gate's refusal: what failed, on what, and what to try."""
     clipped = spec.input_clipped_fraction or 0.0
