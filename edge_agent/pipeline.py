@@ -6,6 +6,14 @@ pushes a file through a fresh pipeline in chunks of rows. Every stage carries it
 across pushes (the aligner's held values, the window ring, the hysteresis counters) and every
 kernel is causal and row-wise, so any split of the rows into pushes gives bit-identical
 results: what ``replay`` shows on history is what the daemon does live.
+
+While an alert is open, every window goes to stage 2, whatever the screen says: the screen
+spares the autoencoder ordinary windows, and the time of an open alert is not ordinary. A fault
+that has settled (a level shift a minute old, a drift) can look ordinary to the screen's
+linear limits while the autoencoder still sees it; without this the screen would close the
+alert in mid-fault. A push scores its windows with the screen, then sends the screened windows
+that follow an open alert to stage 2 and redoes the hysteresis, until none is left: the same
+decisions as judging one window at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from edge_agent.data.learned import LearnedChecks
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.alerts import AlertState
 from edge_agent.detect.baseline import LevelState, follow_level
-from edge_agent.detect.cascade import STAGE_NONE, Cascade, WindowScores
+from edge_agent.detect.cascade import STAGE_NONE, STAGE_SCREEN, Cascade, WindowScores
 from edge_agent.detect.projection import _sample_stats
 from edge_agent.detect.ring import WindowRing, WindowSource, ring_push, split_ints
 from edge_agent.detect.windows import normalize, window_ends
@@ -185,12 +193,36 @@ class StreamingPipeline:
             windows = points[last - self._window : last][None]
         else:  # the windows stay in ``points`` until stage 2 asks for its share of them
             windows = WindowSource(points, last_row, self._window)
+        before = self._alerts.snapshot(), self._alert_segment
         sc = self.cascade.score(windows, features, screen=self.screen)
         alert = self._hysteresis(sc.raw_alert, seg)
+        # Screened windows that follow an open alert go to stage 2 (module docstring); the
+        # daemon's usual push, one window and no alert before or in it, costs one test.
+        while self.screen and (before[0][0] or alert.any()):
+            follow = np.flatnonzero(
+                self._open_before(alert, seg, *before) & (sc.stage == STAGE_SCREEN)
+            )
+            if not follow.size:
+                break
+            sc = sc.with_part(
+                follow, self.cascade.score(windows[follow], features[follow], screen=False)
+            )
+            self._alerts.restore(before[0])
+            self._alert_segment = before[1]
+            alert = self._hysteresis(sc.raw_alert, seg)
         return WindowBatch(
             first_id, end_time, end_index, seg, sc.stage, sc.score, sc.p_anomaly, sc.raw_alert,
             alert, sc.error, sc.contributions, row_window, current,
         )  # fmt: skip
+
+    @staticmethod
+    def _open_before(alert: BOOL, segment: I64, state: I64, state_segment: int) -> BOOL:
+        """Per window, whether the alert was open after the window before it (in its segment);
+        ``state`` and ``state_segment``: the hysteresis before the first."""
+        out = np.empty(alert.shape[0], np.bool_)
+        out[0] = bool(state[0]) and segment[0] == state_segment
+        out[1:] = alert[:-1] & (segment[1:] == segment[:-1])
+        return out
 
     def _hysteresis(self, raw: BOOL, segment: I64) -> BOOL:
         # Hysteresis restarts with every segment: after an outage the machine is judged afresh.

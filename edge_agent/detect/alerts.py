@@ -57,5 +57,17 @@ class AlertState:
     def update(self, raw: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
         return self._update(np.ascontiguousarray(raw, dtype=np.bool_))
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the alert is open after the last decision fed in."""
+        return bool(self._state[0])
+
+    def snapshot(self) -> npt.NDArray[np.int64]:
+        """A copy of the counters, for :meth:`restore` (a caller that decides again)."""
+        return self._state.copy()
+
+    def restore(self, snapshot: npt.NDArray[np.int64]) -> None:
+        self._state[:] = snapshot
+
     def reset(self) -> None:
         self._state[:] = 0

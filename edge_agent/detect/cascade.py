@@ -47,6 +47,16 @@ class WindowScores:
     error: F64  # reconstruction error; NaN where stage 2 did not run
     contributions: F32  # (n, C) share of the error per channel; 0 where stage 2 did not run
 
+    def with_part(self, idx: npt.NDArray[np.intp], part: WindowScores) -> WindowScores:
+        """These scores with windows ``idx`` taken from ``part`` (their scores, in order)."""
+        fields = {name: getattr(self, name).copy() for name in _SCORE_FIELDS}
+        for name, values in fields.items():
+            values[idx] = getattr(part, name)
+        return WindowScores(**fields)
+
+
+_SCORE_FIELDS = ("stage", "score", "p_anomaly", "raw_alert", "error", "contributions")
+
 
 # Below this many terms numpy sums a contiguous row one by one; from it on, pairwise.
 _PAIRWISE_MIN = 8
@@ -239,8 +249,6 @@ class Cascade:
             np.full(n, np.nan), np.zeros((n, c), np.float32),
         )
         idx = np.flatnonzero(finite)
-        if idx.size:
-            part = self.score(windows[idx], features[idx], screen=screen)
-            for name in ("stage", "score", "p_anomaly", "raw_alert", "error", "contributions"):
-                getattr(out, name)[idx] = getattr(part, name)
-        return out
+        if not idx.size:
+            return out
+        return out.with_part(idx, self.score(windows[idx], features[idx], screen=screen))

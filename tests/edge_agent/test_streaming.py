@@ -26,6 +26,7 @@ from edge_agent.pipeline import (
 )
 
 Rows = tuple[np.ndarray, np.ndarray]
+SCORE_FIELDS = ("stage", "score", "p_anomaly", "raw_alert", "error", "contributions")
 WINDOW_FIELDS = ("end_time", "end_index", "segment", "stage", "score", "p_anomaly",
                  "raw_alert", "alert", "error", "contributions")  # fmt: skip
 
@@ -94,27 +95,32 @@ def _stream(model: tuple[Manifest, Cascade], rows: Rows, how: str, **kw: bool) -
 
 
 def _batch_reference(model: tuple[Manifest, Cascade], rows: Rows) -> dict[str, np.ndarray]:
-    """The former batch path: whole-file grid, window_ends, gathered windows, per-segment
-    hysteresis, and each row's latest window within a hop in its segment."""
+    """The former batch path: whole-file grid, window_ends, gathered windows, then one window at
+    a time the hysteresis (restarted per segment) and stage 2's scores for a screened window
+    that follows an open alert; each row's latest window within a hop in its segment."""
     m, cascade = model
     table = SensorTable("x", rows[0], rows[1], tuple(m.channel_names))
     grid, xn, ends = prepare(table, m)
     w, hop = m.window.length, m.window.hop
-    s = cascade.score(
-        gather_windows(xn, ends, w), screen_features(xn, cascade.forest.sample_stats(xn), ends, w)
-    )
+    windows = gather_windows(xn, ends, w)
+    features = screen_features(xn, cascade.forest.sample_stats(xn), ends, w)
+    screened = cascade.score(windows, features)
+    alone = cascade.score(windows, features, screen=False)
     seg = grid.segment_start[ends]
+    s = {name: getattr(screened, name).copy() for name in SCORE_FIELDS}
     alert, state = np.zeros(ends.size, np.bool_), AlertState(m.alerts)
-    for sg in np.unique(seg):
-        state.reset()
-        alert[seg == sg] = state.update(s.raw_alert[seg == sg])
+    for i in range(ends.size):
+        if i == 0 or seg[i] != seg[i - 1]:
+            state.reset()
+        if state.is_open and screened.stage[i] == STAGE_SCREEN:
+            for name in SCORE_FIELDS:
+                s[name][i] = getattr(alone, name)[i]
+        alert[i] = state.update(s["raw_alert"][i : i + 1])[0]
     g = np.arange(grid.times.size)
     last = np.searchsorted(ends, g, side="right") - 1
     e = ends[np.maximum(last, 0)]
     ok = (last >= 0) & (g - e < hop) & (grid.segment_start[e] == grid.segment_start)
-    return dict(end_time=grid.times[ends], end_index=ends, segment=seg, stage=s.stage,
-                score=s.score, p_anomaly=s.p_anomaly, raw_alert=s.raw_alert, alert=alert,
-                error=s.error, contributions=s.contributions,
+    return dict(end_time=grid.times[ends], end_index=ends, segment=seg, **s, alert=alert,
                 row_window=np.where(ok, last, -1)[grid.row_to_grid])  # fmt: skip
 
 
@@ -141,6 +147,27 @@ def test_any_chunking_gives_bit_identical_windows(
         segments = np.unique(whole.segment)
         assert segments.size >= 5  # outages restarted the window buffer and the hysteresis
         assert whole.current_segment == segments[-1]
+
+
+def test_stage_2_follows_an_open_alert_past_the_screen(
+    model: tuple[Manifest, Cascade], clean: Rows
+) -> None:
+    """Every window after one that leaves the alert open is judged by stage 2, including
+    windows the screen alone would have passed: their raw decision is stage 2's."""
+    whole = _stream(model, clean, "all")
+    follows = np.flatnonzero(whole.alert[:-1] & (whole.segment[1:] == whole.segment[:-1])) + 1
+    assert follows.size > 100
+    assert (whole.stage[follows] == STAGE_AUTOENCODER).all()
+    m, cascade = model
+    grid, xn, ends = prepare(SensorTable("x", *clean, tuple(m.channel_names)), m)
+    w = m.window.length
+    alone = cascade.score(
+        gather_windows(xn, ends, w), screen_features(xn, cascade.forest.sample_stats(xn), ends, w)
+    )
+    passed = follows[alone.stage[follows] == STAGE_SCREEN]
+    assert passed.size > 0  # the screen would have spared stage 2 these
+    np.testing.assert_array_equal(whole.error[passed] >= cascade.threshold.alert_threshold,
+                                  whole.raw_alert[passed])  # fmt: skip
 
 
 def test_run_pipeline_rows_are_the_streamed_rows(

@@ -135,9 +135,13 @@ def test_replay_with_local_history_scores_with_that_machines_threshold(
     assert "(local," in said
     plain = np.genfromtxt(tmp_path / "plain.csv", delimiter=",", names=True)
     mine = np.genfromtxt(tmp_path / "local.out", delimiter=",", names=True)
-    np.testing.assert_array_equal(plain["stage"], mine["stage"])
     alerts = int(mine["alert"].sum()) - int(plain["alert"].sum())
     assert np.sign(alerts) in (0, -direction)  # a higher threshold alerts less, never more
+    # The screen is the same; stage 2 follows the open alerts, so it runs less with fewer.
+    differ = plain["stage"] != mine["stage"]
+    assert set(plain["stage"][differ]) | set(mine["stage"][differ]) <= {1.0, 2.0}
+    stage2 = int((mine["stage"] == 2).sum()) - int((plain["stage"] == 2).sum())
+    assert np.sign(stage2) in (0, -direction)
 
 
 def test_replay_with_too_short_a_history_keeps_the_manifest_threshold(
