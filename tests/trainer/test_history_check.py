@@ -74,18 +74,18 @@ def test_a_day_of_the_simulated_plant_passes(seed: int) -> None:
 
 
 def test_a_short_history_gets_the_short_findings() -> None:
-    check = check_history(simulated(2_000, seed=4), TrainConfig())
+    check = check_history(simulated(1_500, seed=4), TrainConfig())
     assert rules(check) >= {"autoencoder_windows", "threshold_tail", "time_span"}
     span = next(f for f in check.findings if f.rule == "time_span")
-    assert span.value == pytest.approx(2_000.0)
-    assert "the history covers 33 min, less than a day" in span.message
+    assert span.value == pytest.approx(1_500.0)
+    assert "the history covers 25 min, less than a day" in span.message
     assert "jump_limits" not in rules(check)
     short = check_history(simulated(600, seed=4), TrainConfig())
     jump = next(f for f in short.findings if f.rule == "jump_limits")
     assert (jump.value, jump.limit, jump.unit) == (600, 1_000, "rows")
     assert "will not report spikes as sensor faults" in jump.message
     tail = next(f for f in check.findings if f.rule == "threshold_tail")
-    assert "give it 16,000 rows or more" in tail.message  # 10 x 32 / (0.2 x 0.1)
+    assert "give it 8,000 rows or more" in tail.message  # 10 x 16 / (0.2 x 0.1)
     # A day of 1 s samples is enough for every rule at the default settings.
     assert rules(check_history(simulated(DAY_ROWS, seed=4), TrainConfig())) == set()
 
@@ -94,7 +94,7 @@ def test_too_few_rows_for_the_forest() -> None:
     check = check_history(simulated(300, seed=5), TrainConfig())
     forest = next(f for f in check.findings if f.rule == "forest_windows")
     assert forest.value < forest.limit == 256
-    assert "give it 351 rows or more" in forest.message  # 256 / 0.8 + 31
+    assert "give it 335 rows or more" in forest.message  # 256 / 0.8 + 15
 
 
 def test_a_stuck_channel_is_narrow() -> None:
@@ -170,7 +170,7 @@ def test_fit_warns_and_strict_history_refuses(
     assert main([*args, "--strict-history"]) == 2
     err = capsys.readouterr().err
     lines = err.splitlines()
-    assert lines[0].startswith("warning: 47 independent training windows")
+    assert lines[0].startswith("warning: 94 independent training windows of 16 samples")
     assert any(ln.startswith("warning: Thermocouple drifts +0.879") for ln in lines)
     assert any("Thermocouple was seen from 26.87 to 27.76, 0.7% of its configured" in ln
                for ln in lines)  # fmt: skip
@@ -184,12 +184,12 @@ def test_strict_history_refuses_a_short_history_and_a_bad_config_is_named(
     from trainer.cli import main
 
     csv = tmp_path / "short.csv"
-    simulate_plant(rows=3_000, seed=9, anomaly_fraction=0.0).write_csv(csv)
+    simulate_plant(rows=1_500, seed=9, anomaly_fraction=0.0).write_csv(csv)
     out = tmp_path / "run"
     base = ["fit", "--data", str(csv), "--label-col", "anomaly", "--out", str(out)]
     assert main([*base, "--strict-history"]) == 2
     err = capsys.readouterr().err
-    assert "warning: the history covers 50 min, less than a day" in err
+    assert "warning: the history covers 25 min, less than a day" in err
     assert "error: the history check found 3 problem(s)" in err
     assert not out.exists()
 
