@@ -92,11 +92,24 @@ class World:
     tmpfs: bool = False
     wall_offset: float = 0.0
     crash: threading.Event = field(default_factory=threading.Event)
+    gone: int = 0  # device_gone faults now on
 
     def start_sim(self) -> None:
+        if self.sim is not None and self.sim.poll() is None:
+            return  # one simulator at a time: a second could not bind the port, and leaks
         log = (self.work / "simulate.log").open("ab")
         self.sim = subprocess.Popen(self.sim_cmd, cwd=ROOT, stdout=log, stderr=log)
         log.close()
+
+    def device_gone(self, begin: bool) -> str:
+        """The device is gone while any ``device_gone`` fault is on: faults can overlap (the
+        combined one may start before the single one ends)."""
+        self.gone += 1 if begin else -1
+        if begin and self.gone == 1:
+            self.stop_sim()
+        elif not begin and self.gone == 0:
+            self.start_sim()
+        return ""
 
     def step_clock(self, step_s: float) -> str:
         self.wall_offset += step_s
@@ -135,7 +148,7 @@ def inject(world: World, name: str, *, begin: bool) -> str:
         "clock_forward": (lambda: world.step_clock(HOUR_S), lambda: ""),
         "source_crash": (lambda: _do(world.crash.set, "every Modbus poll raises"),
                          lambda: _do(world.crash.clear)),
-        "device_gone": (lambda: _do(world.stop_sim), lambda: _do(world.start_sim)),
+        "device_gone": (lambda: world.device_gone(True), lambda: world.device_gone(False)),
     }  # fmt: skip
     on, off = actions[name]
     return on() if begin else off()
