@@ -159,7 +159,7 @@ def test_stage_2_follows_an_open_alert_past_the_screen(
     assert follows.size > 100
     assert (whole.stage[follows] == STAGE_AUTOENCODER).all()
     m, cascade = model
-    grid, xn, ends = prepare(SensorTable("x", *clean, tuple(m.channel_names)), m)
+    _, xn, ends = prepare(SensorTable("x", *clean, tuple(m.channel_names)), m)
     w = m.window.length
     alone = cascade.score(
         gather_windows(xn, ends, w), screen_features(xn, cascade.forest.sample_stats(xn), ends, w)
