@@ -1,9 +1,11 @@
 """``export bundle``: quantize, check int8-vs-float parity, recalibrate, pack and sign.
 
 Reads a trainer run directory; writes a bundle directory (see ``docs/bundle-format.md``). The
-int8 model's own errors recalibrate the alert and screen thresholds, because the gateway runs
-the int8 model, not the float one. The bundle is assembled in a temporary sibling directory and
-renamed into place, so a failed export leaves nothing half-written.
+alert threshold is the float model's calibration scaled by how much larger the int8 model's
+held-out errors run in their tail, and the screen threshold is set on the int8 model's
+detections, because the gateway runs the int8 model, not the float one. The bundle is
+assembled in a temporary sibling directory and renamed into place, so a failed export leaves
+nothing half-written.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from export.parity_gate import run_gate
 from export.run_dir import load_run
 from export.sign import file_digests, utc_stamp, write_signed
 from export.train_weights import learning_files
-from trainer.calibrate import calibrate_threshold, screen_threshold
-from trainer.fit import FOREST_FILE, features_of_windows
+from trainer.calibrate import screen_threshold, tail_error_ratio
+from trainer.fit import FOREST_FILE, KerasReconstructor, features_of_windows
 from trainer.quant_aware import int8_calibration_windows
 
 log = logging.getLogger("export.bundle")
@@ -71,12 +73,16 @@ def build_bundle(
     int8 = Int8Autoencoder(int8_bytes)
     log.info("int8 model: %d bytes, interpreter %s", len(int8_bytes), int8.backend)
 
-    # int8 recalibrated on its own errors of the held-out normal windows, then the gate.
+    # The float calibration carried over to int8 by their error ratio in the held-out tail
+    # (trainer.calibrate.tail_error_ratio), then the gate.
     val_w = arrays["val_windows"].astype(np.float32)
     statistic = cfg.threshold.statistic
+    err_f_val, _ = reconstruction_error(
+        val_w, KerasReconstructor(model).reconstruct(val_w), statistic
+    )
     err_q_val, _ = reconstruction_error(val_w, int8.reconstruct(val_w), statistic)
-    thr_q = calibrate_threshold(err_q_val, cfg.threshold, history_samples=record.history_samples)
-    parity = run_gate(run, int8, int8_bytes, val_w, err_q_val, thr_q, force=force)
+    thr_q = record.threshold.scaled(tail_error_ratio(err_f_val, err_q_val))
+    parity = run_gate(run, int8, int8_bytes, val_w, (err_f_val, err_q_val), thr_q, force=force)
 
     # The screen is set on trainer fit's anomalous windows, as fit set it for the float model.
     screen_pos = screen_positives(arrays)

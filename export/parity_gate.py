@@ -52,12 +52,15 @@ def run_gate(
     int8: Int8Autoencoder,
     int8_bytes: bytes,
     val_w: npt.NDArray[np.float32],
-    err_q_val: npt.NDArray[np.float64],
+    val_errors: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
     thr_q: ThresholdModel,
     *,
     force: bool,
 ) -> ParitySpec:
-    """Compare int8 with float (``export.parity``); ExportError saying what to try on failure."""
+    """Compare int8 with float (``export.parity``); ExportError saying what to try on failure.
+
+    ``val_errors``: the float and the int8 model's errors of ``val_w``."""
+    err_f_val, err_q_val = val_errors
     record = run.record
     recon = KerasReconstructor(run.model)
     statistic = record.config.threshold.statistic
@@ -69,7 +72,7 @@ def run_gate(
     sized = sized_faults(val_w, float_errors, thr_f, seed=record.seed)
     ps = parity_set(val_w, sized, labelled_windows(run.arrays))
     positives = ps.windows[ps.normal :]
-    err_f = np.concatenate([float_errors(val_w), float_errors(positives)])
+    err_f = np.concatenate([err_f_val, float_errors(positives)])
     err_q_pos, _ = reconstruction_error(positives, int8.reconstruct(positives), statistic)
     spec, failures = compare(
         ps,

@@ -135,6 +135,22 @@ class ThresholdModel(StrictModel):
         out: F64 = t.tail[complement](flat)
         return out if e.ndim == 1 else out.reshape(e.shape)
 
+    def scaled(self, factor: float) -> ThresholdModel:
+        """This calibration for errors ``factor`` times as large: threshold, table and tail
+        scale (a GPD's location and scale scale with its variable, its shape does not)."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"scale factor must be a positive number, got {factor!r}")
+        pot = self.pot
+        return self.model_copy(
+            update={
+                "alert_threshold": self.alert_threshold * factor,
+                "quantile_values": [v * factor for v in self.quantile_values],
+                "pot": None
+                if pot is None
+                else pot.model_copy(update={"u": pot.u * factor, "sigma": pot.sigma * factor}),
+            }
+        )
+
     def tail_probability(self, errors: F64) -> F64:
         """``P(E >= e | normal)`` for each error ``e``."""
         return self._evaluate(errors, complement=False)

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from edge_agent.detect.forest import OUTSIDE_LIMITS
-from trainer.calibrate import POT_TAIL_WINDOWS, calibrate_threshold, screen_threshold
+from trainer.calibrate import (
+    POT_TAIL_WINDOWS,
+    calibrate_threshold,
+    screen_threshold,
+    tail_error_ratio,
+)
 from trainer.config import ThresholdConfig
 
 
@@ -111,3 +116,34 @@ def test_the_threshold_records_the_error_statistic_it_was_calibrated_on() -> Non
     assert worst.statistic == "channel_max"
     with pytest.raises(ValueError, match="statistic"):
         ThresholdConfig(statistic="median")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["pot", "percentile"])
+def test_a_scaled_calibration_is_the_calibration_of_scaled_errors(method: str) -> None:
+    """Export carries float's calibration to int8 by a factor: the scaled model judges errors
+    ``f`` times as large exactly as the original judges the errors themselves."""
+    rng = np.random.default_rng(5)
+    errors = rng.gamma(2.0, 0.01, size=5_000)
+    model = calibrate_threshold(errors, ThresholdConfig(method=method))
+    scaled = model.scaled(1.25)
+    assert scaled.alert_threshold == pytest.approx(1.25 * model.alert_threshold)
+    probe = np.linspace(0.0, 3 * model.alert_threshold, 50)
+    np.testing.assert_allclose(scaled.p_anomaly(1.25 * probe), model.p_anomaly(probe), atol=1e-12)
+    assert (scaled.pot is None) == (method == "percentile")
+    with pytest.raises(ValueError, match="positive number"):
+        model.scaled(0.0)
+
+
+def test_the_tail_ratio_is_read_where_the_threshold_lives() -> None:
+    """int8 runs 2 % above float in the tail and 30 % above in the bulk, with three wild
+    windows: the ratio is the tail's, and the wild ones do not move it."""
+    rng = np.random.default_rng(6)
+    ref = rng.gamma(2.0, 0.01, size=4_000)
+    top = ref >= np.quantile(ref, 0.9)
+    err = np.where(top, 1.02 * ref, 1.3 * ref)
+    err[np.flatnonzero(top)[:3]] *= 6.0
+    assert tail_error_ratio(ref, err) == pytest.approx(1.02)
+    with pytest.raises(ValueError, match="equal 1-d"):
+        tail_error_ratio(ref, err[:-1])
+    with pytest.raises(ValueError, match="all zero"):
+        tail_error_ratio(np.zeros(100), np.ones(100))
