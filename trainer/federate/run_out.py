@@ -7,7 +7,8 @@ recalibrated with the new weights on the base run's held-out normal windows
 (``calibration.npz``: ``val_windows``), and the screen threshold on its labelled and synthetic
 anomalous windows (``parity_windows``), with the trainer's own code (``trainer.calibrate``), so
 the run reads exactly like one ``trainer fit`` wrote and ``export bundle`` turns it into the
-next int8 bundle (which recalibrates once more on the int8 model's own errors).
+next int8 bundle (which carries the calibration over to the int8 model by their tail error
+ratio).
 
 The run is written through ``trainer.fit``'s atomic run writer (temporary sibling, renamed
 into place), with ``federate.json`` and the server optimizer's state beside the usual files.
