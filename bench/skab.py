@@ -111,6 +111,22 @@ def run_file(args: tuple[Path, Path, Path, str | None]) -> dict[str, Any]:
     }
 
 
+def nab_counts(result: dict[str, Any], key: str) -> dict[str, float]:
+    """One file's NAB standard-profile tally: windows, windows caught, their summed sigmoid
+    credit (1 per window caught at its start) and alarm edges outside every window."""
+    from trainer.evaluate.metrics import NAB_PROFILES, nab_components
+
+    comp = nab_components(result["y"], result[key], result["ts"], true_cp=result["cp"])
+    fp_cost = NAB_PROFILES["standard"].a_fp * comp.n_false_positives
+    fn_cost = NAB_PROFILES["standard"].a_fn * (comp.n_windows - comp.n_detected)
+    return {
+        "windows": comp.n_windows,
+        "detected": comp.n_detected,
+        "false_positives": comp.n_false_positives,
+        "tp_credit": round(comp.score + fp_cost + fn_cost, 4),
+    }
+
+
 def pooled(results: list[dict[str, Any]], key: str) -> dict[str, float]:
     from trainer.evaluate.metrics import nab_scores_pooled, point_metrics
 
@@ -130,6 +146,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--config", help="training TOML (default: built-in defaults)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "skab.json")
+    ap.add_argument(
+        "--rows",
+        type=Path,
+        help="also save every file's per-row labels and "
+        "predictions to this .npz, for analysis without re-running",
+    )
     a = ap.parse_args(argv)
     from export.keys import keygen
     from trainer.evaluate.metrics import point_metrics
@@ -162,11 +184,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stage2_fraction": float(np.mean(np.concatenate([r["stage2"] for r in results]))),
         "parity_forced_files": [r["file"] for r in results if r["parity_forced"]],
         "sensor_fault_rows": int(sum(r["sensor_fault"].sum() for r in results)),
+        # Where the NAB score comes from: change-point windows caught (and how early, as the
+        # summed sigmoid credit) against alarm edges outside every window (standard profile).
+        "nab_counts": {
+            key: {
+                name: sum(nab_counts(r, key)[name] for r in results)
+                for name in ("windows", "detected", "false_positives", "tp_credit")
+            }
+            for key in ("int8", "float")
+        },
         "per_file": [
             {
                 "file": r["file"],
                 "f1_int8": float(point_metrics(r["y"], r["int8"])["f1"]),
                 "far_int8": float((r["int8"] & ~r["y"]).sum() / max((~r["y"]).sum(), 1)),
+                "nab_int8": nab_counts(r, "int8"),
                 "parity": r["parity"],
                 "seconds": {k: round(v, 2) for k, v in r["seconds"].items()},
             }
@@ -177,6 +209,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "leaderboard": LEADERBOARD,
     }
+    if a.rows:
+        np.savez_compressed(
+            a.rows,
+            **{
+                f"{r['file']}:{key}": r[key]
+                for r in results
+                for key in ("y", "cp", "ts", "int8", "float", "sensor_fault", "stage2")
+            },
+        )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("files", "int8", "float", "wall_seconds")}, indent=2))

@@ -7,6 +7,7 @@ figures themselves are recorded in bench/results/ by the full runs, never assert
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,17 @@ def test_skab_bench_smoke(tmp_path: Path) -> None:
         assert 0.0 <= saved[side]["far"] <= 1.0
         assert "nab_standard" in saved[side]
     assert all(f["parity"]["windows"] > 0 for f in saved["per_file"])
+    # The NAB tally explains the pooled score: rebuilt from the counts it gives the same figure.
+    for side in ("int8", "float"):
+        c = saved["nab_counts"][side]
+        assert 0 <= c["detected"] <= c["windows"]
+        assert c["tp_credit"] <= c["detected"]
+        raw = c["tp_credit"] - 0.11 * c["false_positives"] - (c["windows"] - c["detected"])
+        perfect = c["windows"] * (2 / (1 + math.exp(-5)) - 1)  # caught at each window's start
+        rebuilt = 100 * (raw + c["windows"]) / (perfect + c["windows"])
+        assert rebuilt == pytest.approx(saved[side]["nab_standard"], abs=0.01)
+    windows = saved["nab_counts"]["int8"]["windows"]
+    assert sum(f["nab_int8"]["windows"] for f in saved["per_file"]) == windows
 
 
 def test_simulator_bench_smoke(tmp_path: Path) -> None:
