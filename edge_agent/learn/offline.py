@@ -34,7 +34,7 @@ from edge_agent.errors import BundleError
 from edge_agent.learn.buffer import BYTES_PER_MIB, BufferSettings, NormalBuffer
 from edge_agent.learn.bundle_weights import train_weights_from_bytes
 from edge_agent.learn.config import LearnConfig
-from edge_agent.learn.personalise import LocalThreshold, calibrate, scaled
+from edge_agent.learn.personalise import LocalThreshold, calibrate
 from edge_agent.learn.rounds import RoundAnnouncement, iso_utc
 from edge_agent.learn.select import NormalRows
 from edge_agent.learn.train_round import F32, Budget, RoundOutput, run_round
@@ -122,7 +122,7 @@ def personalise_cascade(bundle: VerifiedBundle, cascade: Cascade, history: Path,
     settings) would use; returns a line saying which and why."""
     result = local_threshold(bundle, cascade, history, LearnConfig(), time_col=time_col)
     if result.source == "local":
-        cascade.threshold = scaled(bundle.manifest.threshold, result.scale)
+        cascade.threshold = bundle.manifest.threshold.scaled(result.scale)
     return (f"local history {history}: alert threshold {result.alert_threshold:.6g} "
             f"({result.source}, scale {result.scale:.4g}: {result.reason})")
 

@@ -82,17 +82,6 @@ class LocalThreshold:
         }
 
 
-def scaled(model: ThresholdModel, scale: float) -> ThresholdModel:
-    """``model`` for errors ``scale`` times larger: table, tail and alert threshold."""
-    pot = None if model.pot is None else model.pot.model_copy(
-        update={"u": model.pot.u * scale, "sigma": model.pot.sigma * scale})
-    return ThresholdModel(
-        method=model.method, alert_threshold=model.alert_threshold * scale,
-        quantile_levels=list(model.quantile_levels),
-        quantile_values=[v * scale for v in model.quantile_values], pot=pot,
-    )
-
-
 def calibrate(
     manifest: Manifest, autoencoder: Reconstructor, windows: F32, *, quantile: float,
     min_windows: int,
@@ -209,4 +198,4 @@ class Personaliser:
     @staticmethod
     def _use(model: Tunable, result: LocalThreshold) -> None:
         if result.source == "local":
-            model.use_threshold(scaled(model.manifest.threshold, result.scale))
+            model.use_threshold(model.manifest.threshold.scaled(result.scale))

@@ -23,7 +23,6 @@ from edge_agent.learn.personalise import (
     Personaliser,
     ThresholdStore,
     calibrate,
-    scaled,
 )
 from edge_agent.model_slot import ModelSlot
 from edge_agent.simulator import MachineProfile, simulate_plant
@@ -48,8 +47,8 @@ def test_the_scale_is_the_quantile_ratio_within_the_signed_bounds(slot: ModelSlo
     m = slot.manifest
     assert m.learning is not None
     x = windows_of(m, noise=1.2)
-    errors, _ = reconstruction_error(x, slot.cascade.autoencoder.reconstruct(x))
     t = m.threshold
+    errors, _ = reconstruction_error(x, slot.cascade.autoencoder.reconstruct(x), t.statistic)
     raw = np.quantile(errors, QUANTILE) / np.interp(QUANTILE, t.quantile_levels,
                                                     t.quantile_values)
     r = calibrate(m, slot.cascade.autoencoder, x, quantile=QUANTILE, min_windows=MIN_WINDOWS)
@@ -88,13 +87,17 @@ def test_too_few_windows_or_no_signed_bounds_keep_the_manifests_threshold(
     assert "no learning section" in unsigned.reason
 
 
-def test_a_scaled_threshold_keeps_p_anomaly_consistent(slot: ModelSlot) -> None:
-    t = slot.manifest.threshold
+@pytest.mark.parametrize("statistic", ["mean", "channel_max"])
+def test_a_scaled_threshold_keeps_p_anomaly_consistent(slot: ModelSlot, statistic: str) -> None:
+    t = slot.manifest.threshold.model_copy(update={"statistic": statistic})
     s = 1.3
-    mine = scaled(t, s)
+    mine = t.scaled(s)
     e = np.linspace(0.0, 4 * t.alert_threshold, 41)
     np.testing.assert_allclose(mine.p_anomaly(e * s), t.p_anomaly(e), rtol=1e-9, atol=1e-12)
     assert mine.alert_threshold == pytest.approx(s * t.alert_threshold)
+    # A personal threshold stays in the error its bundle was calibrated on (a copy that fell
+    # back to the default statistic would judge channel_max errors by a mean's threshold).
+    assert mine.statistic == statistic
 
 
 def test_results_are_stored_per_version_and_a_damaged_file_is_survived(tmp_path: Path) -> None:
