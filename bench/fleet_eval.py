@@ -25,10 +25,10 @@ from edge_agent.bundle.manifest import LearningLayerSpec, Manifest
 from edge_agent.data.table import SensorTable
 from edge_agent.detect.cascade import Cascade, reconstruction_error
 from edge_agent.detect.forest import FlatForest
-from edge_agent.detect.threshold import ThresholdModel
+from edge_agent.detect.threshold import ErrorStatistic, ThresholdModel
 from edge_agent.learn.config import DEFAULT_PERSONAL_MIN_WINDOWS, DEFAULT_PERSONAL_QUANTILE
 from edge_agent.learn.dense import DenseAutoencoder
-from edge_agent.learn.personalise import calibrate, scaled
+from edge_agent.learn.personalise import calibrate
 from edge_agent.learn.weights import WeightSet
 from edge_agent.pipeline import run_pipeline
 from trainer.calibrate import calibrate_threshold, screen_threshold
@@ -85,10 +85,10 @@ def autoencoder(g: GlobalModel, weights: WeightSet) -> DenseAutoencoder:
     return DenseAutoencoder(weights, [layer.activation for layer in g.layers])
 
 
-def errors_of(ae: DenseAutoencoder, windows: np.ndarray) -> np.ndarray:
-    """Reconstruction error per window, as the cascade computes it."""
+def errors_of(ae: DenseAutoencoder, windows: np.ndarray, statistic: ErrorStatistic) -> np.ndarray:
+    """Reconstruction error per window by ``statistic``, as the cascade computes it."""
     w = np.ascontiguousarray(windows, dtype=np.float32)
-    err, _ = reconstruction_error(w, ae.reconstruct(w))
+    err, _ = reconstruction_error(w, ae.reconstruct(w), statistic)
     return err
 
 
@@ -96,9 +96,11 @@ def global_cascade(g: GlobalModel, weights: WeightSet) -> tuple[Manifest, Cascad
     """The run's pipeline with ``weights``: thresholds recalibrated as ``run_out`` does."""
     ae = autoencoder(g, weights)
     threshold = calibrate_threshold(
-        errors_of(ae, g.val_windows), g.config.threshold, history_samples=g.history_samples
+        errors_of(ae, g.val_windows, g.config.threshold.statistic),
+        g.config.threshold, history_samples=g.history_samples
     )
-    detected = errors_of(ae, g.positive_windows) >= threshold.alert_threshold
+    pos_err = errors_of(ae, g.positive_windows, threshold.statistic)
+    detected = pos_err >= threshold.alert_threshold
     pos_forest = g.forest.screen_score(
         features_of_windows(g.positive_windows, g.forest), g.positive_windows
     )
@@ -150,7 +152,7 @@ def local_threshold(
         "scale": round(scale, 4),
         "raw_scale": None if result.raw_scale is None else round(result.raw_scale, 4),
     }
-    return scaled(manifest.threshold, scale), info
+    return manifest.threshold.scaled(scale), info
 
 
 def score(

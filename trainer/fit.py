@@ -278,7 +278,9 @@ def rare_window_weights(
     fault windows over it rose from 25 % to 42 %. Squared weights did worse (0.3 % of
     normal windows of a fresh run over that percentile, against 0.2 %).
     """
-    err, _ = reconstruction_error(windows, recon)
+    # Weighted against the training loss, which is the mean over samples and channels, whatever
+    # statistic the threshold later judges windows by.
+    err, _ = reconstruction_error(windows, recon, "mean")
     w = np.maximum(err / max(float(np.median(err)), 1e-12), 1.0)
     return w / w.mean()
 

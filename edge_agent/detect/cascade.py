@@ -126,7 +126,7 @@ def _error_kernel(
 
 
 def reconstruction_error(
-    windows: F32, recon: F32, statistic: ErrorStatistic = "mean"
+    windows: F32, recon: F32, statistic: ErrorStatistic
 ) -> tuple[F64, F32]:
     """Each window's error by ``statistic``, and each channel's share of its squared error.
 

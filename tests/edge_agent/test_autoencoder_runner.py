@@ -249,7 +249,7 @@ def test_reconstruction_error_kernel_matches_numpy(steps: int, channels: int) ->
     rng = np.random.default_rng(steps * 100 + channels)
     w = rng.normal(size=(6, steps, channels)).astype(np.float32)
     r = (w + rng.normal(scale=0.1, size=w.shape)).astype(np.float32)
-    err, share = reconstruction_error(w, r)
+    err, share = reconstruction_error(w, r, "mean")
     per_channel = np.square(w.astype(np.float64) - r.astype(np.float64)).mean(axis=1)
     np.testing.assert_array_equal(err, per_channel.mean(axis=1))
     total = per_channel.sum(axis=1, keepdims=True)

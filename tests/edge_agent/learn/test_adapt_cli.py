@@ -123,8 +123,9 @@ def test_replay_with_local_history_scores_with_that_machines_threshold(
     cascade = load_cascade(vb)
     cfg = LearnConfig()
     windows, _ = normal_windows(vb, local, cfg)
-    errors, _ = reconstruction_error(windows, cascade.autoencoder.reconstruct(windows))
     t = vb.manifest.threshold
+    errors, _ = reconstruction_error(windows, cascade.autoencoder.reconstruct(windows),
+                                     t.statistic)
     raw = np.quantile(errors, cfg.personal_quantile) / np.interp(
         cfg.personal_quantile, t.quantile_levels, t.quantile_values)
     assert vb.manifest.learning is not None
