@@ -139,8 +139,13 @@ class AutoencoderConfig(_Strict):
 
 class ThresholdConfig(_Strict):
     method: Literal["pot", "percentile"] = "pot"
+    # A fault usually lives in one or two of C channels; in the mean over all channels it counts
+    # C times less than the same error spread over all, in the worst channel's mean it counts
+    # whole. Measured with everything else default (README, "A window's error by its worst
+    # channel"): the simulator is unchanged (F1 0.671 against 0.673, every kind as before) and
+    # SKAB gains 0.049 of F1 at a FAR still under the published limit (0.805 at 12.65 %).
     statistic: ErrorStatistic = Field(
-        default="mean",
+        default="channel_max",
         description="A window's error: mean (squared error over all samples and channels) or "
         "channel_max (its worst channel's; a one-channel fault is not diluted by the others)",
     )

@@ -332,22 +332,26 @@ def test_the_cascade_scores_stage_2_by_its_thresholds_statistic(
     model: tuple[Manifest, Cascade], clean: Rows
 ) -> None:
     manifest, cascade = model
-    assert cascade.threshold.statistic == "mean"
-    worst = Cascade(
-        forest=cascade.forest,
-        screen_threshold=cascade.screen_threshold,
-        autoencoder=cascade.autoencoder,
-        threshold=cascade.threshold.model_copy(update={"statistic": "channel_max"}),
-    )
+    assert cascade.threshold.statistic == "channel_max"  # trainer fit's default
+
+    def judged_by(statistic: str) -> Cascade:
+        return Cascade(
+            forest=cascade.forest,
+            screen_threshold=cascade.screen_threshold,
+            autoencoder=cascade.autoencoder,
+            threshold=cascade.threshold.model_copy(update={"statistic": statistic}),
+        )
+
     rows = (clean[0][:600], clean[1][:600])
-    mean = _stream((manifest, cascade), rows, "all", screen=False)
-    top = _stream((manifest, worst), rows, "one", screen=False)
+    mean = _stream((manifest, judged_by("mean")), rows, "all", screen=False)
+    top = _stream((manifest, judged_by("channel_max")), rows, "one", screen=False)
     np.testing.assert_array_equal(top.contributions, mean.contributions)
     # Each channel's mean square is its share of C times the window mean; the worst is the max.
     c = len(manifest.channel_names)
     expected = mean.contributions.astype(np.float64).max(axis=1) * c * mean.error
     np.testing.assert_allclose(top.error, expected, rtol=1e-6)
     assert np.all(top.error > mean.error)
-    np.testing.assert_array_equal(top.raw_alert, top.error >= worst.threshold.alert_threshold)
+    np.testing.assert_array_equal(top.raw_alert, top.error >= cascade.threshold.alert_threshold)
     # Screened, streamed one row at a time, it is still the batch path.
-    _assert_same(_stream((manifest, worst), rows, "one"), _batch_reference((manifest, worst), rows))
+    worst = (manifest, judged_by("channel_max"))
+    _assert_same(_stream(worst, rows, "one"), _batch_reference(worst, rows))

@@ -111,9 +111,9 @@ def test_margin_shrinks_with_a_long_history() -> None:
 
 def test_the_threshold_records_the_error_statistic_it_was_calibrated_on() -> None:
     errors = np.random.default_rng(4).exponential(1.0, size=2_000)
-    assert calibrate_threshold(errors, ThresholdConfig()).statistic == "mean"
-    worst = calibrate_threshold(errors, ThresholdConfig(statistic="channel_max"))
-    assert worst.statistic == "channel_max"
+    assert calibrate_threshold(errors, ThresholdConfig()).statistic == "channel_max"
+    mean = calibrate_threshold(errors, ThresholdConfig(statistic="mean"))
+    assert mean.statistic == "mean"
     with pytest.raises(ValueError, match="statistic"):
         ThresholdConfig(statistic="median")  # type: ignore[arg-type]
 
