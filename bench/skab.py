@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "predictions to this .npz, for analysis without re-running",
     )
     a = ap.parse_args(argv)
+    if a.rows and not a.rows.parent.is_dir():
+        ap.error(f"--rows {a.rows}: no directory {a.rows.parent} to write it in")
     from export.keys import keygen
     from trainer.evaluate.metrics import point_metrics
 
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     int8 = pooled(results, "int8")
     flt = pooled(results, "float")
+    tallies = {key: [nab_counts(r, key) for r in results] for key in ("int8", "float")}
     report: dict[str, Any] = {
         "benchmark": "SKAB v0.9 outlier protocol (fit rows [0,400) per file, score the rest)",
         "files": len(results),
@@ -187,22 +190,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Where the NAB score comes from: change-point windows caught (and how early, as the
         # summed sigmoid credit) against alarm edges outside every window (standard profile).
         "nab_counts": {
-            key: {
-                name: sum(nab_counts(r, key)[name] for r in results)
-                for name in ("windows", "detected", "false_positives", "tp_credit")
-            }
-            for key in ("int8", "float")
+            key: {name: sum(t[name] for t in tallies[key]) for name in tallies[key][0]}
+            for key in tallies
         },
         "per_file": [
             {
                 "file": r["file"],
                 "f1_int8": float(point_metrics(r["y"], r["int8"])["f1"]),
                 "far_int8": float((r["int8"] & ~r["y"]).sum() / max((~r["y"]).sum(), 1)),
-                "nab_int8": nab_counts(r, "int8"),
+                "nab_int8": tallies["int8"][i],
                 "parity": r["parity"],
                 "seconds": {k: round(v, 2) for k, v in r["seconds"].items()},
             }
-            for r in results
+            for i, r in enumerate(results)
         ],
         "wall_seconds": round(wall, 1),
         "jobs": a.jobs,
