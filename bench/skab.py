@@ -127,6 +127,41 @@ def nab_counts(result: dict[str, Any], key: str) -> dict[str, float]:
     }
 
 
+# Alarms this close to an anomaly (s) are counted as its edge, not as drift elsewhere; NAB's
+# windows after a changepoint are as long.
+NEAR_ANOMALY_S = 60.0
+
+
+def error_rows(y: Any, pred: Any, ts: Any) -> dict[str, int]:
+    """Where one file's wrong rows lie. Missed anomalous rows: before an anomaly's first
+    flagged row (``fn_onset``), after its last (``fn_ending``), between the two (``fn_gaps``),
+    or in an anomaly never flagged (``fn_missed``). False alarms: within ``NEAR_ANOMALY_S``
+    before an anomaly starts (``fp_before``) or after it ends (``fp_after``), or elsewhere
+    (``fp_elsewhere``: normal rows far from every labelled anomaly)."""
+    y = np.asarray(y, bool)
+    pred = np.asarray(pred, bool)
+    ts = np.asarray(ts, np.float64)
+    edges = np.flatnonzero(np.diff(np.r_[0, y.astype(np.int8), 0]))
+    out = dict.fromkeys(("fn_onset", "fn_ending", "fn_gaps", "fn_missed"), 0)
+    before = np.zeros_like(y)
+    after = np.zeros_like(y)
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        hit = np.flatnonzero(pred[start:stop])
+        if hit.size == 0:
+            out["fn_missed"] += int(stop - start)
+        else:
+            out["fn_onset"] += int(hit[0])
+            out["fn_ending"] += int(stop - start - 1 - hit[-1])
+            out["fn_gaps"] += int(hit[-1] - hit[0] + 1 - hit.size)
+        before |= (ts >= ts[start] - NEAR_ANOMALY_S) & (ts < ts[start])
+        after |= (ts > ts[stop - 1]) & (ts <= ts[stop - 1] + NEAR_ANOMALY_S)
+    fp = pred & ~y
+    out["fp_before"] = int((fp & before & ~after).sum())
+    out["fp_after"] = int((fp & after).sum())
+    out["fp_elsewhere"] = int((fp & ~before & ~after).sum())
+    return out
+
+
 def pooled(results: list[dict[str, Any]], key: str) -> dict[str, float]:
     from trainer.evaluate.metrics import nab_scores_pooled, point_metrics
 
@@ -176,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     int8 = pooled(results, "int8")
     flt = pooled(results, "float")
     tallies = {key: [nab_counts(r, key) for r in results] for key in ("int8", "float")}
+    errors = [error_rows(r["y"], r["int8"], r["ts"]) for r in results]
     report: dict[str, Any] = {
         "benchmark": "SKAB v0.9 outlier protocol (fit rows [0,400) per file, score the rest)",
         "files": len(results),
@@ -193,12 +229,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             key: {name: sum(t[name] for t in tallies[key]) for name in tallies[key][0]}
             for key in tallies
         },
+        # Where the wrong rows lie (int8): a missed row at an anomaly's onset or end is a
+        # label the sensors have not followed yet, or no longer; see error_rows.
+        "error_rows": {name: sum(r[name] for r in errors) for name in errors[0]},
         "per_file": [
             {
                 "file": r["file"],
                 "f1_int8": float(point_metrics(r["y"], r["int8"])["f1"]),
                 "far_int8": float((r["int8"] & ~r["y"]).sum() / max((~r["y"]).sum(), 1)),
                 "nab_int8": tallies["int8"][i],
+                "error_rows_int8": errors[i],
                 "parity": r["parity"],
                 "seconds": {k: round(v, 2) for k, v in r["seconds"].items()},
             }

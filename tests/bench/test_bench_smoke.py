@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bench_loader import SKAB, load_bench
 
@@ -34,8 +35,36 @@ def test_skab_bench_smoke(tmp_path: Path) -> None:
         perfect = c["windows"] * (2 / (1 + math.exp(-5)) - 1)  # caught at each window's start
         rebuilt = 100 * (raw + c["windows"]) / (perfect + c["windows"])
         assert rebuilt == pytest.approx(saved[side]["nab_standard"], abs=0.01)
+    rows = saved["error_rows"]
+    assert sum(f["error_rows_int8"]["fn_missed"] for f in saved["per_file"]) == rows["fn_missed"]
     windows = saved["nab_counts"]["int8"]["windows"]
     assert sum(f["nab_int8"]["windows"] for f in saved["per_file"]) == windows
+
+
+def test_skab_error_rows_places_every_wrong_row() -> None:
+    skab = load_bench("skab")
+    ts = np.arange(400.0)
+    y = np.zeros(400, bool)
+    y[100:150] = True  # caught late, with a gap, and left early
+    y[300:320] = True  # never caught
+    pred = np.zeros(400, bool)
+    pred[110:130] = True
+    pred[133:145] = True
+    pred[150:170] = True  # after the first anomaly, within a minute
+    pred[30:35] = True  # more than a minute before the first anomaly starts
+    pred[250:255] = True  # within a minute before the second
+    out = skab.error_rows(y, pred, ts)
+    assert out == {
+        "fn_onset": 10,
+        "fn_ending": 5,
+        "fn_gaps": 3,
+        "fn_missed": 20,
+        "fp_before": 5,
+        "fp_after": 20,
+        "fp_elsewhere": 5,
+    }
+    assert sum(v for k, v in out.items() if k.startswith("fn")) == int((y & ~pred).sum())
+    assert sum(v for k, v in out.items() if k.startswith("fp")) == int((pred & ~y).sum())
 
 
 def test_simulator_bench_smoke(tmp_path: Path) -> None:
