@@ -73,6 +73,20 @@ def bundle_past_the_gate(run: Path, out: Path, key: Path) -> str | None:
     return None
 
 
+def screen_recall_kept(cascade: Any, alone: Any, y: Any) -> tuple[int, int]:
+    """Stage 2's anomalous windows (a window is anomalous when any of its rows is labelled):
+    how many it alerts on when it sees every window (``alone``, ``run_pipeline(...,
+    screen=False)``), and how many of those the cascade still alerts on. Their ratio is the
+    share of stage 2's recall the screen keeps."""
+    import numpy as np
+
+    win_y = np.zeros(cascade.windows.stage.size, bool)
+    rows = cascade.window_of_row >= 0
+    np.logical_or.at(win_y, cascade.window_of_row[rows], np.asarray(y, bool)[rows])
+    s2 = alone.windows.raw_alert & win_y
+    return int(s2.sum()), int((cascade.windows.raw_alert & s2).sum())
+
+
 def start_broker(work: Path) -> tuple[subprocess.Popen[bytes] | None, int | None]:
     """A local ``mosquitto`` on a free port, or (None, None) when it is not installed."""
     exe = shutil.which("mosquitto") or (

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--live-seed", type=int, default=22, help="simulator seed of the scored rows")
     a = ap.parse_args(argv)
 
-    from bench.common import bundle_past_the_gate
+    from bench.common import bundle_past_the_gate, screen_recall_kept
     from edge_agent.bundle.verify import verify_bundle
     from edge_agent.data.table import read_table
     from edge_agent.model_slot import load_cascade
@@ -126,11 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mc, ma = point_metrics(y, res.flagged), point_metrics(y, alone.flagged)
     mo = point_metrics(y, res.alert)
     # Window-level: how many windows reach stage 2, and how much of stage 2's recall survives.
-    win_y = np.zeros(res.windows.stage.size, bool)
-    rows_of_window = res.window_of_row >= 0
-    np.logical_or.at(win_y, res.window_of_row[rows_of_window], y[rows_of_window])
-    s2 = alone.windows.raw_alert & win_y
-    kept = res.windows.raw_alert & win_y
+    s2, kept = screen_recall_kept(res, alone, y)
     report: dict[str, Any] = {
         "benchmark": f"plant simulator, train seed {a.train_seed}, score seed {a.live_seed}, "
         "signed int8 bundle",
@@ -153,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for c in bundle.manifest.channels
         },
         "windows_reaching_stage2": float(np.mean(res.windows.stage == 2)),
-        "window_recall_kept_by_screen": float(kept.sum() / max(s2.sum(), 1)),
+        "window_recall_kept_by_screen": kept / max(s2, 1),
         "per_kind": per_kind,
         "config": str(a.config) if a.config else "built-in defaults",
         "parity_forced": forced,

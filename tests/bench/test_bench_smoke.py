@@ -35,6 +35,8 @@ def test_skab_bench_smoke(tmp_path: Path) -> None:
         perfect = c["windows"] * (2 / (1 + math.exp(-5)) - 1)  # caught at each window's start
         rebuilt = 100 * (raw + c["windows"]) / (perfect + c["windows"])
         assert rebuilt == pytest.approx(saved[side]["nab_standard"], abs=0.01)
+    assert 0.0 <= saved["window_recall_kept_by_screen"] <= 1.0
+    assert saved["stage2_alone_anomalous_windows_alerted"] > 0
     rows = saved["error_rows"]
     assert sum(f["error_rows_int8"]["fn_missed"] for f in saved["per_file"]) == rows["fn_missed"]
     windows = saved["nab_counts"]["int8"]["windows"]
