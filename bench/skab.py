@@ -95,14 +95,13 @@ def run_file(args: tuple[Path, Path, Path, str | None]) -> dict[str, Any]:
     t2 = time.perf_counter()
     res = replay(bundle, path, work / f"scores_{tag}.csv", keys / "signing.pub")
     t3 = time.perf_counter()
-    # The screen's cost in recall, int8 in process: the scored rows' windows with the screen
-    # and with every window sent to stage 2.
+    # The screen's cost in recall: replay's windows against the same int8 bundle sending every
+    # window to stage 2, over the scored rows.
     verified = verify_bundle(bundle, keys / "signing.pub")
-    int8_cascade = load_cascade(verified)
     scored_y = table.labels["anomaly"].astype(bool) & (np.arange(table.rows) >= TRAIN_ROWS)
     stage2_alerts, kept_alerts = screen_recall_kept(
-        run_pipeline(table, verified.manifest, int8_cascade),
-        run_pipeline(table, verified.manifest, int8_cascade, screen=False),
+        res,
+        run_pipeline(table, verified.manifest, load_cascade(verified), screen=False),
         scored_y,
     )
     manifest, cascade, _, _ = load_scorer(run, None, None)
@@ -204,6 +203,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     if a.rows and not a.rows.parent.is_dir():
         ap.error(f"--rows {a.rows}: no directory {a.rows.parent} to write it in")
+    if a.config:
+        from edge_agent.errors import ConfigError
+        from trainer.config import load_config
+
+        try:  # refused now, not in every worker after the first fit
+            load_config(Path(a.config))
+        except ConfigError as exc:
+            ap.error(f"--config: {exc}")
     from export.keys import keygen
     from trainer.evaluate.metrics import point_metrics
 
