@@ -150,6 +150,7 @@ class StreamingPipeline:
         )  # fmt: skip
         self._front = bind(_front, CALL, CALL, *self._args)
         self._alerts = AlertState(manifest.alerts)
+        self._hold_ratio = manifest.alerts.hold_ratio
         self._alert_segment = -1
         self._empty = _empty_batch(c)
 
@@ -195,7 +196,7 @@ class StreamingPipeline:
             windows = WindowSource(points, last_row, self._window)
         before = self._alerts.snapshot(), self._alert_segment
         sc = self.cascade.score(windows, features, screen=self.screen)
-        alert = self._hysteresis(sc.raw_alert, seg)
+        alert = self._hysteresis(sc, seg)
         # Screened windows that follow an open alert go to stage 2 (module docstring); the
         # daemon's usual push, one window and no alert before or in it, costs one test.
         while self.screen and (before[0][0] or alert.any()):
@@ -209,7 +210,7 @@ class StreamingPipeline:
             )
             self._alerts.restore(before[0])
             self._alert_segment = before[1]
-            alert = self._hysteresis(sc.raw_alert, seg)
+            alert = self._hysteresis(sc, seg)
         return WindowBatch(
             first_id, end_time, end_index, seg, sc.stage, sc.score, sc.p_anomaly, sc.raw_alert,
             alert, sc.error, sc.contributions, row_window, current,
@@ -224,17 +225,21 @@ class StreamingPipeline:
         out[1:] = alert[:-1] & (segment[1:] == segment[:-1])
         return out
 
-    def _hysteresis(self, raw: BOOL, segment: I64) -> BOOL:
+    def _hysteresis(self, sc: WindowScores, segment: I64) -> BOOL:
         # Hysteresis restarts with every segment: after an outage the machine is judged afresh.
+        raw = sc.raw_alert
+        # The deadband's lower edge, from the threshold scoring now (a gateway may set its own).
+        level = self._hold_ratio * self.cascade.threshold.alert_threshold
+        hold = sc.error >= level  # NaN (stage 2 did not run) holds nothing
         if segment[0] == segment[-1] == self._alert_segment:
-            return self._alerts.update(raw)  # the common case: no new segment in this push
+            return self._alerts.update(raw, hold)  # the common case: no new segment here
         alert = np.empty(raw.shape[0], np.bool_)
         cuts = [0, *(np.flatnonzero(segment[1:] != segment[:-1]) + 1).tolist(), raw.shape[0]]
         for a, b in itertools.pairwise(cuts):
             if segment[a] != self._alert_segment:
                 self._alerts.reset()
                 self._alert_segment = int(segment[a])
-            alert[a:b] = self._alerts.update(raw[a:b])
+            alert[a:b] = self._alerts.update(raw[a:b], hold[a:b])
         return alert
 
 

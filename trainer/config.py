@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.threshold import ErrorStatistic
 from edge_agent.errors import ConfigError
 
@@ -229,9 +230,10 @@ class CascadeConfig(_Strict):
     )
 
 
-class AlertConfig(_Strict):
-    open_after: int = Field(default=3, ge=1)
-    close_after: int = Field(default=10, ge=1)
+# What ``trainer fit`` writes into a bundle's ``alerts`` (the fields and their meaning:
+# ``edge_agent.detect.alerts.AlertPolicy``, whose own defaults are what a manifest without a
+# key has always meant).
+DEFAULT_ALERTS = AlertPolicy(open_after=3, close_after=10, hold_ratio=1.0)
 
 
 class TrainConfig(_Strict):
@@ -242,7 +244,13 @@ class TrainConfig(_Strict):
     threshold: ThresholdConfig = ThresholdConfig()
     cascade: CascadeConfig = CascadeConfig()
     baseline: BaselineConfig = BaselineConfig()
-    alerts: AlertConfig = AlertConfig()
+    alerts: AlertPolicy = DEFAULT_ALERTS
+
+    @field_validator("alerts", mode="before")
+    @classmethod
+    def _alerts_over_defaults(cls, value: object) -> object:
+        """An ``[alerts]`` table changes the keys it names; the others keep fit's defaults."""
+        return {**DEFAULT_ALERTS.model_dump(), **value} if isinstance(value, dict) else value
 
 
 def load_config(path: Path | None) -> TrainConfig:

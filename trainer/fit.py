@@ -28,7 +28,6 @@ from edge_agent.bundle.manifest import ChannelSpec, ForestSpec, SamplingSpec, Wi
 from edge_agent.data.grid import align_to_grid, interpolate_held_runs
 from edge_agent.data.learned import LearnedLimits
 from edge_agent.data.table import SensorTable
-from edge_agent.detect.alerts import AlertPolicy
 from edge_agent.detect.baseline import LevelBaseline, LevelState
 from edge_agent.detect.cascade import reconstruction_error
 from edge_agent.detect.forest import FlatForest
@@ -468,7 +467,7 @@ def fit(
         ),
         autoencoder=AutoencoderTraining(kind=cfg.autoencoder.kind, **train_info),
         threshold=threshold,
-        alerts=AlertPolicy.model_validate(cfg.alerts.model_dump()),
+        alerts=cfg.alerts,
         baseline=prep.baseline,
         validation=ValidationSummary(
             windows=int(val_ends.size),

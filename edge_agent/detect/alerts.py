@@ -3,8 +3,11 @@
 Sits at the end of the cascade. A single window over threshold is often noise; a machine that
 is failing stays abnormal. An alert opens after ``open_after`` consecutive raw alerts and
 closes after ``close_after`` consecutive normal windows, so one episode is reported once and
-does not flap. The state is two counters, carried across calls, so batch ``replay`` and the
-streaming daemon give the same answer.
+does not flap. While it is open, a window counts as abnormal down to ``hold_ratio`` of the alert
+threshold: the deadband alarm management gives an analog alarm (ISA-18.2), so a fault whose
+error wavers about the threshold stays one alert instead of closing and reopening. The state
+is three counters, carried across calls, so batch ``replay`` and the streaming daemon give the
+same answer.
 """
 
 from __future__ import annotations
@@ -22,16 +25,28 @@ class AlertPolicy(StrictModel):
 
     open_after: int = Field(default=3, ge=1, description="Consecutive abnormal windows to open")
     close_after: int = Field(default=10, ge=1, description="Consecutive normal windows to close")
+    hold_ratio: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="While an alert is open, a window at or above this share of the alert "
+        "threshold still counts as abnormal (a deadband; 1, as in bundles that predate it: none)",
+    )
 
 
-@kernel("b1[:], i8, i8, i8[:]! -> b1[:]")
+@kernel("b1[:], b1[:], i8, i8, i8[:]! -> b1[:]")
 def _hysteresis(
-    raw: npt.NDArray[np.bool_], open_after: int, close_after: int, state: npt.NDArray[np.int64]
+    raw: npt.NDArray[np.bool_],
+    hold: npt.NDArray[np.bool_],
+    open_after: int,
+    close_after: int,
+    state: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.bool_]:  # pragma: no cover - compiled
+    # raw: at or above the alert threshold; hold: at or above the deadband's lower edge.
     # state = [alert_on (0/1), consecutive abnormal, consecutive normal]
     out = np.empty(raw.shape[0], np.bool_)
     for i in range(raw.shape[0]):
-        if raw[i]:
+        if hold[i] if state[0] == 1 else raw[i]:
             state[1] += 1
             state[2] = 0
         else:
@@ -52,10 +67,18 @@ class AlertState:
         self.policy = policy
         self._state = np.zeros(3, dtype=np.int64)
         # Policy and state checked once; the state is only ever changed in place.
-        self._update = bind(_hysteresis, CALL, policy.open_after, policy.close_after, self._state)
+        self._update = bind(
+            _hysteresis, CALL, CALL, policy.open_after, policy.close_after, self._state
+        )
 
-    def update(self, raw: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-        return self._update(np.ascontiguousarray(raw, dtype=np.bool_))
+    def update(
+        self, raw: npt.NDArray[np.bool_], hold: npt.NDArray[np.bool_] | None = None
+    ) -> npt.NDArray[np.bool_]:
+        """Alert state after each window. ``raw``: the window's error at or above the alert
+        threshold; ``hold``: at or above ``hold_ratio`` of it (``raw`` itself when omitted, as
+        with no deadband)."""
+        r = np.ascontiguousarray(raw, dtype=np.bool_)
+        return self._update(r, r if hold is None else np.ascontiguousarray(hold, np.bool_))
 
     @property
     def is_open(self) -> bool:

@@ -115,7 +115,8 @@ def _batch_reference(model: tuple[Manifest, Cascade], rows: Rows) -> dict[str, n
         if state.is_open and screened.stage[i] == STAGE_SCREEN:
             for name in SCORE_FIELDS:
                 s[name][i] = getattr(alone, name)[i]
-        alert[i] = state.update(s["raw_alert"][i : i + 1])[0]
+        hold = s["error"][i : i + 1] >= m.alerts.hold_ratio * cascade.threshold.alert_threshold
+        alert[i] = state.update(s["raw_alert"][i : i + 1], hold)[0]
     g = np.arange(grid.times.size)
     last = np.searchsorted(ends, g, side="right") - 1
     e = ends[np.maximum(last, 0)]

@@ -40,7 +40,7 @@ loaded = count[0]
 raw, state = np.array([True, False, True]), np.zeros(3, np.int64)
 refs = sys.getrefcount(np.ndarray)
 for _ in range(calls):
-    out = module._hysteresis(raw, 1, 1, state)
+    out = module._hysteresis(raw, raw, 1, 1, state)
 assert type(out) is np.ndarray and out.tolist() == [True, False, True], out
 print(loaded, count[0] - loaded, sys.getrefcount(np.ndarray) - refs)
 """

@@ -85,20 +85,21 @@ def test_recorded_calls_are_bit_identical(
 
 
 def _hysteresis_args() -> list[Any]:
-    return [np.array([True, True, True]), 2, 2, np.zeros(3, np.int64)]
+    raw = np.array([True, True, True])
+    return [raw, raw.copy(), 2, 2, np.zeros(3, np.int64)]
 
 
 @pytest.mark.parametrize(
     ("index", "bad", "says"),
     [
-        (3, np.zeros(3, np.int32), "dtype int32"),  # an int32 state array segfaults unguarded
-        (3, [0, 0, 0], "got a list"),
+        (4, np.zeros(3, np.int32), "dtype int32"),  # an int32 state array segfaults unguarded
+        (4, [0, 0, 0], "got a list"),
         (0, np.array([True, False] * 3)[::2], "non-contiguous"),  # silently wrong unguarded
-        (0, np.zeros((3, 1), np.bool_), "2-d shape"),
-        (1, "2", "an integer"),
-        (1, 2.0, "an integer"),
-        (1, 2**70, "fits int64"),
-        (1, True, "an integer"),
+        (1, np.zeros((3, 1), np.bool_), "2-d shape"),
+        (2, "2", "an integer"),
+        (2, 2.0, "an integer"),
+        (2, 2**70, "fits int64"),
+        (3, True, "an integer"),
     ],
 )
 def test_guard_refuses(aot: dict[str, Callable[..., Any]], index: int, bad: Any, says: str) -> None:
@@ -112,17 +113,17 @@ def test_guard_refuses(aot: dict[str, Callable[..., Any]], index: int, bad: Any,
 
 def test_guard_refuses_read_only_state(aot: dict[str, Callable[..., Any]]) -> None:
     args = _hysteresis_args()
-    args[3].flags.writeable = False
+    args[4].flags.writeable = False
     with pytest.raises(KernelArgumentError, match="read-only"):
         aot["_hysteresis"](*args)
-    with pytest.raises(KernelArgumentError, match="takes 4 arguments, got 3"):
-        aot["_hysteresis"](*args[:3])
+    with pytest.raises(KernelArgumentError, match="takes 5 arguments, got 4"):
+        aot["_hysteresis"](*args[:4])
 
 
 def test_guard_converts_numpy_scalars(aot: dict[str, Callable[..., Any]]) -> None:
     args = _hysteresis_args()
-    state = args[3]
-    out = aot["_hysteresis"](args[0], np.int64(2), np.int32(2), state)
+    state = args[4]
+    out = aot["_hysteresis"](args[0], args[1], np.int64(2), np.int32(2), state)
     assert out.tolist() == [False, True, True]
     assert state.tolist() == [1, 3, 0]
     scores = np.array([0.1, np.nan, 5.0])

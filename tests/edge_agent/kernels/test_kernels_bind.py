@@ -18,9 +18,10 @@ RAW = np.array([True, True, False, True, True, True])
 
 def test_bound_matches_guarded(aot: Kernels) -> None:
     state_a, state_b = np.zeros(3, np.int64), np.zeros(3, np.int64)
-    bound = bind(aot["_hysteresis"], CALL, 2, 3, state_a)
+    bound = bind(aot["_hysteresis"], CALL, CALL, 2, 3, state_a)
     for chunk in (RAW[:2], RAW[2:3], RAW[3:]):
-        assert bound(chunk).tolist() == aot["_hysteresis"](chunk, 2, 3, state_b).tolist()
+        want = aot["_hysteresis"](chunk, chunk, 2, 3, state_b)
+        assert bound(chunk, chunk).tolist() == want.tolist()
         assert state_a.tolist() == state_b.tolist()  # the bound state is updated in place
     assert state_a.tolist() == [1, 3, 0]
 
@@ -28,17 +29,17 @@ def test_bound_matches_guarded(aot: Kernels) -> None:
 @pytest.mark.parametrize(
     ("fixed", "says", "index"),
     [
-        ((2, 3, np.zeros(3, np.int32)), "dtype int32", 3),  # would segfault unguarded
-        ((2, 3, [0, 0, 0]), "got a list", 3),
-        ((2, 3, np.zeros(6, np.int64)[::2]), "non-contiguous", 3),  # silently wrong unguarded
-        ((2.5, 3, np.zeros(3, np.int64)), "an integer", 1),
+        ((2, 3, np.zeros(3, np.int32)), "dtype int32", 4),  # would segfault unguarded
+        ((2, 3, [0, 0, 0]), "got a list", 4),
+        ((2, 3, np.zeros(6, np.int64)[::2]), "non-contiguous", 4),  # silently wrong unguarded
+        ((2.5, 3, np.zeros(3, np.int64)), "an integer", 2),
     ],
 )
 def test_bad_fixed_argument_is_refused_when_bound(
     aot: Kernels, fixed: tuple[Any, ...], says: str, index: int
 ) -> None:
     with pytest.raises(KernelArgumentError, match=says) as err:
-        bind(aot["_hysteresis"], CALL, *fixed)
+        bind(aot["_hysteresis"], CALL, CALL, *fixed)
     assert f"argument {index}" in str(err.value)
 
 
@@ -46,9 +47,9 @@ def test_read_only_state_is_refused_when_bound(aot: Kernels) -> None:
     state = np.zeros(3, np.int64)
     state.flags.writeable = False
     with pytest.raises(KernelArgumentError, match="read-only"):
-        bind(aot["_hysteresis"], CALL, 2, 3, state)
-    with pytest.raises(KernelArgumentError, match="takes 4 arguments, got 3"):
-        bind(aot["_hysteresis"], CALL, 2, 3)
+        bind(aot["_hysteresis"], CALL, CALL, 2, 3, state)
+    with pytest.raises(KernelArgumentError, match="takes 5 arguments, got 4"):
+        bind(aot["_hysteresis"], CALL, CALL, 2, 3)
 
 
 @pytest.mark.parametrize(
@@ -62,9 +63,11 @@ def test_read_only_state_is_refused_when_bound(aot: Kernels) -> None:
 )
 def test_bad_per_call_argument_is_refused_at_the_call(aot: Kernels, bad: Any, says: str) -> None:
     state = np.zeros(3, np.int64)
-    bound = bind(aot["_hysteresis"], CALL, 2, 3, state)
+    bound = bind(aot["_hysteresis"], CALL, CALL, 2, 3, state)
     with pytest.raises(KernelArgumentError, match=says):
-        bound(bad)
+        bound(bad, RAW)
+    with pytest.raises(KernelArgumentError, match=says):
+        bound(RAW, bad)
     assert state.tolist() == [0, 0, 0]  # nothing ran
 
 
@@ -87,8 +90,8 @@ def test_per_call_arguments_anywhere(aot: Kernels) -> None:
 
 def test_scalars_are_converted_once(aot: Kernels) -> None:
     state = np.zeros(3, np.int64)
-    bound = bind(aot["_hysteresis"], CALL, np.int32(2), np.int64(3), state)
-    assert bound(RAW).tolist() == [False, True, True, True, True, True]
+    bound = bind(aot["_hysteresis"], CALL, CALL, np.int32(2), np.int64(3), state)
+    assert bound(RAW, RAW).tolist() == [False, True, True, True, True, True]
 
 
 def test_plain_callable_gets_its_fixed_arguments() -> None:
