@@ -123,3 +123,38 @@ def test_quality_cost_bench_smoke(tmp_path: Path) -> None:
         assert saved["check_per_sample"][side]["median_us"] > 0
     assert saved["learned_checks_offline"]["rows"] == 30000
     assert saved["learned_checks_offline"]["channel_samples_per_s"] > 0
+
+
+def test_alert_deadband_replay_holds_and_counts_openings() -> None:
+    bench = load_bench("alert_deadband")
+    err = np.array([1.2, 1.1, 1.3, 0.7, 0.7, 0.4, 0.4, 0.4, 0.4, 1.5, 1.5, 1.5, 0.1])
+    y = np.zeros(14, bool)
+    y[:6] = True
+    row_window = np.append(np.arange(13), -1)  # the last row has no window yet
+    sf = np.zeros(14, bool)
+    sf[13] = True  # a sensor fault is flagged whatever the alert says
+    s = bench.Scored("x", y, row_window, err, 1.0, sf)
+    held, opens = bench.replay(s, 0.6, 3)
+    assert held.astype(int).tolist() == [0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1]
+    assert opens == 2
+    plain, _ = bench.replay(s, 1.0, 3)
+    assert plain.astype(int).tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1]
+    assert bench.pooled([s], 0.6, 3) == {"f1": round(8 / 14, 4), "far": 0.5, "openings": 2}
+
+
+@pytest.mark.skipif(not SKAB.is_dir(), reason="../shared/datasets/skab not present")
+def test_alert_deadband_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "deadband.json"
+    load_bench("alert_deadband").main(
+        ["--skab-limit", "1", "--jobs", "1", "--sim-history", "6000", "--sim-live", "3000",
+         "--sim-epochs", "3", "--out", str(out)]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["skab_files"] == 3
+    assert len(saved["grid"]) == 30
+    grid = {(r["hold_ratio"], r["close_after"]): r for r in saved["grid"]}
+    for name in ("skab", "sim_21_22", "sim_31_32"):
+        # A lower hold ratio or a later close only ever keeps an alert open longer.
+        assert grid[0.5, 15][name]["far"] >= grid[0.5, 3][name]["far"]
+        assert grid[0.5, 3][name]["far"] >= grid[1.0, 3][name]["far"]
+        assert grid[0.5, 15][name]["openings"] <= grid[1.0, 3][name]["openings"]
