@@ -232,8 +232,11 @@ class CascadeConfig(_Strict):
 
 # What ``trainer fit`` writes into a bundle's ``alerts`` (the fields and their meaning:
 # ``edge_agent.detect.alerts.AlertPolicy``, whose own defaults are what a manifest without a
-# key has always meant).
-DEFAULT_ALERTS = AlertPolicy(open_after=3, close_after=10, hold_ratio=1.0)
+# key has always meant). The deadband and the short close were chosen together on SKAB and two
+# simulator seed pairs (README, *Alert deadband*): the deadband keeps a fault's alert open
+# through its quieter windows, which an off-delay of 10 windows had done at the cost of a
+# longer tail after each fault.
+DEFAULT_ALERTS = AlertPolicy(open_after=3, close_after=5, hold_ratio=0.6)
 
 
 class TrainConfig(_Strict):

@@ -171,6 +171,30 @@ def test_stage_2_follows_an_open_alert_past_the_screen(
                                   whole.raw_alert[passed])  # fmt: skip
 
 
+def test_the_deadband_holds_open_alerts_at_the_threshold_scoring_now(
+    model: tuple[Manifest, Cascade], clean: Rows
+) -> None:
+    """An open alert holds while a window reaches ``hold_ratio`` of the threshold: alerts only
+    last longer than without the deadband (a manifest without the key), and the edge follows a
+    threshold replaced after the pipeline was built, as a gateway's personalised one is."""
+    m, cascade = model
+    assert m.alerts.hold_ratio < 1.0  # trainer fit writes a deadband
+    held = _stream(model, clean, "all")
+    plain_manifest = m.model_copy(
+        update={"alerts": m.alerts.model_copy(update={"hold_ratio": 1.0})}
+    )
+    plain = _stream((plain_manifest, cascade), clean, "all")
+    assert (held.alert >= plain.alert).all()
+    assert held.alert.sum() > plain.alert.sum()
+    original = cascade.threshold
+    pipe = StreamingPipeline(m, cascade)
+    try:
+        cascade.threshold = original.scaled(1.5)
+        _assert_same(pipe.push(*clean), _batch_reference(model, clean))
+    finally:
+        cascade.threshold = original
+
+
 def test_run_pipeline_rows_are_the_streamed_rows(
     model: tuple[Manifest, Cascade], messy: Rows
 ) -> None:

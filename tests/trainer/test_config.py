@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import ConfigError
-from trainer.config import DEFAULT_ALERTS, load_config
+from trainer.config import DEFAULT_ALERTS, TrainConfig, load_config
+
+
+def test_fit_writes_the_deadband_by_default() -> None:
+    assert TrainConfig().alerts == DEFAULT_ALERTS
+    assert DEFAULT_ALERTS.hold_ratio < 1.0
 
 
 def test_an_alerts_table_changes_only_the_keys_it_names(tmp_path: Path) -> None:
