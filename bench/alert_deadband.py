@@ -153,8 +153,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="deadband-bench-") as tmp:
         work = Path(tmp)
         keygen(work / "keys")
-        with mp.get_context("spawn").Pool(a.jobs, maxtasksperchild=4) as pool:
-            skab = pool.map(skab_file, [(f, work) for f in files], chunksize=1)
+        args = [(f, work) for f in files]
+        if a.jobs > 1:
+            with mp.get_context("spawn").Pool(a.jobs, maxtasksperchild=4) as pool:
+                skab = pool.map(skab_file, args, chunksize=1)
+        else:  # in this process (a module loaded by path, as the smoke test does, included)
+            skab = [skab_file(x) for x in args]
         sims = [simulator_run(work, seeds, a) for seeds in SIM_SEEDS]
     data_sets = {"skab": skab, **{s.name: [s] for s in sims}}
     grid = [

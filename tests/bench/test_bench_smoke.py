@@ -150,7 +150,8 @@ def test_alert_deadband_bench_smoke(tmp_path: Path) -> None:
          "--sim-epochs", "3", "--out", str(out)]
     )  # fmt: skip
     saved = json.loads(out.read_text())
-    assert saved["skab_files"] == 3
+    first_of_each_group = [f for f in load_bench("skab").skab_files() if int(f.stem) < 1]
+    assert saved["skab_files"] == len(first_of_each_group) > 0
     assert len(saved["grid"]) == 30
     grid = {(r["hold_ratio"], r["close_after"]): r for r in saved["grid"]}
     for name in ("skab", "sim_21_22", "sim_31_32"):
