@@ -26,24 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-SKAB = ROOT.parent / "shared" / "datasets" / "skab" / "data"
-TRAIN_ROWS = 400
+from bench.skab import TRAIN_ROWS, skab_files, unlabelled  # noqa: E402
+
 CACHE = Path(tempfile.gettempdir()) / "skab_sweep"
-
-
-def unlabelled(table: Any) -> Any:
-    """The protocol fits without labels: other/2.csv has 296 anomalous rows in [0, 400), and a
-    method that used them to clean its training data would not be comparable."""
-    import dataclasses
-
-    return dataclasses.replace(table, labels={})
-
-
-def skab_files() -> list[Path]:
-    files = []
-    for sub in ("valve1", "valve2", "other"):
-        files += sorted((SKAB / sub).glob("*.csv"), key=lambda p: int(p.stem))
-    return files
 
 
 def cache(config: Path | None, tag: str, shard: int, shards: int) -> None:
