@@ -121,18 +121,15 @@ def replay(s: Scored, hold_ratio: float, close_after: int) -> tuple[np.ndarray, 
 
 
 def pooled(cases: list[Scored], hold_ratio: float, close_after: int) -> dict[str, float]:
-    tp = fp = fn = tn = opens = 0
-    for s in cases:
-        flagged, n = replay(s, hold_ratio, close_after)
-        tp += int((flagged & s.y).sum())
-        fp += int((flagged & ~s.y).sum())
-        fn += int((~flagged & s.y).sum())
-        tn += int((~flagged & ~s.y).sum())
-        opens += n
+    """Point-wise F1 and FAR over all cases' rows pooled, and their alert openings."""
+    from trainer.evaluate.metrics import point_metrics
+
+    runs = [replay(s, hold_ratio, close_after) for s in cases]
+    m = point_metrics(np.concatenate([s.y for s in cases]), np.concatenate([r[0] for r in runs]))
     return {
-        "f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4),
-        "far": round(fp / max(1, fp + tn), 5),
-        "openings": opens,
+        "f1": round(m["f1"], 4),
+        "far": round(m["far"], 5),
+        "openings": sum(r[1] for r in runs),
     }
 
 
