@@ -1,5 +1,4 @@
-"""How the alert hysteresis defaults were chosen: the deadband and the close count, on SKAB and
-the plant simulator at once.
+"""Alert hysteresis grid on SKAB and the simulator: how the deadband and close were chosen.
 
 Each model is fitted and exported once (int8, signed) and every window is scored by stage 2
 (the screen off, so every window has an error); then the hysteresis, the project's own
@@ -136,12 +135,14 @@ def pooled(cases: list[Scored], hold_ratio: float, close_after: int) -> dict[str
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skab-limit", type=int, help="only files numbered below N in each group")
-    ap.add_argument("--sim-history", type=int, default=172_800)
-    ap.add_argument("--sim-live", type=int, default=40_000)
+    ap.add_argument("--sim-history", type=int, default=172_800, help="simulated training rows")
+    ap.add_argument("--sim-live", type=int, default=40_000, help="simulated scored rows")
     ap.add_argument("--sim-epochs", type=int, help="autoencoder epochs (default: built-in)")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=2, help="SKAB files fitted side by side")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "alert_deadband.json")
     a = ap.parse_args(argv)
+    if a.jobs < 1 or a.sim_history < 1 or a.sim_live < 1:
+        ap.error("--jobs, --sim-history and --sim-live must be at least 1")
     from bench.skab import skab_files
     from export.keys import keygen
 
