@@ -85,6 +85,17 @@ class ForestConfig(_Strict):
         description="Quantile of the training windows' residual taken as the limit: about "
         "1 - this share of normal windows go on to stage 2 by this test",
     )
+    # A short history never shows all of normal, to the screen's limits either: fitted on
+    # SKAB's 400 rows, the envelope and the residual limit found 99 % of later windows new and
+    # sent them all to stage 2. They get the headroom stage 2's threshold gets for a short
+    # history, fading faster as it grows (trainer.fit.screen_headroom), each on its own
+    # scale: the envelope's half-widths and the residual limit.
+    limits_follow_margin: bool = Field(
+        default=True,
+        description="Widen the envelope's edges and raise the residual limit by the threshold's "
+        "short-history margin (threshold.margin up to threshold.margin_full_below samples, "
+        "fading as the history grows); false: the limits are what the training windows showed",
+    )
     spe_quantile: float = Field(
         default=0.995,
         ge=0.5,

@@ -93,10 +93,19 @@ def flatten_forest(
 
 
 def fit_window_residual(
-    windows: npt.NDArray[np.float32], *, explained: float, quantile: float
+    windows: npt.NDArray[np.float32],
+    *,
+    explained: float,
+    quantile: float,
+    held_out: npt.NDArray[np.float32] | None = None,
 ) -> WindowResidual:
     """The principal subspace of normal training windows ``(n, W, C)`` that keeps
-    ``explained`` of their variance, and its SPE limit: the ``quantile`` of their own SPE."""
+    ``explained`` of their variance, and its SPE limit: the ``quantile`` of the SPE of the
+    ``held_out`` normal windows (of the training windows themselves when there are none).
+
+    Held-out windows, because the subspace fits its own windows better than any later one
+    (a test shows a limit from their own SPE sending five times the share of fresh normal
+    windows on that the quantile promises)."""
     n = windows.shape[0]
     flat = np.asarray(windows, np.float64).reshape(n, -1)
     sample = flat[np.linspace(0, n - 1, min(n, RESIDUAL_FIT_WINDOWS)).astype(int)]
@@ -109,8 +118,8 @@ def fit_window_residual(
     complement = vt.shape[0] == flat.shape[1] and vt.shape[0] - k < k
     basis = vt[k:] if complement else vt[:k]
     subspace = WindowResidual(mean, np.ascontiguousarray(basis), 1.0, complement)
-    spe = subspace.spe(windows)
-    limit = float(np.quantile(spe, quantile))
+    judged = windows if held_out is None or held_out.shape[0] == 0 else held_out
+    limit = float(np.quantile(subspace.spe(judged), quantile))
     # A subspace that reconstructs its training windows exactly leaves no scale to judge by:
     # the smallest positive float keeps every later residual above the limit, as it should be.
     return dataclasses.replace(subspace, limit=max(limit, np.finfo(np.float64).tiny))

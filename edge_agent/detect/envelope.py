@@ -60,6 +60,17 @@ class Envelope:
             hi[col] = np.quantile(f[:, col], q)
         return cls(f.min(axis=0), np.median(f, axis=0), hi)
 
+    def widened(self, factor: float) -> Envelope:
+        """This envelope with each edge ``factor`` times as far from the median (at least 1).
+
+        The trainer widens the edges of an envelope fitted on a short history by the headroom
+        stage 2's threshold gets for the same history (``trainer.config.ThresholdConfig.
+        effective_margin``): a few hundred windows never show all of normal either."""
+        if not (np.isfinite(factor) and factor >= 1.0):
+            raise ValueError(f"an envelope is widened by a factor of at least 1, not {factor}")
+        lo = self.mid - factor * (self.mid - self.lo)
+        return Envelope(lo, self.mid, self.mid + factor * (self.hi - self.mid))
+
     @cached_property  # once per model, not at every window the daemon scores
     def _scales(self) -> tuple[F64, F64]:
         below = 1.0 / np.maximum(self.mid - self.lo, MIN_HALF_WIDTH)

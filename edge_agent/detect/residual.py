@@ -87,6 +87,13 @@ class WindowResidual:
         out: F64 = self.spe(windows) / self.limit - 1.0
         return out
 
+    def widened(self, factor: float) -> WindowResidual:
+        """This subspace with its limit ``factor`` times higher (at least 1): the headroom the
+        trainer gives a limit fitted on a short history, as :meth:`Envelope.widened` does."""
+        if not (np.isfinite(factor) and factor >= 1.0):
+            raise ValueError(f"a residual limit is raised by a factor of at least 1, not {factor}")
+        return WindowResidual(self.mean, self.components, self.limit * factor, self.complement)
+
     def arrays(self) -> dict[str, F64]:
         values = (self.mean, self.components, np.array([self.limit]), np.array([self.complement]))
         return dict(zip(RESIDUAL_ARRAYS, values, strict=True))

@@ -84,3 +84,25 @@ def test_an_upper_quantile_edge_for_a_residual_feature(train: np.ndarray) -> Non
     assert 0.005 < outside.mean() < 0.015  # about the 1 % of rows above that edge
     with pytest.raises(ValueError, match=r"upper quantile 0\.2 of feature 1"):
         Envelope.of(train, {1: 0.2})
+
+
+def test_a_widened_envelope_moves_each_edge_that_many_times_farther_from_the_median(
+    train: np.ndarray,
+) -> None:
+    env = Envelope.of(train)
+    same = env.widened(1.0)
+    for a, b in ((same.lo, env.lo), (same.mid, env.mid), (same.hi, env.hi)):
+        np.testing.assert_array_equal(a, b)
+    wide = env.widened(2.0)
+    np.testing.assert_array_equal(wide.mid, env.mid)
+    np.testing.assert_allclose(wide.hi - wide.mid, 2.0 * (env.hi - env.mid))
+    np.testing.assert_allclose(wide.mid - wide.lo, 2.0 * (env.mid - env.lo))
+    half = env.hi[3] - env.mid[3]
+    x = np.repeat(env.mid[None, :].astype(np.float32), 2, axis=0)
+    x[0, 3] = env.mid[3] + 1.5 * half  # outside the training range, inside twice its reach
+    x[1, 3] = env.mid[3] + 2.5 * half  # outside both
+    assert (env.exceedance(x) > 0).all()
+    np.testing.assert_array_equal(wide.exceedance(x) > 0, [False, True])
+    for bad in (0.5, np.nan):
+        with pytest.raises(ValueError, match="at least 1"):
+            env.widened(bad)

@@ -113,3 +113,27 @@ def test_pipeline_windows_are_read_in_place_with_the_same_result(
     view, starts = source.rows()
     assert not view.flags.writeable
     np.testing.assert_array_equal(view[starts[3]].reshape(W, C), gathered[3])
+
+
+def test_the_limit_is_set_on_held_out_windows_the_subspace_did_not_fit() -> None:
+    # Few windows for many dimensions: the subspace fits its own windows' noise too, so their
+    # SPE understates what a later normal window shows; held-out windows do not.
+    train, later = sine_windows(60, 5), sine_windows(3000, 6)
+    own = fit_window_residual(train, explained=0.995, quantile=0.98)
+    held = fit_window_residual(train, explained=0.995, quantile=0.98, held_out=later[:1000])
+    np.testing.assert_array_equal(held.components, own.components)
+    assert held.limit == pytest.approx(float(np.quantile(own.spe(later[:1000]), 0.98)))
+    fresh = later[1000:]
+    # 2 % of fresh normal windows should exceed a 98 % limit: the in-sample one sends 11 %.
+    assert np.mean(own.exceedance(fresh) > 0) > 0.08
+    assert np.mean(held.exceedance(fresh) > 0) < 0.04
+
+
+def test_a_raised_limit_is_that_many_times_higher(residual: WindowResidual) -> None:
+    high = residual.widened(2.25)
+    assert high.limit == pytest.approx(2.25 * residual.limit)
+    np.testing.assert_array_equal(high.components, residual.components)
+    w = sine_windows(300, 7)
+    np.testing.assert_allclose(high.exceedance(w), residual.spe(w) / (2.25 * residual.limit) - 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        residual.widened(0.9)

@@ -1,4 +1,5 @@
-"""trainer.fit: the autoencoder's second pass, weighted towards rare normal windows."""
+"""trainer.fit: the autoencoder's second pass, weighted towards rare normal windows; the
+screen's limits and the headroom a short history gives them."""
 
 from __future__ import annotations
 
@@ -6,8 +7,16 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from edge_agent.detect.windows import window_features
 from trainer.config import AutoencoderConfig, TrainConfig
-from trainer.fit import KerasReconstructor, rare_window_weights, train_autoencoder
+from trainer.fit import (
+    KerasReconstructor,
+    rare_window_weights,
+    screen_headroom,
+    screen_limits,
+    train_autoencoder,
+)
+from trainer.forest import fit_forest
 
 F32 = npt.NDArray[np.float32]
 BOOL = npt.NDArray[np.bool_]
@@ -67,3 +76,38 @@ def test_the_second_pass_defaults_to_half_the_epochs() -> None:
     assert AutoencoderConfig(epochs=80, rare_window_epochs=0).rare_pass_epochs() == 0
     with pytest.raises(ValueError, match="rare_window_epochs"):
         AutoencoderConfig(rare_window_epochs=-1)
+
+
+@pytest.mark.parametrize(
+    ("history", "follow", "factor"),
+    [(400, True, 2.25), (2_000, True, 1.3125), (100_000, True, 1.000125), (400, False, 1.0)],
+)
+def test_screen_limits_get_the_thresholds_headroom_for_the_history(
+    history: int, follow: bool, factor: float
+) -> None:
+    rng = np.random.default_rng(0)
+    train_w, _ = _machine(rng, 300, rare_every=10**9)
+    val_w, _ = _machine(rng, 80, rare_every=10**9)
+    steps, channels = train_w.shape[1:]
+    feats = window_features(
+        train_w.reshape(-1, channels), np.arange(steps - 1, steps * 300, steps), steps
+    )
+    _, forest = fit_forest(feats, n_trees=10, max_samples=64, seed=0, envelope=True)
+    cfg = TrainConfig.model_validate({"forest": {"limits_follow_margin": follow}})
+    # The threshold's full margin on a short history; fading faster than it on a long one.
+    margin = cfg.threshold.effective_margin(history)
+    assert factor == pytest.approx(screen_headroom(cfg.threshold, history) if follow else 1.0)
+    assert factor <= margin
+    got = screen_limits(forest, train_w, val_w, cfg, history)
+    assert forest.envelope is not None
+    assert got.envelope is not None
+    np.testing.assert_allclose(
+        got.envelope.hi - got.envelope.mid, factor * (forest.envelope.hi - forest.envelope.mid)
+    )
+    np.testing.assert_allclose(
+        got.envelope.mid - got.envelope.lo, factor * (forest.envelope.mid - forest.envelope.lo)
+    )
+    assert got.residual is not None
+    # The limit is the held-out windows' quantile of their residual, with the same headroom.
+    held = float(np.quantile(got.residual.spe(val_w), cfg.forest.residual_quantile))
+    assert got.residual.limit == pytest.approx(factor * held)
