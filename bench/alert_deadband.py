@@ -64,30 +64,30 @@ def _score(name: str, bundle: Path, pub: Path, table: Any, y: np.ndarray, first:
     )  # fmt: skip
 
 
-def skab_file(args: tuple[Path, Path]) -> Scored:
-    """Fit on rows [0, 400) without labels, export int8, score every window."""
+def skab_bundle(path: Path, work: Path, cfg: Any) -> tuple[Path, Any, np.ndarray]:
+    """Fit ``cfg`` on rows [0, 400) of a SKAB file without labels and export int8 (signed
+    with ``work/keys``); returns the bundle, the file's table and its anomaly labels."""
     from bench.common import bundle_past_the_gate
     from bench.skab import TRAIN_ROWS, unlabelled
     from edge_agent.data.table import read_table
-    from trainer.config import load_config
     from trainer.fit import fit
 
-    path, work = args
     tag = f"{path.parent.name}_{path.stem}"
     table = read_table(path, label_cols=["anomaly"])
-    fit(unlabelled(table.slice(0, TRAIN_ROWS)), work / f"run_{tag}", load_config(None), seed=0)
+    fit(unlabelled(table.slice(0, TRAIN_ROWS)), work / f"run_{tag}", cfg, seed=0)
     bundle = work / f"bundle_{tag}"
     bundle_past_the_gate(work / f"run_{tag}", bundle, work / "keys" / "signing.key")
-    y = table.labels["anomaly"].astype(bool)
-    return _score(tag, bundle, work / "keys" / "signing.pub", table, y, TRAIN_ROWS)
+    return bundle, table, table.labels["anomaly"].astype(bool)
 
 
-def simulator_run(work: Path, seeds: tuple[int, int], a: argparse.Namespace) -> Scored:
-    """Fit on a simulated history, export int8, score a fresh stretch of another seed."""
+def simulator_bundle(
+    work: Path, seeds: tuple[int, int], a: argparse.Namespace, cfg: Any
+) -> tuple[Path, Any, np.ndarray]:
+    """Fit ``cfg`` on a simulated history (``a.sim_history`` rows, ``a.sim_epochs``), export
+    int8; returns the bundle, a fresh stretch of another seed and its labels."""
     from bench.common import bundle_past_the_gate
     from edge_agent.data.table import read_table
     from edge_agent.simulator import simulate_plant
-    from trainer.config import load_config
     from trainer.fit import fit
 
     tag = f"sim_{seeds[0]}_{seeds[1]}"
@@ -95,7 +95,6 @@ def simulator_run(work: Path, seeds: tuple[int, int], a: argparse.Namespace) -> 
     live = simulate_plant(rows=a.sim_live, seed=seeds[1])
     hist.write_csv(work / f"{tag}_history.csv")
     live.write_csv(work / f"{tag}_live.csv")
-    cfg = load_config(None)
     if a.sim_epochs:
         cfg.autoencoder.epochs = a.sim_epochs
     history = read_table(work / f"{tag}_history.csv", label_cols=["anomaly"])
@@ -103,7 +102,27 @@ def simulator_run(work: Path, seeds: tuple[int, int], a: argparse.Namespace) -> 
     bundle = work / f"bundle_{tag}"
     bundle_past_the_gate(work / f"run_{tag}", bundle, work / "keys" / "signing.key")
     table = read_table(work / f"{tag}_live.csv", label_cols=["anomaly"])
-    return _score(tag, bundle, work / "keys" / "signing.pub", table, live.labels.astype(bool), 0)
+    return bundle, table, live.labels.astype(bool)
+
+
+def skab_file(args: tuple[Path, Path]) -> Scored:
+    """Fit on rows [0, 400) without labels, export int8, score every window."""
+    from bench.skab import TRAIN_ROWS
+    from trainer.config import load_config
+
+    path, work = args
+    bundle, table, y = skab_bundle(path, work, load_config(None))
+    name = f"{path.parent.name}_{path.stem}"
+    return _score(name, bundle, work / "keys" / "signing.pub", table, y, TRAIN_ROWS)
+
+
+def simulator_run(work: Path, seeds: tuple[int, int], a: argparse.Namespace) -> Scored:
+    """Fit on a simulated history, export int8, score a fresh stretch of another seed."""
+    from trainer.config import load_config
+
+    bundle, table, y = simulator_bundle(work, seeds, a, load_config(None))
+    name = f"sim_{seeds[0]}_{seeds[1]}"
+    return _score(name, bundle, work / "keys" / "signing.pub", table, y, 0)
 
 
 def replay(s: Scored, hold_ratio: float, close_after: int) -> tuple[np.ndarray, int]:

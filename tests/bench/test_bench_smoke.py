@@ -159,3 +159,46 @@ def test_alert_deadband_bench_smoke(tmp_path: Path) -> None:
         assert grid[0.5, 15][name]["far"] >= grid[0.5, 3][name]["far"]
         assert grid[0.5, 3][name]["far"] >= grid[1.0, 3][name]["far"]
         assert grid[0.5, 15][name]["openings"] <= grid[1.0, 3][name]["openings"]
+
+
+def test_screen_headroom_sweep_sends_fewer_windows_as_the_factor_grows() -> None:
+    bench = load_bench("screen_headroom")
+    # Four windows: one just outside the envelope, one far outside, one whose residual is 2.5x
+    # its limit, one the forest sends; stage 2 alerts on the far one (anomalous) only.
+    parts = bench.ScreenParts(
+        "x",
+        envelope=np.array([0.2, 5.0, -1.0, -1.0]),
+        residual=np.array([0.5, 0.5, 2.5, 0.5]),
+        forest=np.array([False, False, False, True]),
+        alerts=np.array([False, True, False, False]),
+        anomalous=np.array([False, True, False, False]),
+        margin=2.25,
+        headroom=2.25,
+    )
+    grid = {r["factor"]: r for r in bench.sweep([parts])}
+    assert grid[1.0]["stage2_fraction"] == 1.0
+    assert grid[2.25]["stage2_fraction"] == 0.75  # the first window now lies inside
+    assert grid[3.0]["stage2_fraction"] == 0.5  # and the residual one under the raised limit
+    assert grid[8.0]["stage2_fraction"] == 0.25  # the forest's window only
+    assert grid[5.0]["recall_kept"] == 1.0
+    assert grid[8.0]["recall_kept"] == 0.0
+    # Factors 3 to 5 send the same half; the smallest of them is reported.
+    lowest = bench.summary([parts])["lowest_fraction_keeping_98pct"]
+    assert (lowest["factor"], lowest["stage2_fraction"]) == (3.0, 0.5)
+
+
+@pytest.mark.skipif(not SKAB.is_dir(), reason="../shared/datasets/skab not present")
+def test_screen_headroom_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "headroom.json"
+    load_bench("screen_headroom").main(
+        ["--skab-limit", "1", "--jobs", "1", "--sim-history", "6000", "--sim-live", "3000",
+         "--sim-epochs", "3", "--out", str(out)]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    for name in ("skab", "sim_21_22", "sim_31_32"):
+        grid = saved[name]["grid"]
+        fractions = [r["stage2_fraction"] for r in grid]
+        assert fractions == sorted(fractions, reverse=True)  # wider limits send fewer
+        assert grid[0]["factor"] == 1.0
+        assert all(1.0 >= r["recall_kept"] >= 0.0 for r in grid)
+        assert 1.0 <= saved[name]["fit_headroom"][0] <= saved[name]["threshold_margin"][0]
