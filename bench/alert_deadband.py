@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import multiprocessing as mp
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, write_report  # noqa: E402
+from bench.fitted import add_fit_args, over_skab, parsed, simulator_bundle, skab_bundle  # noqa: E402
 
 HOLD_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 CLOSE_AFTER = (3, 5, 8, 10, 15)
@@ -62,47 +62,6 @@ def _score(name: str, bundle: Path, pub: Path, table: Any, y: np.ndarray, first:
         name, y[first:], res.window_of_row[first:], res.windows.error,
         cascade.threshold.alert_threshold, res.sensor_fault[first:],
     )  # fmt: skip
-
-
-def skab_bundle(path: Path, work: Path, cfg: Any) -> tuple[Path, Any, np.ndarray]:
-    """Fit ``cfg`` on rows [0, 400) of a SKAB file without labels and export int8 (signed
-    with ``work/keys``); returns the bundle, the file's table and its anomaly labels."""
-    from bench.common import bundle_past_the_gate
-    from bench.skab import TRAIN_ROWS, unlabelled
-    from edge_agent.data.table import read_table
-    from trainer.fit import fit
-
-    tag = f"{path.parent.name}_{path.stem}"
-    table = read_table(path, label_cols=["anomaly"])
-    fit(unlabelled(table.slice(0, TRAIN_ROWS)), work / f"run_{tag}", cfg, seed=0)
-    bundle = work / f"bundle_{tag}"
-    bundle_past_the_gate(work / f"run_{tag}", bundle, work / "keys" / "signing.key")
-    return bundle, table, table.labels["anomaly"].astype(bool)
-
-
-def simulator_bundle(
-    work: Path, seeds: tuple[int, int], a: argparse.Namespace, cfg: Any
-) -> tuple[Path, Any, np.ndarray]:
-    """Fit ``cfg`` on a simulated history (``a.sim_history`` rows, ``a.sim_epochs``), export
-    int8; returns the bundle, a fresh stretch of another seed and its labels."""
-    from bench.common import bundle_past_the_gate
-    from edge_agent.data.table import read_table
-    from edge_agent.simulator import simulate_plant
-    from trainer.fit import fit
-
-    tag = f"sim_{seeds[0]}_{seeds[1]}"
-    hist = simulate_plant(rows=a.sim_history, seed=seeds[0])
-    live = simulate_plant(rows=a.sim_live, seed=seeds[1])
-    hist.write_csv(work / f"{tag}_history.csv")
-    live.write_csv(work / f"{tag}_live.csv")
-    if a.sim_epochs:
-        cfg.autoencoder.epochs = a.sim_epochs
-    history = read_table(work / f"{tag}_history.csv", label_cols=["anomaly"])
-    fit(history, work / f"run_{tag}", cfg, seed=0)
-    bundle = work / f"bundle_{tag}"
-    bundle_past_the_gate(work / f"run_{tag}", bundle, work / "keys" / "signing.key")
-    table = read_table(work / f"{tag}_live.csv", label_cols=["anomaly"])
-    return bundle, table, live.labels.astype(bool)
 
 
 def skab_file(args: tuple[Path, Path]) -> Scored:
@@ -153,29 +112,12 @@ def pooled(cases: list[Scored], hold_ratio: float, close_after: int) -> dict[str
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--skab-limit", type=int, help="only files numbered below N in each group")
-    ap.add_argument("--sim-history", type=int, default=172_800, help="simulated training rows")
-    ap.add_argument("--sim-live", type=int, default=40_000, help="simulated scored rows")
-    ap.add_argument("--sim-epochs", type=int, help="autoencoder epochs (default: built-in)")
-    ap.add_argument("--jobs", type=int, default=2, help="SKAB files fitted side by side")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "alert_deadband.json")
-    a = ap.parse_args(argv)
-    if a.jobs < 1 or a.sim_history < 1 or a.sim_live < 1:
-        ap.error("--jobs, --sim-history and --sim-live must be at least 1")
-    from bench.skab import skab_files
-    from export.keys import keygen
-
-    files = [f for f in skab_files() if a.skab_limit is None or int(f.stem) < a.skab_limit]
+    add_fit_args(ap, ROOT / "bench" / "results" / "alert_deadband.json")
+    a = parsed(ap, argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="deadband-bench-") as tmp:
         work = Path(tmp)
-        keygen(work / "keys")
-        args = [(f, work) for f in files]
-        if a.jobs > 1:
-            with mp.get_context("spawn").Pool(a.jobs, maxtasksperchild=4) as pool:
-                skab = pool.map(skab_file, args, chunksize=1)
-        else:  # in this process (a module loaded by path, as the smoke test does, included)
-            skab = [skab_file(x) for x in args]
+        skab = over_skab(skab_file, work, a)
         sims = [simulator_run(work, seeds, a) for seeds in SIM_SEEDS]
     data_sets = {"skab": skab, **{s.name: [s] for s in sims}}
     grid = [

@@ -23,7 +23,6 @@ sends every window to stage 2 while an alert is open, which keeps more (``bench/
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, write_report  # noqa: E402
+from bench.fitted import add_fit_args, over_skab, parsed, simulator_bundle, skab_bundle  # noqa: E402
 
 FACTORS = (1.0, 1.5, 2.25, 3.0, 4.0, 5.0, 6.0, 8.0)
 SIM_SEEDS = ((21, 22), (31, 32))
@@ -106,7 +106,6 @@ def _parts(
 
 
 def skab_file(args: tuple[Path, Path]) -> ScreenParts:
-    from bench.alert_deadband import skab_bundle
     from bench.skab import TRAIN_ROWS
 
     path, work = args
@@ -159,32 +158,12 @@ def summary(cases: list[ScreenParts]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--skab-limit", type=int, help="only files numbered below N in each group")
-    ap.add_argument("--sim-history", type=int, default=172_800, help="simulated training rows")
-    ap.add_argument("--sim-live", type=int, default=40_000, help="simulated scored rows")
-    ap.add_argument("--sim-epochs", type=int, help="autoencoder epochs (default: built-in)")
-    ap.add_argument("--jobs", type=int, default=2, help="SKAB files fitted side by side")
-    ap.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results" / "screen_headroom.json"
-    )
-    a = ap.parse_args(argv)
-    if a.jobs < 1 or a.sim_history < 1 or a.sim_live < 1:
-        ap.error("--jobs, --sim-history and --sim-live must be at least 1")
-    from bench.alert_deadband import simulator_bundle
-    from bench.skab import skab_files
-    from export.keys import keygen
-
-    files = [f for f in skab_files() if a.skab_limit is None or int(f.stem) < a.skab_limit]
+    add_fit_args(ap, ROOT / "bench" / "results" / "screen_headroom.json")
+    a = parsed(ap, argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="headroom-bench-") as tmp:
         work = Path(tmp)
-        keygen(work / "keys")
-        args = [(f, work) for f in files]
-        if a.jobs > 1:
-            with mp.get_context("spawn").Pool(a.jobs, maxtasksperchild=4) as pool:
-                skab = pool.map(skab_file, args, chunksize=1)
-        else:  # in this process (a module loaded by path, as the smoke test does, included)
-            skab = [skab_file(x) for x in args]
+        skab = over_skab(skab_file, work, a)
         sims = []
         for seeds in SIM_SEEDS:
             bundle, table, y = simulator_bundle(work, seeds, a, _unwidened())
