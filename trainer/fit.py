@@ -515,6 +515,7 @@ def screen_limits(
     if not cfg.forest.limits_follow_margin:
         return forest
     factor = screen_headroom(cfg.threshold, history_samples)
+    log.info("screen limits widened %.5gx for a history of %d samples", factor, history_samples)
     return dataclasses.replace(
         forest,
         envelope=forest.envelope.widened(factor) if forest.envelope else None,
