@@ -31,7 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, write_report  # noqa: E402
-from bench.fitted import add_fit_args, over_skab, parsed, simulator_bundle, skab_bundle  # noqa: E402
+from bench.fitted import (  # noqa: E402
+    Fitted,
+    add_fit_args,
+    over_skab,
+    parsed,
+    simulator_bundle,
+    skab_bundle,
+)
 
 HOLD_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 CLOSE_AFTER = (3, 5, 8, 10, 15)
@@ -50,38 +57,34 @@ class Scored:
     sensor_fault: np.ndarray  # per scored row: a channel past a learned limit
 
 
-def _score(name: str, bundle: Path, pub: Path, table: Any, y: np.ndarray, first: int) -> Scored:
+def _score(f: Fitted, pub: Path) -> Scored:
     from edge_agent.bundle.verify import verify_bundle
     from edge_agent.model_slot import load_cascade
     from edge_agent.pipeline import run_pipeline
 
-    verified = verify_bundle(bundle, pub)
+    verified = verify_bundle(f.bundle, pub)
     cascade = load_cascade(verified)
-    res = run_pipeline(table, verified.manifest, cascade, screen=False)
+    res = run_pipeline(f.table, verified.manifest, cascade, screen=False)
     return Scored(
-        name, y[first:], res.window_of_row[first:], res.windows.error,
-        cascade.threshold.alert_threshold, res.sensor_fault[first:],
+        f.name, f.y[f.first:], res.window_of_row[f.first:], res.windows.error,
+        cascade.threshold.alert_threshold, res.sensor_fault[f.first:],
     )  # fmt: skip
 
 
 def skab_file(args: tuple[Path, Path]) -> Scored:
     """Fit on rows [0, 400) without labels, export int8, score every window."""
-    from bench.skab import TRAIN_ROWS
     from trainer.config import load_config
 
     path, work = args
-    bundle, table, y = skab_bundle(path, work, load_config(None))
-    name = f"{path.parent.name}_{path.stem}"
-    return _score(name, bundle, work / "keys" / "signing.pub", table, y, TRAIN_ROWS)
+    return _score(skab_bundle(path, work, load_config(None)), work / "keys" / "signing.pub")
 
 
 def simulator_run(work: Path, seeds: tuple[int, int], a: argparse.Namespace) -> Scored:
     """Fit on a simulated history, export int8, score a fresh stretch of another seed."""
     from trainer.config import load_config
 
-    bundle, table, y = simulator_bundle(work, seeds, a, load_config(None))
-    name = f"sim_{seeds[0]}_{seeds[1]}"
-    return _score(name, bundle, work / "keys" / "signing.pub", table, y, 0)
+    fitted = simulator_bundle(work, seeds, a, load_config(None))
+    return _score(fitted, work / "keys" / "signing.pub")
 
 
 def replay(s: Scored, hold_ratio: float, close_after: int) -> tuple[np.ndarray, int]:

@@ -7,12 +7,25 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """One model, fitted and exported, and the table it is to be scored on."""
+
+    name: str  # "valve1_0", "sim_21_22"
+    record: Any  # the fit's trainer.run_record.RunRecord
+    bundle: Path  # signed int8, with work/keys
+    table: Any  # the rows to score (SensorTable)
+    y: np.ndarray  # their anomaly labels
+    first: int  # rows before this one are history, not scored
 
 
 def add_fit_args(ap: argparse.ArgumentParser, out: Path) -> None:
@@ -22,7 +35,7 @@ def add_fit_args(ap: argparse.ArgumentParser, out: Path) -> None:
     ap.add_argument("--sim-live", type=int, default=40_000, help="simulated scored rows")
     ap.add_argument("--sim-epochs", type=int, help="autoencoder epochs (default: built-in)")
     ap.add_argument("--jobs", type=int, default=2, help="SKAB files fitted side by side")
-    ap.add_argument("--out", type=Path, default=out)
+    ap.add_argument("--out", type=Path, default=out, help=f"JSON to write (default: {out})")
 
 
 def parsed(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -50,9 +63,9 @@ def over_skab(
     return [worker(x) for x in args]
 
 
-def skab_bundle(path: Path, work: Path, cfg: Any) -> tuple[Path, Any, np.ndarray]:
+def skab_bundle(path: Path, work: Path, cfg: Any) -> Fitted:
     """Fit ``cfg`` on rows [0, 400) of a SKAB file without labels and export int8 (signed
-    with ``work/keys``); returns the bundle, the file's table and its anomaly labels."""
+    with ``work/keys``); the whole file is scored from row 400 on."""
     from bench.common import bundle_past_the_gate
     from bench.skab import TRAIN_ROWS, unlabelled
     from edge_agent.data.table import read_table
@@ -60,17 +73,17 @@ def skab_bundle(path: Path, work: Path, cfg: Any) -> tuple[Path, Any, np.ndarray
 
     tag = f"{path.parent.name}_{path.stem}"
     table = read_table(path, label_cols=["anomaly"])
-    fit(unlabelled(table.slice(0, TRAIN_ROWS)), work / f"run_{tag}", cfg, seed=0)
+    record = fit(unlabelled(table.slice(0, TRAIN_ROWS)), work / f"run_{tag}", cfg, seed=0)
     bundle = work / f"bundle_{tag}"
     bundle_past_the_gate(work / f"run_{tag}", bundle, work / "keys" / "signing.key")
-    return bundle, table, table.labels["anomaly"].astype(bool)
+    return Fitted(tag, record, bundle, table, table.labels["anomaly"].astype(bool), TRAIN_ROWS)
 
 
 def simulator_bundle(
     work: Path, seeds: tuple[int, int], a: argparse.Namespace, cfg: Any
-) -> tuple[Path, Any, np.ndarray]:
+) -> Fitted:
     """Fit ``cfg`` on a simulated history (``a.sim_history`` rows, ``a.sim_epochs``), export
-    int8; returns the bundle, a fresh stretch of another seed and its labels."""
+    int8; scored on a fresh stretch of another seed."""
     from bench.common import bundle_past_the_gate
     from edge_agent.data.table import read_table
     from edge_agent.simulator import simulate_plant
@@ -84,10 +97,8 @@ def simulator_bundle(
     if a.sim_epochs:
         cfg.autoencoder.epochs = a.sim_epochs
     history = read_table(work / f"{tag}_history.csv", label_cols=["anomaly"])
-    fit(history, work / f"run_{tag}", cfg, seed=0)
+    record = fit(history, work / f"run_{tag}", cfg, seed=0)
     bundle = work / f"bundle_{tag}"
     bundle_past_the_gate(work / f"run_{tag}", bundle, work / "keys" / "signing.key")
     table = read_table(work / f"{tag}_live.csv", label_cols=["anomaly"])
-    return bundle, table, live.labels.astype(bool)
-
-
+    return Fitted(tag, record, bundle, table, live.labels.astype(bool), 0)

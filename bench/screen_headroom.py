@@ -36,7 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, write_report  # noqa: E402
-from bench.fitted import add_fit_args, over_skab, parsed, simulator_bundle, skab_bundle  # noqa: E402
+from bench.fitted import (  # noqa: E402
+    Fitted,
+    add_fit_args,
+    over_skab,
+    parsed,
+    simulator_bundle,
+    skab_bundle,
+)
 
 FACTORS = (1.0, 1.5, 2.25, 3.0, 4.0, 5.0, 6.0, 8.0)
 SIM_SEEDS = ((21, 22), (31, 32))
@@ -57,61 +64,49 @@ class ScreenParts:
     headroom: float  # the factor fit widens the screen's limits by for it
 
 
-def _parts(
-    name: str, work: Path, bundle: Path, table: Any, y: np.ndarray, first: int
-) -> ScreenParts:
-    """The screen's parts over the windows of ``table`` with rows from ``first`` on."""
-    import json
-
+def _parts(f: Fitted, pub: Path) -> ScreenParts:
+    """The screen's parts over the scored windows of one fitted model."""
     from edge_agent.bundle.verify import verify_bundle
     from edge_agent.detect.windows import gather_windows, screen_features
     from edge_agent.model_slot import load_cascade
     from edge_agent.pipeline import prepare, run_pipeline
-    from trainer.config import load_config
     from trainer.fit import screen_headroom
-    from trainer.run_record import RUN_FILE
 
-    verified = verify_bundle(bundle, work / "keys" / "signing.pub")
+    verified = verify_bundle(f.bundle, pub)
     manifest, cascade = verified.manifest, load_cascade(verified)
     forest = cascade.forest
     if forest.envelope is None or forest.residual is None:
-        raise ValueError(f"{name}: the bench needs a screen with an envelope and a residual")
-    res = run_pipeline(table, manifest, cascade, screen=False)
-    _, xn, ends = prepare(table, manifest)
+        raise ValueError(f"{f.name}: the bench needs a screen with an envelope and a residual")
+    res = run_pipeline(f.table, manifest, cascade, screen=False)
+    _, xn, ends = prepare(f.table, manifest)
     if ends.size != res.windows.error.size:
         scored_n = res.windows.error.size
-        raise AssertionError(f"{name}: {ends.size} prepared windows, {scored_n} scored")
+        raise AssertionError(f"{f.name}: {ends.size} prepared windows, {scored_n} scored")
     w = manifest.window.length
     feats = screen_features(xn, forest.sample_stats(xn), ends, w)
     windows = gather_windows(xn, ends, w)
     rows = np.flatnonzero(res.window_of_row >= 0)
-    rows = rows[rows >= first]
+    rows = rows[rows >= f.first]
     scored = np.zeros(ends.size, bool)
     scored[res.window_of_row[rows]] = True
     anomalous = np.zeros(ends.size, bool)
-    np.logical_or.at(anomalous, res.window_of_row[rows], y[rows])
-    run = work / bundle.name.replace("bundle_", "run_", 1)
-    record = json.loads((run / RUN_FILE).read_text())
-    headroom = screen_headroom(load_config(None).threshold, int(record["history_samples"]))
+    np.logical_or.at(anomalous, res.window_of_row[rows], f.y[rows])
+    history = f.record.history_samples
     return ScreenParts(
-        name,
+        f.name,
         forest.envelope.exceedance(feats)[scored],
         (forest.residual.spe(windows) / forest.residual.limit)[scored],
         (forest.score(feats) >= manifest.forest.screen_threshold)[scored],
         (res.windows.error >= cascade.threshold.alert_threshold)[scored],
         anomalous[scored],
-        float(record["threshold_margin"]),
-        headroom,
+        f.record.threshold_margin,
+        screen_headroom(f.record.config.threshold, history),
     )
 
 
 def skab_file(args: tuple[Path, Path]) -> ScreenParts:
-    from bench.skab import TRAIN_ROWS
-
     path, work = args
-    bundle, table, y = skab_bundle(path, work, _unwidened())
-    name = f"{path.parent.name}_{path.stem}"
-    return _parts(name, work, bundle, table, y, TRAIN_ROWS)
+    return _parts(skab_bundle(path, work, _unwidened()), work / "keys" / "signing.pub")
 
 
 def _unwidened() -> Any:
@@ -166,9 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         skab = over_skab(skab_file, work, a)
         sims = []
         for seeds in SIM_SEEDS:
-            bundle, table, y = simulator_bundle(work, seeds, a, _unwidened())
-            name = f"sim_{seeds[0]}_{seeds[1]}"
-            sims.append(_parts(name, work, bundle, table, y, 0))
+            fitted = simulator_bundle(work, seeds, a, _unwidened())
+            sims.append(_parts(fitted, work / "keys" / "signing.pub"))
     report = {
         "benchmark": "screen limits' headroom: int8 bundles fitted with the limits unwidened, "
         "every window scored by stage 2, the screen's decision replayed per factor (without "

@@ -64,8 +64,8 @@ class Envelope:
         """This envelope with each edge ``factor`` times as far from the median (at least 1).
 
         The trainer widens the edges of an envelope fitted on a short history by the headroom
-        stage 2's threshold gets for the same history (``trainer.config.ThresholdConfig.
-        effective_margin``): a few hundred windows never show all of normal either."""
+        stage 2's threshold gets for it (``trainer.fit.screen_headroom``): a few hundred
+        windows never show all of normal either."""
         if not (np.isfinite(factor) and factor >= 1.0):
             raise ValueError(f"an envelope is widened by a factor of at least 1, not {factor}")
         lo = self.mid - factor * (self.mid - self.lo)
