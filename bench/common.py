@@ -25,6 +25,22 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
 
 
+def number_list(text: str) -> list[float]:
+    """``6,24,48`` -> [6.0, 24.0, 48.0], each above 0 (argparse names the option when it fails)."""
+    out = [float(x) for x in text.split(",") if x.strip()]
+    if not out or min(out) <= 0:
+        raise ValueError(text)
+    return out
+
+
+def int_list(text: str) -> list[int]:
+    """``21,31`` -> [21, 31]: seeds, row counts (argparse names the option when it fails)."""
+    out = [int(x) for x in text.split(",") if x.strip()]
+    if not out:
+        raise ValueError(text)
+    return out
+
+
 def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
     """Write a bench's JSON result (creating its folder), print it, and return it."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -80,17 +80,23 @@ def skab_bundle(path: Path, work: Path, cfg: Any) -> Fitted:
 
 
 def simulator_bundle(
-    work: Path, seeds: tuple[int, int], a: argparse.Namespace, cfg: Any
+    work: Path,
+    seeds: tuple[int, int],
+    a: argparse.Namespace,
+    cfg: Any,
+    *,
+    history_rows: int | None = None,
 ) -> Fitted:
-    """Fit ``cfg`` on a simulated history (``a.sim_history`` rows, ``a.sim_epochs``), export
-    int8; scored on a fresh stretch of another seed."""
+    """Fit ``cfg`` on a simulated history (``history_rows``, default ``a.sim_history``;
+    ``a.sim_epochs``), export int8; scored on a fresh stretch (``a.sim_live`` rows) of another
+    seed. The name is ``sim_<seeds>``, with ``_h<rows>`` when ``history_rows`` is given."""
     from bench.common import bundle_past_the_gate
     from edge_agent.data.table import read_table
     from edge_agent.simulator import simulate_plant
     from trainer.fit import fit
 
-    tag = f"sim_{seeds[0]}_{seeds[1]}"
-    hist = simulate_plant(rows=a.sim_history, seed=seeds[0])
+    tag = f"sim_{seeds[0]}_{seeds[1]}" + (f"_h{history_rows}" if history_rows else "")
+    hist = simulate_plant(rows=history_rows or a.sim_history, seed=seeds[0])
     live = simulate_plant(rows=a.sim_live, seed=seeds[1])
     hist.write_csv(work / f"{tag}_history.csv")
     live.write_csv(work / f"{tag}_live.csv")

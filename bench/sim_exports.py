@@ -27,6 +27,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from bench.common import int_list, machine, number_list  # noqa: E402
+
 HOUR_ROWS = 3_600  # the simulator samples once a second
 # The parity figures recorded per run (edge_agent.bundle.manifest.ParitySpec).
 PARITY_FIELDS = (
@@ -44,20 +46,6 @@ PARITY_FIELDS = (
     "input_clipped_fraction",
 )
 
-
-def hours_list(text: str) -> list[float]:
-    """``6,24,48`` -> [6.0, 24.0, 48.0] (argparse names the option when it fails)."""
-    out = [float(x) for x in text.split(",") if x.strip()]
-    if not out or min(out) <= 0:
-        raise ValueError(text)
-    return out
-
-
-def seed_list(text: str) -> list[int]:
-    out = [int(x) for x in text.split(",") if x.strip()]
-    if not out:
-        raise ValueError(text)
-    return out
 
 
 def one_run(work: Path, hours: float, seed: int, epochs: int | None) -> dict[str, Any]:
@@ -104,14 +92,13 @@ def one_run(work: Path, hours: float, seed: int, epochs: int | None) -> dict[str
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--hours", type=hours_list, default="6,24,48", help="history lengths, comma list"
+        "--hours", type=number_list, default="6,24,48", help="history lengths, comma list"
     )
-    ap.add_argument("--seeds", type=seed_list, default="21,31", help="simulator seeds, comma list")
+    ap.add_argument("--seeds", type=int_list, default="21,31", help="simulator seeds, comma list")
     ap.add_argument("--epochs", type=int, help="autoencoder epochs (default: trainer's)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sim_exports.json")
     a = ap.parse_args(argv)
 
-    from bench.common import machine
     from export.keys import keygen
 
     t0 = time.perf_counter()

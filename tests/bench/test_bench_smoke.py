@@ -6,6 +6,7 @@ figures themselves are recorded in bench/results/ by the full runs, never assert
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -185,6 +186,11 @@ def test_screen_headroom_sweep_sends_fewer_windows_as_the_factor_grows() -> None
     # Factors 3 to 5 send the same half; the smallest of them is reported.
     lowest = bench.summary([parts])["lowest_fraction_keeping_98pct"]
     assert (lowest["factor"], lowest["stage2_fraction"]) == (3.0, 0.5)
+    # Each case at its own fit headroom: this one's 2.25, another's 8 pooled beside it.
+    at_own = bench.summary([parts])["at_fit_headroom"]
+    assert at_own == {"stage2_fraction": 0.75, "recall_kept": 1.0}
+    wide = dataclasses.replace(parts, headroom=8.0)
+    assert bench.shares([parts, wide], None) == {"stage2_fraction": 0.5, "recall_kept": 0.5}
 
 
 @pytest.mark.skipif(not SKAB.is_dir(), reason="../shared/datasets/skab not present")
@@ -192,13 +198,16 @@ def test_screen_headroom_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "headroom.json"
     load_bench("screen_headroom").main(
         ["--skab-limit", "1", "--jobs", "1", "--sim-history", "6000", "--sim-live", "3000",
-         "--sim-epochs", "3", "--out", str(out)]
+         "--sim-epochs", "3", "--sim-short", "1000", "--out", str(out)]
     )  # fmt: skip
     saved = json.loads(out.read_text())
-    for name in ("skab", "sim_21_22", "sim_31_32"):
-        grid = saved[name]["grid"]
+    short = saved["simulator_by_history"]["1000"]
+    summaries = {name: saved[name] for name in ("skab", "sim_21_22", "sim_31_32")} | short
+    assert set(short) == {"sim_21_22_h1000", "sim_31_32_h1000"}
+    for summary in summaries.values():
+        grid = summary["grid"]
         fractions = [r["stage2_fraction"] for r in grid]
         assert fractions == sorted(fractions, reverse=True)  # wider limits send fewer
         assert grid[0]["factor"] == 1.0
         assert all(1.0 >= r["recall_kept"] >= 0.0 for r in grid)
-        assert 1.0 <= saved[name]["fit_headroom"][0] <= saved[name]["threshold_margin"][0]
+        assert 1.0 <= summary["fit_headroom"][0] <= summary["threshold_margin"][0]
