@@ -42,6 +42,8 @@ def parsed(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Name
     a = ap.parse_args(argv)
     if a.jobs < 1 or a.sim_history < 1 or a.sim_live < 1:
         ap.error("--jobs, --sim-history and --sim-live must be at least 1")
+    if a.skab_limit is not None and a.skab_limit < 1:
+        ap.error("--skab-limit must be at least 1 (file 0 of each group is the first)")
     return a
 
 

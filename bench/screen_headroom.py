@@ -122,13 +122,15 @@ def _unwidened() -> Any:
     return cfg
 
 
+def _sent(c: ScreenParts, factor: float) -> np.ndarray:
+    """The screen's decision per window with its limits widened by ``factor``."""
+    return (c.envelope > factor - 1.0) | (c.residual > factor) | c.forest
+
+
 def shares(cases: list[ScreenParts], factor: float | None) -> dict[str, float]:
     """Pooled over ``cases``, each widened by ``factor`` (by its own fit headroom when None):
     the share of windows sent on, and of stage 2's alerts on anomalous windows kept."""
-    sent = np.concatenate([
-        (c.envelope > f - 1.0) | (c.residual > f) | c.forest
-        for c, f in ((c, c.headroom if factor is None else factor) for c in cases)
-    ])  # fmt: skip
+    sent = np.concatenate([_sent(c, c.headroom if factor is None else factor) for c in cases])
     caught = np.concatenate([c.alerts & c.anomalous for c in cases])
     return {
         "stage2_fraction": round(float(sent.mean()), 4),
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="shorter simulated histories (rows, comma list), each seed pair fitted on each",
     )
     a = parsed(ap, argv)
+    if min(a.sim_short) < 1:
+        ap.error("--sim-short: every history must be at least 1 row")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="headroom-bench-") as tmp:
         work = Path(tmp)

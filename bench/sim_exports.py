@@ -47,7 +47,6 @@ PARITY_FIELDS = (
 )
 
 
-
 def one_run(work: Path, hours: float, seed: int, epochs: int | None) -> dict[str, Any]:
     """Simulate, fit with labels, export without --force; the gate's verdict and figures."""
     from edge_agent.data.table import read_table
