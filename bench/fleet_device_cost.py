@@ -6,7 +6,10 @@ buffer-sized set of normalized windows written by the caller, records the proces
 (``VmHWM``) after the imports and once the data is loaded, runs
 ``edge_agent.learn.local.train_local`` once with the given settings, and prints one JSON
 object: the round's CPU seconds (its own thread clock and the process's user + system time),
-wall time, peak RSS at each point, and whether any desk stack was imported.
+wall time, peak RSS at each point, and whether any desk stack was imported. With
+``--in-child`` the round trains as the agent runs it, in a nice-19 child process
+(``edge_agent.learn.isolated.train_in_child``): the wall time then includes the child's start,
+and the child's own peak RSS is reported beside this process's.
 
     python bench/fleet_device_cost.py --weights W.npz --windows X.npy --layers L.json
 """
@@ -48,12 +51,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--layers", type=Path, required=True, help="learning.layers as JSON")
     ap.add_argument("--epochs", type=int, default=None, help="local epochs (default: [learn])")
     ap.add_argument("--max-windows", type=int, default=None, help="default: [learn]")
+    ap.add_argument(
+        "--in-child", action="store_true", help="train in a child process, as the agent does"
+    )
     a = ap.parse_args(argv)
 
     import numpy as np
 
     from edge_agent.bundle.manifest import LearningLayerSpec
     from edge_agent.learn.config import DEFAULT_EPOCHS, DEFAULT_MAX_WINDOWS
+    from edge_agent.learn.isolated import train_in_child
     from edge_agent.learn.local import LocalTrainingConfig, train_local
     from edge_agent.learn.weights import WeightSet
 
@@ -66,8 +73,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     hwm_before = vm_hwm_mib()
     cpu0, wall0 = cpu_s(), time.perf_counter()
-    res = train_local(weights, windows, cfg, layers)
+    if a.in_child:
+        res = train_in_child(weights, windows, cfg, [x.activation for x in layers])
+    else:
+        res = train_local(weights, windows, cfg, layers)
     report: dict[str, object] = {
+        "in_child": a.in_child,
         "windows_given": int(windows.shape[0]),
         "windows_trained": res.samples,
         "window_shape": list(windows.shape[1:]),
@@ -81,6 +92,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "vm_hwm_mib_after_imports": round(hwm_imports, 1),
         "vm_hwm_mib_before": round(hwm_before, 1),
         "vm_hwm_mib_after": round(vm_hwm_mib(), 1),
+        # Linux reports ru_maxrss in KiB: the largest child reaped so far (the training one).
+        "child_max_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / KIB, 1)
+        if a.in_child
+        else None,
         "loss_first": round(res.loss_first, 6),
         "loss_last": round(res.loss_last, 6),
         "desk_modules_imported": [m for m in DESK_MODULES if m in sys.modules],

@@ -246,10 +246,16 @@ def device_cost(
            "--weights", str(d / "w.npz"), "--windows", str(d / "x.npy"),
            "--layers", str(d / "layers.json"), "--epochs", str(settings.local.epochs),
            "--max-windows", str(settings.local.max_windows)]  # fmt: skip
-    out = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=DEVICE_COST_TIMEOUT_S, check=True
-    )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    def one(extra: list[str]) -> dict[str, Any]:
+        out = subprocess.run(
+            cmd + extra, capture_output=True, text=True, timeout=DEVICE_COST_TIMEOUT_S, check=True
+        )
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    result = one([])
+    # The same round as the agent runs it: in a nice-19 child process (its start and memory).
+    result["in_child"] = one(["--in-child"])
     if poll_epochs:
         result["while_polling"] = measure(
             work / "bundle", work / "keys", work / "poll", epochs=poll_epochs, before_s=before_s

@@ -9,42 +9,29 @@ In order: the round must be for the model that runs now and not past its deadlin
 model must be trainable on the device (its bundle's ``learning`` section and
 ``train_weights.npz``, read from the verified bundle in memory); the announcement's weights
 fingerprint must be those weights'; the buffer must hold ``min_windows`` normal windows.
-The thread that trains calls :func:`lower_priority` first.
+The training itself runs where the job's ``train`` says: the agent's learner gives it a child
+process at nice 19 (``edge_agent.learn.isolated``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.learn.buffer import NormalBuffer
 from edge_agent.learn.bundle_weights import train_weights_from_bytes
 from edge_agent.learn.config import LearnConfig
+from edge_agent.learn.local import train_dense
 from edge_agent.learn.residual import ResidualStore
 from edge_agent.learn.rounds import RoundAnnouncement, RoundError, check_round, iso_utc
-from edge_agent.learn.train_round import F32, Budget, RoundOutput, run_round
+from edge_agent.learn.train_round import F32, Budget, LocalTrainer, RoundOutput, run_round
 from edge_agent.learn.weights import WeightSet
 from edge_agent.model_slot import ModelSlot
 
 log = logging.getLogger("edge_agent.learn")
 
 SCHEDULED_PREFIX = "sched-"
-LOWEST_PRIORITY = 19  # nice value of the training thread
-
-
-def lower_priority() -> bool:
-    """Give the calling thread the lowest CPU priority (Linux: nice is per thread)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
-    except (OSError, AttributeError) as err:
-        log.warning("cannot lower the training thread's priority: %s", err)
-        return False
-    return True
-
-
 class Skip(Exception):
     """The round is not answered now; ``final``: never (refused), else maybe later."""
 
@@ -59,8 +46,10 @@ class RoundJob:
     """One gateway's rounds: its key, buffer and residual, and the running model's weights."""
 
     def __init__(self, cfg: LearnConfig, machine_id: str, key: Ed25519PrivateKey,
-                 buffer: NormalBuffer, residuals: ResidualStore) -> None:
+                 buffer: NormalBuffer, residuals: ResidualStore, *,
+                 train: LocalTrainer = train_dense) -> None:
         self.cfg = cfg
+        self.train = train
         self.machine_id = machine_id
         self.key = key
         self.buffer = buffer
@@ -121,7 +110,7 @@ class RoundJob:
         return run_round(
             model.manifest, weights, windows, a, Budget(self.cfg.max_cpu_s, self.cfg.max_windows),
             machine_id=self.machine_id, key=self.key, residual=self.residuals.load(weights),
-            created_at=iso_utc(now), privacy=self.cfg.privacy.required(),
+            created_at=iso_utc(now), privacy=self.cfg.privacy.required(), train=self.train,
         )
 
     def keep_residual(self, model: ModelSlot, residual: F32) -> None:

@@ -8,14 +8,15 @@ there:
 - the main loop's thread keeps the rows judged normal (``edge_agent.learn.select``) in the
   on-disk buffer (``edge_agent.learn.buffer``): cheap, batched writes;
 - paho's thread only queues round announcements (``<prefix>/fleet/round``, retained);
-- the learner's own daemon thread, at the lowest CPU priority (``os.setpriority`` on its
-  native thread id: Linux nice is per thread, so the polling threads and the main loop keep
-  theirs), opens each announcement (fleet signature first, ``edge_agent.learn.rounds``) and,
-  when it is for the running model, not answered before, the model is trainable and the
-  buffer holds ``min_windows``, runs the round (``edge_agent.learn.train_round``) within the
-  CPU-time and window budgets, puts the signed delta in the outbox (``<prefix>/<machine>/delta``,
-  durable and in order), then stores the residual and the round id. With ``every_s`` it
-  also runs rounds of its own on a schedule. Every outcome is reported
+- the learner's own daemon thread opens each announcement (fleet signature first,
+  ``edge_agent.learn.rounds``) and, when it is for the running model, not answered before,
+  the model is trainable and the buffer holds ``min_windows``, runs the round
+  (``edge_agent.learn.train_round``) within the CPU-time and window budgets, its training in a
+  child process at the lowest CPU priority (``edge_agent.learn.isolated``: a nice-19 thread
+  would keep the main loop waiting for the interpreter lock on a busy gateway), puts the
+  signed delta in the outbox (``<prefix>/<machine>/delta``, durable and in order), then
+  stores the residual and the round id. With ``every_s`` it also runs rounds of its own on a
+  schedule. Every outcome is reported
   (``edge_agent.learn.report``); a failure is caught, counted and logged, never fatal.
 
 A round that cannot be answered yet (another model runs, too few windows) waits, and is
@@ -24,6 +25,7 @@ tried again as the model changes or the buffer grows, until its deadline.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -40,7 +42,8 @@ from edge_agent.deliver.downlink import Inbound
 from edge_agent.learn import report
 from edge_agent.learn.buffer import BufferSettings, NormalBuffer
 from edge_agent.learn.device_key import load_device_key
-from edge_agent.learn.jobs import RoundJob, Skip, lower_priority
+from edge_agent.learn.isolated import RoundInterrupted, train_in_child
+from edge_agent.learn.jobs import RoundJob, Skip
 from edge_agent.learn.personalise import Personaliser, ThresholdStore
 from edge_agent.learn.residual import ResidualStore
 from edge_agent.learn.round_log import RoundLog
@@ -85,8 +88,10 @@ class Learner:
             ThresholdStore(root), lambda m: self.buffer.windows(m, learn.max_windows),
             quantile=learn.personal_quantile, min_windows=learn.personal_min_windows,
             on_apply=metrics.threshold_scale.set)
+        self._stop = threading.Event()
         self.job = RoundJob(learn, cfg.machine_id, load_device_key(learn.device_key,
-                            "learn.device_key"), self.buffer, ResidualStore(cfg.state_dir))
+                            "learn.device_key"), self.buffer, ResidualStore(cfg.state_dir),
+                            train=functools.partial(train_in_child, stop=self._stop))
         self.rounds = RoundLog(root)
         self.selector = NormalRows(learn.normal_score_ratio)
         self.metrics = metrics
@@ -101,7 +106,6 @@ class Learner:
         self._inbox: queue.Queue[bytes] = queue.Queue(MAX_QUEUED)
         self._pending: RoundAnnouncement | None = None  # opened, waiting to be answered
         self._next_schedule = None if learn.every_s is None else wall() + learn.every_s
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         metrics.watch_buffer(lambda: self.buffer.stats().rows, lambda: self.buffer.stats().bytes)
 
@@ -166,7 +170,6 @@ class Learner:
 
     # --- the learner's thread -----------------------------------------------------------------
     def _run(self) -> None:
-        lower_priority()
         while not self._stop.is_set():
             self.step(TICK_S)
 
@@ -223,6 +226,9 @@ class Learner:
                 self._pending = None
                 self._remember(a.round_id, "refused")
             self.reporter.refuse(a.round_id, skip.reason, key=f"{model.version}:{skip.code}")
+            return
+        except RoundInterrupted:  # stopping: a retained announcement comes back after a restart
+            log.info("round %s: training ended by the agent's stop", a.round_id)
             return
         except Exception as err:
             self._pending = None

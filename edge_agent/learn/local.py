@@ -10,7 +10,8 @@ makes them from rows with the pipeline's own code).
 Bounded and deterministic: at most ``max_windows`` windows (a seeded subsample), shuffled
 each epoch with ``np.random.default_rng(seed)``, so a seed gives bit-identical weights; the
 round stops before the first step after ``max_cpu_s`` CPU seconds of the calling thread (the
-agent runs it on a thread of its own, so polling threads are not counted against it).
+agent runs it in a process of its own, ``edge_agent.learn.isolated``, so polling threads are
+neither counted against it nor kept waiting by it).
 
 BLAS runs single-threaded during the round: worker threads of a threaded BLAS would escape
 that per-thread budget (measured: process CPU 2-3x the thread's), would compete with polling
@@ -30,15 +31,18 @@ import importlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from edge_agent.bundle.manifest import LearningLayerSpec
 from edge_agent.config.strict import StrictModel
 from edge_agent.learn.dense import AdamSettings, AdamState, DenseAutoencoder, train_step
 from edge_agent.learn.weights import WeightSet
+
+if TYPE_CHECKING:  # the training process imports this module: no manifest, no kernels
+    from edge_agent.bundle.manifest import LearningLayerSpec
 
 WINDOW_RANK = 3  # (windows, time steps, channels)
 DEFAULT_EPOCHS = 2
@@ -122,18 +126,29 @@ def train_local(
     weights do not chain into the layers. Training that diverges to non-finite weights raises
     ``ValueError`` too (from ``WeightSet``); the caller reports the round as failed.
     """
+    return train_dense(global_weights, windows, cfg, [layer.activation for layer in layers])
+
+
+def train_dense(
+    global_weights: WeightSet,
+    windows: npt.ArrayLike,
+    cfg: LocalTrainingConfig,
+    activations: Sequence[str],
+) -> LocalResult:
+    """:func:`train_local` given the layers' activation names (what the agent's training
+    process receives: plain data, so it never imports the manifest or the kernels)."""
     with _single_threaded_blas():
-        return _train(global_weights, windows, cfg, layers)
+        return _train(global_weights, windows, cfg, activations)
 
 
 def _train(
     global_weights: WeightSet,
     windows: npt.ArrayLike,
     cfg: LocalTrainingConfig,
-    layers: Sequence[LearningLayerSpec],
+    activations: Sequence[str],
 ) -> LocalResult:
     start_cpu = time.thread_time()
-    model = DenseAutoencoder(global_weights, [layer.activation for layer in layers])
+    model = DenseAutoencoder(global_weights, list(activations))
     x = _checked_windows(windows, model.input_size)
     rng = np.random.default_rng(cfg.seed)
     if x.shape[0] > cfg.max_windows:

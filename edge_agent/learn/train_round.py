@@ -2,8 +2,9 @@
 offline twin share.
 
 Pipeline position: fleet learning, after the buffer (``edge_agent.learn.buffer``) and before
-the outbox. The daemon's learner (``edge_agent.learn.learner``) runs it in its training
-thread; ``python -m edge_agent adapt`` runs it on a history file. Same windows, round and
+the outbox. The daemon's learner (``edge_agent.learn.learner``) runs it in its own thread,
+the training itself in a child process (``edge_agent.learn.isolated``); ``python -m
+edge_agent adapt`` runs it on a history file, all in one process. Same windows, round and
 settings in, the same bytes out: training is seeded (``edge_agent.learn.local``), Ed25519
 signatures are deterministic, and ``created_at`` is an input, not the clock.
 
@@ -23,6 +24,7 @@ bytes are not repeatable.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle.manifest import Manifest
 from edge_agent.learn.delta import encode_delta
-from edge_agent.learn.local import LocalResult, LocalTrainingConfig, train_local
+from edge_agent.learn.local import LocalResult, LocalTrainingConfig, train_dense
 from edge_agent.learn.privacy import device_rng, effective, privatize
 from edge_agent.learn.privacy_config import DevicePrivacy
 from edge_agent.learn.residual import error_feedback
@@ -39,6 +41,9 @@ from edge_agent.learn.rounds import RoundAnnouncement
 from edge_agent.learn.weights import WeightSet
 
 F32 = npt.NDArray[np.float32]
+# Trains start weights on windows with these settings and layer activations: ``train_dense``
+# in this process, or the agent's ``edge_agent.learn.isolated.train_in_child``.
+LocalTrainer = Callable[[WeightSet, F32, LocalTrainingConfig, Sequence[str]], LocalResult]
 
 
 @dataclass(frozen=True)
@@ -85,19 +90,21 @@ def run_round(
     announcement: RoundAnnouncement, budget: Budget, *, machine_id: str,
     key: Ed25519PrivateKey, residual: F32 | None, created_at: str,
     privacy: DevicePrivacy | None = None, rng: np.random.Generator | None = None,
+    train: LocalTrainer = train_dense,
 ) -> RoundOutput:
     """Train on ``windows`` and make the signed delta for ``announcement``.
 
     ``privacy``: this gateway's own local DP (``LocalPrivacyConfig.required()``); the stricter
     of it and ``announcement.privacy`` is applied, with noise from ``rng`` (default: seeded
-    from ``os.urandom``). ``ValueError`` when the model is not trainable here or training
-    fails (diverges)."""
+    from ``os.urandom``). ``train`` does the training (default: in this process).
+    ``ValueError`` when the model is not trainable here or training fails (diverges)."""
     learning = manifest.learning
     if learning is None or not learning.trainable:
         why = "no learning section" if learning is None else learning.reason or "not trainable"
         raise ValueError(f"model {manifest.model_version} is not trainable on the device: {why}")
     start = training_start(global_weights, residual)
-    local = train_local(start, windows, training_config(announcement, budget), learning.layers)
+    activations = [layer.activation for layer in learning.layers]
+    local = train(start, windows, training_config(announcement, budget), activations)
     update = local.weights.subtract(start).flat()
     dp = effective(privacy, announcement.privacy)
     if dp is not None:  # before error feedback: the residual only ever holds noised values

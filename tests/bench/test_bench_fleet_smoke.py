@@ -66,6 +66,11 @@ def test_fleet_learning_bench_smoke(tmp_path: Path) -> None:
     assert cost["desk_modules_imported"] == []
     assert cost["windows_trained"] == 300
     assert cost["vm_hwm_mib_after"] >= cost["vm_hwm_mib_after_imports"] > 0
+    child = cost["in_child"]  # the same round in the agent's nice-19 child process
+    assert child["in_child"] is True
+    assert child["windows_trained"] == 300
+    assert child["child_max_rss_mib"] > 0
+    assert child["desk_modules_imported"] == []
     assert len(saved["seed_spread"]["f1"]) == 2
     if HAS_BROKER:
         polling = cost["while_polling"]

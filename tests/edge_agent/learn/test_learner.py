@@ -6,8 +6,6 @@ lowest priority in its own thread."""
 from __future__ import annotations
 
 import json
-import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,6 @@ from edge_agent.deliver.config import OutboxConfig
 from edge_agent.deliver.outbox import Outbox, Pending
 from edge_agent.learn.bundle_weights import load_train_weights
 from edge_agent.learn.delta import decode_delta
-from edge_agent.learn.jobs import LOWEST_PRIORITY, lower_priority
 from edge_agent.learn.learner import Learner
 from edge_agent.learn.report import DELTA_TOPIC, REPORT_TOPIC, LearnMetrics
 from edge_agent.learn.residual import ResidualStore
@@ -144,17 +141,3 @@ def test_a_round_waits_for_enough_windows(
     learner.step(0)
     assert len(messages(outbox, DELTA_TOPIC)) == 1
     assert reports(outbox)[-1]["outcome"] == "sent"
-
-
-def test_the_training_thread_runs_at_the_lowest_priority() -> None:
-    seen: list[int] = []
-
-    def body() -> None:
-        lower_priority()
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    assert seen == [LOWEST_PRIORITY]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != LOWEST_PRIORITY
