@@ -135,12 +135,41 @@ def test_alert_deadband_replay_holds_and_counts_openings() -> None:
     sf = np.zeros(14, bool)
     sf[13] = True  # a sensor fault is flagged whatever the alert says
     s = bench.Scored("x", y, row_window, err, 1.0, sf)
-    held, opens = bench.replay(s, 0.6, 3)
+    held, opens = bench.replay(s, bench.Hysteresis(0.6, 3))
     assert held.astype(int).tolist() == [0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1]
     assert opens == 2
-    plain, _ = bench.replay(s, 1.0, 3)
+    plain, _ = bench.replay(s, bench.Hysteresis(1.0, 3))
     assert plain.astype(int).tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1]
-    assert bench.pooled([s], 0.6, 3) == {"f1": round(8 / 14, 4), "far": 0.5, "openings": 2}
+    # Opening on the first window over a threshold lowered below 0.4 flags every row.
+    eager, opens = bench.replay(s, bench.Hysteresis(1.0, 3, open_after=1, threshold_factor=0.3))
+    assert eager.all()
+    assert opens == 1
+    assert bench.pooled([s], bench.Hysteresis(0.6, 3)) == {
+        "f1": round(8 / 14, 4), "far": 0.5, "openings": 2
+    }  # fmt: skip
+
+
+def test_alert_deadband_pools_nab_scores_where_change_points_are_known() -> None:
+    bench = load_bench("alert_deadband")
+    # One anomaly over rows 10..19 (change points at both ends), one second apart.
+    y = np.zeros(40, bool)
+    y[10:20] = True
+    cp = np.zeros(40, bool)
+    cp[[10, 20]] = True
+    ts = np.arange(40, dtype=np.float64)
+    err = np.where(y, 5.0, 0.0)
+    s = bench.Scored("x", y, np.arange(40), err, 1.0, np.zeros(40, bool), (ts, cp))
+    # Opening at once and closing at once: an edge at each change point, nothing else.
+    r = bench.pooled([s], bench.Hysteresis(1.0, 1, open_after=1))
+    assert r["f1"] == 1.0
+    assert r["far"] == 0.0
+    assert r["nab_standard"] == r["nab_low_fp"] == r["nab_low_fn"] == 100.0
+    # Never opening misses both windows: the null detector's 0 under every profile.
+    deaf = bench.pooled([s], bench.Hysteresis(1.0, 1, threshold_factor=10.0))
+    assert deaf["nab_standard"] == deaf["nab_low_fn"] == 0.0
+    # Without change points (the simulator) no NAB score is claimed.
+    plain = bench.Scored("x", y, np.arange(40), err, 1.0, np.zeros(40, bool))
+    assert "nab_standard" not in bench.pooled([plain], bench.Hysteresis(1.0, 1))
 
 
 @pytest.mark.skipif(not SKAB.is_dir(), reason="../shared/datasets/skab not present")
@@ -160,6 +189,12 @@ def test_alert_deadband_bench_smoke(tmp_path: Path) -> None:
         assert grid[0.5, 15][name]["far"] >= grid[0.5, 3][name]["far"]
         assert grid[0.5, 3][name]["far"] >= grid[1.0, 3][name]["far"]
         assert grid[0.5, 15][name]["openings"] <= grid[1.0, 3][name]["openings"]
+    assert {"nab_standard", "nab_low_fp", "nab_low_fn"} <= set(grid[1.0, 3]["skab"])
+    sens = {(r["open_after"], r["threshold_factor"]): r for r in saved["sensitivity"]}
+    assert len(sens) == 21
+    for name in ("skab", "sim_21_22", "sim_31_32"):
+        # A lower threshold or an earlier opening only ever flags more rows.
+        assert sens[1, 0.7][name]["far"] >= sens[3, 1.0][name]["far"] >= sens[3, 1.5][name]["far"]
 
 
 def test_screen_headroom_sweep_sends_fewer_windows_as_the_factor_grows() -> None:
