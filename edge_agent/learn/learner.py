@@ -62,7 +62,7 @@ BUFFER_DIR = "buffer"
 THREAD_NAME = "edge-learner"
 TICK_S = 1.0  # the thread looks at waiting rounds and the schedule this often
 MAX_QUEUED = 8  # announcements waiting for the thread (more are dropped: they are retained)
-STOP_JOIN_S = 2.0  # a round still training then ends with the process (daemon thread)
+STOP_JOIN_S = 2.0  # a stop ends a training child within POLL_S; the thread follows
 LOG_EVERY_S = 300.0
 BYTES_PER_MIB = 1 << 20
 

@@ -6,6 +6,9 @@ lowest priority in its own thread."""
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +28,9 @@ from edge_agent.learn.round_log import RoundLog
 from edge_agent.model_slot import ModelSlot
 
 FEED_ROWS = 4000
+LONG_ROUND_EPOCHS = 1000  # the most a round may ask: still training when the agent stops
+STOP_AFTER_S = 2.0
+STOP_WITHIN_S = 15.0
 
 
 @pytest.fixture
@@ -141,3 +147,23 @@ def test_a_round_waits_for_enough_windows(
     learner.step(0)
     assert len(messages(outbox, DELTA_TOPIC)) == 1
     assert reports(outbox)[-1]["outcome"] == "sent"
+
+
+def test_a_round_stopped_mid_training_is_neither_reported_nor_remembered(
+    tmp_path: Path, bundle: Path, keys: Path, sim_csv: Path, outbox: Outbox
+) -> None:
+    # Its training runs in a child process; the agent's stop ends it. The retained
+    # announcement comes back after the restart, so the round must still be open then.
+    learner, slot = make_learner(tmp_path, bundle, keys, sim_csv, outbox)
+    feed(learner, slot, sim_csv, FEED_ROWS)
+    learner.offer(signed(announcement(bundle, keys, epochs=LONG_ROUND_EPOCHS), keys))
+    stepping = threading.Thread(target=learner.step, args=(0,))
+    stepping.start()
+    time.sleep(STOP_AFTER_S)
+    learner.stop()
+    stepping.join(STOP_WITHIN_S)
+    assert not stepping.is_alive()
+    assert not messages(outbox, DELTA_TOPIC)
+    assert reports(outbox) == []
+    assert RoundLog(tmp_path / "state" / "learn").outcome("r-1") is None
+    assert not mp.active_children()
