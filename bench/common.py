@@ -25,6 +25,24 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
 
 
+# What trains and scores the models: a fresh install of other versions moves the figures a
+# little (README, SKAB), so results name them.
+STACK = ("tensorflow", "keras", "numpy", "numba", "scikit-learn", "ai-edge-litert")
+
+
+def packages() -> dict[str, str | None]:
+    """Installed version of each package in :data:`STACK` (None: not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in STACK:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def number_list(text: str) -> list[float]:
     """``6,24,48`` -> [6.0, 24.0, 48.0], each above 0 (argparse names the option when it fails)."""
     out = [float(x) for x in text.split(",") if x.strip()]
@@ -42,7 +60,9 @@ def int_list(text: str) -> list[int]:
 
 
 def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """Write a bench's JSON result (creating its folder), print it, and return it."""
+    """Write a bench's JSON result (creating its folder) with the installed versions of the
+    model stack beside its ``machine``, print it, and return it."""
+    report.setdefault("packages", packages())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

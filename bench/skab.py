@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             load_config(Path(a.config))
         except ConfigError as exc:
             ap.error(f"--config: {exc}")
+    from bench.common import packages
     from export.keys import keygen
     from trainer.evaluate.metrics import point_metrics
 
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_seconds": round(wall, 1),
         "jobs": a.jobs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "packages": packages(),
         "leaderboard": LEADERBOARD,
     }
     if a.rows:

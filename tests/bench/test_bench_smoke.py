@@ -190,6 +190,7 @@ def test_alert_deadband_bench_smoke(tmp_path: Path) -> None:
         assert grid[0.5, 3][name]["far"] >= grid[1.0, 3][name]["far"]
         assert grid[0.5, 15][name]["openings"] <= grid[1.0, 3][name]["openings"]
     assert {"nab_standard", "nab_low_fp", "nab_low_fn"} <= set(grid[1.0, 3]["skab"])
+    assert saved["packages"]["numpy"]  # results name the model stack they were measured on
     sens = {(r["open_after"], r["threshold_factor"]): r for r in saved["sensitivity"]}
     assert len(sens) == 21
     for name in ("skab", "sim_21_22", "sim_31_32"):
