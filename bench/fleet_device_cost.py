@@ -92,10 +92,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "vm_hwm_mib_after_imports": round(hwm_imports, 1),
         "vm_hwm_mib_before": round(hwm_before, 1),
         "vm_hwm_mib_after": round(vm_hwm_mib(), 1),
-        # Linux reports ru_maxrss in KiB: the largest child reaped so far (the training one).
-        "child_max_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / KIB, 1)
-        if a.in_child
-        else None,
+        # The training child's own VmHWM, read by the child (RUSAGE_CHILDREN would count the
+        # parent's pages the child held between its fork and its exec).
+        "child_peak_rss_mib": None if res.peak_rss_mib is None else round(res.peak_rss_mib, 1),
         "loss_first": round(res.loss_first, 6),
         "loss_last": round(res.loss_last, 6),
         "desk_modules_imported": [m for m in DESK_MODULES if m in sys.modules],

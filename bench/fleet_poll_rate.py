@@ -7,10 +7,11 @@ process (``edge_agent.simulate.server``) and timestamps every request it answers
 times are seen from the PLC's side, not reported by the agent. The agent's learn buffer is
 filled beforehand with normal rows of the reference compressor (``NormalBuffer``, as its own
 pushes would write it). Then a signed round is announced on ``<prefix>/fleet/round`` (fleet key
-= the bundle's signing key) and the agent trains in its nice-19 thread until its delta arrives
-on ``<prefix>/<machine>/delta``. The round is deliberately long (``--poll-epochs`` epochs over
-the buffer) so that it spans hundreds of polls. Reported: the intervals between polls and
-between watchdog pings before and during the round (mean, p99, max), and the round's CPU time.
+= the bundle's signing key) and the agent trains in its nice-19 child process until its delta
+arrives on ``<prefix>/<machine>/delta``. The round is deliberately long (``--poll-epochs``
+epochs over the buffer) so that it spans hundreds of polls. Reported: the intervals between
+polls and between watchdog pings before and during the round (mean, p99, max), and the
+round's CPU time.
 """
 
 from __future__ import annotations
@@ -255,5 +256,5 @@ sample_every_s = 0
         "watchdog_during": _intervals(pings, t_announce, t_delta),
         "how": "a real agent polling a pymodbus server in the bench process every 0.1 s; the "
         "server timestamps each read; a signed round of --poll-epochs epochs over the "
-        "prefilled buffer trains meanwhile in the agent's nice-19 thread",
+        "prefilled buffer trains meanwhile in the agent's nice-19 child process",
     }

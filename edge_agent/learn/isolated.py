@@ -13,9 +13,9 @@ start (an interpreter, numpy and pydantic, no numba: a fraction of a second on t
 its memory while the round runs.
 
 The child gets plain data (weights, windows, settings, activation names) and returns the
-:class:`~edge_agent.learn.local.LocalResult` or the error's text. A shutdown while it trains
-ends it (:class:`RoundInterrupted`); a child that dies without a result (killed, out of memory)
-is a failed round, never a hung learner.
+:class:`~edge_agent.learn.local.LocalResult`, with its own peak memory, or the error's text.
+A shutdown while it trains ends it (:class:`RoundInterrupted`); a child that dies without a
+result (killed, out of memory) is a failed round, never a hung learner.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ import multiprocessing as mp
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +41,7 @@ LOWEST_PRIORITY = 19  # nice value of the training process
 POLL_S = 0.2  # how often the waiting thread looks at the stop flag
 STOP_WAIT_S = 5.0  # after a terminate, how long before the child is killed
 CHILD_NAME = "edge-learner-round"
+KIB = 1024
 
 
 class RoundInterrupted(Exception):
@@ -56,6 +59,17 @@ def lower_priority() -> bool:
     return True
 
 
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory (Linux ``VmHWM``), MiB; None where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / KIB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _child(
     out: Connection,
     weights: WeightSet,
@@ -65,7 +79,8 @@ def _child(
 ) -> None:  # pragma: no cover - runs in the child; its effects are tested from the parent
     lower_priority()
     try:
-        result: tuple[str, object] = ("ok", train_dense(weights, windows, cfg, activations))
+        trained = train_dense(weights, windows, cfg, activations)
+        result: tuple[str, object] = ("ok", replace(trained, peak_rss_mib=peak_rss_mib()))
     except ValueError as err:  # bad windows or diverged: the round fails with this text
         result = ("error", str(err))
     out.send(result)

@@ -249,7 +249,8 @@ class Learner:
         self.reporter.report(
             "sent", a.round_id, None, samples=loc.samples, epochs=loc.epochs_run,
             loss_first=loc.loss_first, loss_last=loc.loss_last, cpu_s=loc.cpu_s,
-            stopped_by_budget=loc.stopped_by_budget, delta_bytes=len(out.payload), k=out.k,
+            stopped_by_budget=loc.stopped_by_budget, train_rss_mib=loc.peak_rss_mib,
+            delta_bytes=len(out.payload), k=out.k,
         )
 
     def _remember(self, round_id: str, outcome: str) -> None:

@@ -88,6 +88,9 @@ class LocalResult:
     loss_last: float  # mean batch loss of the last epoch run
     cpu_s: float  # CPU seconds of the calling thread spent in the round
     stopped_by_budget: bool  # True when max_cpu_s ended the round before E epochs
+    # Peak resident memory of the process that trained (MiB), where it was a process of its
+    # own (edge_agent.learn.isolated); None when trained inside the caller's process.
+    peak_rss_mib: float | None = None
 
 
 @contextlib.contextmanager

@@ -46,6 +46,9 @@ class LearnReport(StrictModel):
     loss_last: float | None = Field(default=None, description="Mean batch MSE, last epoch")
     cpu_s: float | None = Field(default=None, description="CPU seconds of the training thread")
     stopped_by_budget: bool | None = Field(default=None, description="CPU budget ended it")
+    train_rss_mib: float | None = Field(
+        default=None, description="Peak resident memory (MiB) of the process that trained"
+    )
     delta_bytes: int | None = Field(default=None, description="Size of the signed delta")
     k: int | None = Field(default=None, description="Entries sent")
     updated_at: str = Field(description="When (ISO 8601 UTC)")

@@ -69,7 +69,7 @@ def test_fleet_learning_bench_smoke(tmp_path: Path) -> None:
     child = cost["in_child"]  # the same round in the agent's nice-19 child process
     assert child["in_child"] is True
     assert child["windows_trained"] == 300
-    assert child["child_max_rss_mib"] > 0
+    assert child["child_peak_rss_mib"] > 0
     assert child["desk_modules_imported"] == []
     assert len(saved["seed_spread"]["f1"]) == 2
     if HAS_BROKER:
@@ -94,3 +94,19 @@ def test_fleet_skab_bench_smoke(tmp_path: Path) -> None:
     assert len(saved["federated"]["personal"]["per_file_f1"]) == 2
     assert sum(saved["federated_int8"]["threshold_sources"].values()) == 2
     assert len(saved["federated_rounds"]) == 2
+
+
+def test_fleet_round_child_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "round_child.json"
+    load_bench("fleet_round_child").main(
+        ["--windows", "200", "--epochs", "1", "--history", "6000", "--fit-epochs", "1",
+         "--out", str(out)]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    here, child = saved["in_process"], saved["in_child"]
+    assert here["child_peak_rss_mib"] is None
+    assert child["child_peak_rss_mib"] > 0
+    # The same seeded round either way: the child trains exactly what the process would.
+    assert child["loss_last"] == here["loss_last"]
+    assert child["windows_trained"] == here["windows_trained"] == 200
+    assert saved["packages"]["numpy"]

@@ -163,6 +163,7 @@ def test_a_signed_round_is_answered_with_a_delta_while_scoring_goes_on(
         assert report["outcome"] == "sent"
         assert report["delta_bytes"] == len(delta.payload)
         assert report["cpu_s"] > 0
+        assert report["train_rss_mib"] > 0  # the training child's own peak
         # Scoring kept pace with the source while the round trained: the heartbeats sent
         # meanwhile count ever more rows, at least half as fast as the replay feeds them (a
         # beat may repeat the last count when the host is busy: the rate is what matters).

@@ -20,6 +20,7 @@ from edge_agent.learn.isolated import (
     LOWEST_PRIORITY,
     RoundInterrupted,
     lower_priority,
+    peak_rss_mib,
     train_in_child,
 )
 from edge_agent.learn.local import LocalTrainingConfig, train_dense
@@ -64,6 +65,9 @@ def test_the_child_trains_exactly_what_this_process_would() -> None:
     for a, b in zip(there.weights.arrays, here.weights.arrays, strict=True):
         np.testing.assert_array_equal(a, b)
     assert there.cpu_s > 0
+    assert here.peak_rss_mib is None  # trained in this process: not measured apart
+    assert there.peak_rss_mib is not None
+    assert 0 < there.peak_rss_mib < peak_rss_mib()  # the child's, not this test process's
     assert no_children_within(GONE_WITHIN_S)
 
 
