@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "--in-child", action="store_true", help="train in a child process, as the agent does"
     )
     a = ap.parse_args(argv)
+    for flag, path in (("--weights", a.weights), ("--windows", a.windows), ("--layers", a.layers)):
+        if not path.is_file():
+            ap.error(f"{flag} {path}: no such file")
 
     import numpy as np
 
