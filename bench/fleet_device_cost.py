@@ -28,15 +28,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 DESK_MODULES = ("tensorflow", "keras", "sklearn", "pandas")
-KIB = 1024
 
 
 def vm_hwm_mib() -> float:
-    """Peak resident set size of this process so far (``/proc/self/status`` VmHWM), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / KIB
-    return float("nan")
+    """Peak resident set size of this process so far (VmHWM), MiB: the agent's own reading."""
+    from edge_agent.learn.isolated import peak_rss_mib
+
+    peak = peak_rss_mib()
+    return float("nan") if peak is None else peak
 
 
 def cpu_s() -> float:
